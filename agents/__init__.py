@@ -1,0 +1,1 @@
+"""Tuners: the PPO agent and the baselines (installed as rlhpo.agents)."""

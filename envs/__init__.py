@@ -1,0 +1,1 @@
+"""Gymnasium environments over the rlhpo core (installed as rlhpo.envs)."""

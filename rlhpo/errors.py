@@ -1,0 +1,22 @@
+"""Errors that rlhpo raises for bad input: the CLI shows their message without a traceback."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class RlhpoError(Exception):
+    """Bad input or an unavailable resource, with a message that says what was expected."""
+
+
+def closest(name: str, valid: Iterable[str]) -> str:
+    """Return ' Did you mean 'x'?' for the closest valid name, or '' when none is close."""
+    match = difflib.get_close_matches(name, list(valid), n=1)
+    return f" Did you mean {match[0]!r}?" if match else ""
+
+
+def unknown(kind: str, name: str, valid: Iterable[str]) -> RlhpoError:
+    """An error for an unknown name that lists the valid ones and the closest match."""
+    valid = sorted(valid)
+    return RlhpoError(f"Unknown {kind} {name!r}; expected one of {', '.join(valid)}.{closest(name, valid)}")
