@@ -1,0 +1,113 @@
+"""One interface for every tuner: propose a config, observe its result, under one budget.
+
+A tuner never trains anything itself: it proposes actions (one choice index per
+hyperparameter) to an :class:`~rlhpo.envs.hpo_env.HPOEnv`, which trains or looks up the trial,
+pays its epochs out of the budget and keeps the incumbent. So every tuner shares the trainer,
+the store, the search space and the budget accounting. :func:`run_tuner` plays one episode.
+"""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+
+from rlhpo.space import SearchSpace
+
+
+@dataclass
+class TuneResult:
+    """One tuning episode: its trials (the env's step ``info``, plain JSON) and the incumbent."""
+
+    method: str
+    task: str
+    seed: int
+    budget_epochs: int
+    trials: list[dict[str, Any]] = field(default_factory=list)
+    incumbent_config: dict[str, Any] | None = None
+    incumbent_score: float = 0.0
+    epochs_used: int = 0
+    tuning_seconds: float = 0.0  # wall time of the episode, the tuner's own time included
+    policy_seconds: float = 0.0  # time the tuner spent deciding
+
+
+class Tuner(ABC):
+    """Proposes configs for one episode at a time.
+
+    Subclasses set ``name`` and implement :meth:`propose`; :meth:`start` is called after each
+    ``reset`` and :meth:`observe` after each step. All randomness comes from ``seed``.
+    """
+
+    name: ClassVar[str]
+
+    def start(self, space: SearchSpace, reset_info: dict[str, Any], seed: int) -> None:
+        """Begin an episode on the task described by ``reset_info``."""
+        self.space = space
+        self.rng = np.random.default_rng(seed)
+
+    @abstractmethod
+    def propose(self, obs: np.ndarray) -> np.ndarray | None:
+        """The next action (choice indices), or ``None`` to stop before the budget is spent."""
+
+    def observe(self, action: np.ndarray, info: dict[str, Any]) -> None:  # noqa: B027 (optional hook)
+        """Learn from the step that ``action`` led to (its ``info``)."""
+
+
+def run_tuner(tuner: Tuner, env: Any, seed: int, task: Any = None) -> TuneResult:
+    """Play one episode of ``tuner`` on ``env`` (an HPOEnv) and return what it found."""
+    started = time.perf_counter()
+    obs, reset_info = env.reset(seed=seed, options={"task": task} if task is not None else None)
+    policy_seconds = 0.0
+    t = time.perf_counter()
+    tuner.start(env.unwrapped.space, reset_info, seed)
+    policy_seconds += time.perf_counter() - t
+    result = TuneResult(
+        method=tuner.name, task=reset_info["task"], seed=seed, budget_epochs=env.unwrapped.budget_epochs
+    )
+    terminated = False
+    while not terminated:
+        t = time.perf_counter()
+        action = tuner.propose(obs)
+        policy_seconds += time.perf_counter() - t
+        if action is None:
+            break
+        obs, _, terminated, truncated, info = env.step(action)
+        t = time.perf_counter()
+        tuner.observe(np.asarray(action), info)
+        policy_seconds += time.perf_counter() - t
+        result.trials.append(info)
+        result.incumbent_score = info["incumbent"]
+        result.incumbent_config = info["incumbent_config"]
+        result.epochs_used = info["budget_used"]
+        terminated = terminated or truncated
+    result.tuning_seconds = time.perf_counter() - started
+    result.policy_seconds = policy_seconds
+    return result
+
+
+class DefaultTuner(Tuner):
+    """The default config (``configs/search_space.yaml``), trained once at full fidelity."""
+
+    name = "default"
+
+    def start(self, space: SearchSpace, reset_info: dict[str, Any], seed: int) -> None:
+        super().start(space, reset_info, seed)
+        self._done = False
+
+    def propose(self, obs: np.ndarray) -> np.ndarray | None:
+        if self._done:
+            return None
+        self._done = True
+        return self.space.indices(self.space.default)
+
+
+class RandomTuner(Tuner):
+    """Uniform random search over the whole space, fidelity (epochs) included."""
+
+    name = "random"
+
+    def propose(self, obs: np.ndarray) -> np.ndarray:
+        return np.asarray([self.rng.integers(n) for n in self.space.nvec], dtype=np.int64)
