@@ -19,7 +19,9 @@ def _as_ids(values: ArrayLike) -> torch.Tensor:
 
 def _check(preds: torch.Tensor, labels: torch.Tensor) -> None:
     if preds.shape != labels.shape:
-        raise RlhpoError(f"Predictions and labels must have the same length, but got {preds.numel()=} and {labels.numel()=}.")
+        raise RlhpoError(
+            f"Predictions and labels must have the same length, but got {preds.numel()=} and {labels.numel()=}."
+        )
     if preds.numel() == 0:
         raise RlhpoError("Metrics need at least one prediction, but got none.")
 

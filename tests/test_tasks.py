@@ -373,3 +373,13 @@ def test_sampled_tasks_load(data_dir: Path) -> None:
 def test_sampler_rejects_bad_settings(kwargs: dict, message: str) -> None:
     with pytest.raises(RlhpoError, match=message):
         TaskSampler(**kwargs)
+
+
+def test_max_length_keeps_the_first_tokens_of_text(data_dir: Path) -> None:
+    full = load_task(Task("ag_news", n_train=200), data_dir=data_dir)
+    short = load_task(Task("ag_news", n_train=200, max_length=16), data_dir=data_dir)
+    assert short.input_shape == (16,) and full.input_shape[0] > 16
+    assert torch.equal(short.x_train, full.x_train[:, :16]) and torch.equal(short.x_test, full.x_test[:, :16])
+    assert short.task.key() != full.task.key() and short.task.key().endswith("/L16")
+    with pytest.raises(RlhpoError, match="text tasks only"):
+        load_task(Task("digits", max_length=8))

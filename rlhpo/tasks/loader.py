@@ -98,15 +98,20 @@ def load_task(task: Task, data_dir: str | Path | None = None) -> TaskData:
     if task.n_train is not None and task.n_train > len(train_pos):
         logger.info("%s: only %d training examples are left; using them all.", task.key(), len(train_pos))
     train_rows, val_rows = rows[torch.from_numpy(train_pos)], rows[torch.from_numpy(val_pos)]
+    x_train, x_test = dataset.x_train, dataset.x_test
+    if task.max_length is not None:
+        if dataset.modality != "text":
+            raise RlhpoError(f"max_length applies to text tasks only, but {task.dataset!r} is {dataset.modality}.")
+        x_train, x_test = x_train[:, : task.max_length], x_test[:, : task.max_length]
     return TaskData(
         task=task,
         modality=dataset.modality,
         family=family,
-        x_train=dataset.x_train[train_rows],
+        x_train=x_train[train_rows],
         y_train=relabel[dataset.y_train[train_rows]],
-        x_val=dataset.x_train[val_rows],
+        x_val=x_train[val_rows],
         y_val=relabel[dataset.y_train[val_rows]],
-        x_test=dataset.x_test[test_rows],
+        x_test=x_test[test_rows],
         y_test=relabel[dataset.y_test[test_rows]],
         class_names=class_names,
         source=dataset.source,
@@ -117,6 +122,8 @@ def load_task(task: Task, data_dir: str | Path | None = None) -> TaskData:
 def _check_values(task: Task) -> None:
     if task.n_train is not None and (not isinstance(task.n_train, int) or task.n_train < 1):
         raise RlhpoError(f"n_train must be a positive integer or None, but got {task.n_train=}.")
+    if task.max_length is not None and (not isinstance(task.max_length, int) or task.max_length < 1):
+        raise RlhpoError(f"max_length must be a positive integer or None, but got {task.max_length=}.")
     if task.classes is not None and (len(task.classes) < 2 or len(set(task.classes)) != len(task.classes)):
         raise RlhpoError(f"classes must hold at least 2 distinct label ids, but got {task.classes=}.")
 

@@ -31,6 +31,8 @@ class Task:
         classes: class subset (original label ids, relabelled 0..k-1); ``None`` keeps all.
         seed: seeds the validation split and the subsample.
         text_column / image_column / label_column: column names when they are not the usual ones.
+        max_length: text only: keep the first ``max_length`` tokens of each sequence (the
+            dataset's own length when ``None``); short sequences make cheap meta-training tasks.
     """
 
     dataset: str
@@ -41,6 +43,7 @@ class Task:
     text_column: str | None = None
     image_column: str | None = None
     label_column: str | None = None
+    max_length: int | None = None
 
     def key(self) -> str:
         """Stable, human-readable identifier, the same on every machine."""
@@ -52,6 +55,8 @@ class Task:
             value = getattr(self, name)
             if value:
                 parts.append(f"{name.split('_')[0]}={value}")
+        if self.max_length:
+            parts.append(f"L{self.max_length}")
         return "/".join(parts)
 
     def replace(self, **changes: object) -> Task:

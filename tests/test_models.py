@@ -1,0 +1,124 @@
+"""Model families: each builds from the hyperparameters and maps its input to logits."""
+
+import pytest
+import torch
+
+from rlhpo.errors import RlhpoError
+from rlhpo.models import FAMILIES, build_model, masked_mean, model_for
+from rlhpo.space import Config
+from rlhpo.tasks.task import Task, TaskData
+
+SEQ_LEN, VOCAB = 12, 50
+INPUTS = {
+    "cnn": (3, 16, 16),
+    "mlp": (1, 8, 8),
+    "gru": (SEQ_LEN,),
+    "lstm": (SEQ_LEN,),
+    "transformer": (SEQ_LEN,),
+}
+
+
+def _batch(family: str, n: int, gen: torch.Generator) -> torch.Tensor:
+    shape = INPUTS[family]
+    if family in ("cnn", "mlp"):
+        return torch.randn(n, *shape, generator=gen)
+    tokens = torch.randint(1, VOCAB, (n, SEQ_LEN), generator=gen)
+    tokens[:, SEQ_LEN // 2 :] = 0  # right padding, as the tasks produce it
+    return tokens
+
+
+def _model(family: str, *, num_layers: int = 2, units: int = 32, dropout: float = 0.1, n_classes: int = 5):
+    return build_model(
+        family,
+        input_shape=INPUTS[family],
+        n_classes=n_classes,
+        vocab_size=VOCAB,
+        num_layers=num_layers,
+        units=units,
+        dropout=dropout,
+    )
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_every_family_maps_a_batch_to_logits(family):
+    gen = torch.Generator().manual_seed(0)
+    model = _model(family)
+    logits = model(_batch(family, 4, gen))
+    assert logits.shape == (4, 5) and torch.isfinite(logits).all()
+    logits.sum().backward()  # trainable end to end
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad and p.dim() > 1)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_size_follows_units_and_layers(family):
+    def n_params(**kw):
+        return sum(p.numel() for p in _model(family, **kw).parameters())
+
+    assert n_params(units=64) > n_params(units=32)
+    assert n_params(num_layers=3) > n_params(num_layers=1)
+
+
+@pytest.mark.parametrize("family", ["gru", "lstm", "transformer"])
+def test_text_models_ignore_padding(family):
+    """Logits of a text do not depend on how much padding follows it."""
+    torch.manual_seed(0)
+    model = _model(family).eval()
+    tokens = torch.zeros(2, SEQ_LEN, dtype=torch.long)
+    tokens[0, :4] = torch.tensor([5, 9, 2, 7])
+    tokens[1, :6] = torch.tensor([5, 9, 2, 7, 11, 3])
+    with torch.inference_mode():
+        padded, shorter = model(tokens), model(tokens[:, :6])  # 8 and 2 pads after the first text
+    assert torch.allclose(padded, shorter, atol=1e-5)
+    assert not torch.allclose(padded[0], padded[1], atol=1e-3)  # the real tokens do count
+
+
+def test_cnn_skips_pooling_once_the_map_is_one_pixel():
+    model = build_model("cnn", input_shape=(1, 3, 3), n_classes=2, vocab_size=None, num_layers=4, units=8, dropout=0.0)
+    assert sum(isinstance(m, torch.nn.MaxPool2d) for m in model.modules()) == 1  # 3 -> 1, then no more
+    assert model(torch.randn(2, 1, 3, 3)).shape == (2, 2)
+
+
+def test_transformer_is_sized_by_the_config():
+    model = _model("transformer", num_layers=3, units=128, dropout=0.25)
+    cfg = model.encoder.config
+    assert (cfg.num_hidden_layers, cfg.hidden_size, cfg.num_attention_heads, cfg.intermediate_size) == (3, 128, 4, 256)
+    assert cfg.hidden_dropout_prob == cfg.attention_probs_dropout_prob == 0.25
+    assert cfg.max_position_embeddings == SEQ_LEN
+
+
+def test_dropout_is_used():
+    model = _model("mlp", dropout=0.5)
+    x = torch.randn(8, *INPUTS["mlp"])
+    torch.manual_seed(0)
+    a = model.train()(x)
+    b = model(x)
+    assert not torch.equal(a, b)
+    assert torch.equal(model.eval()(x), model(x))
+
+
+def test_model_for_takes_task_data_and_config():
+    x = torch.randint(1, VOCAB, (6, SEQ_LEN))
+    y = torch.tensor([0, 1, 2, 0, 1, 2])
+    data = TaskData(Task("toy", "gru"), "text", "gru", x, y, x, y, x, y, ("a", "b", "c"), "test", vocab_size=VOCAB)
+    config = Config(1e-3, 32, 1, 0.0, "adam", 0.0, num_layers=3, units=64)
+    model = model_for(data, config)
+    assert (model.rnn.num_layers, model.rnn.hidden_size) == (3, 64)
+    assert model(x).shape == (6, 3)
+
+
+def test_unknown_family_names_the_valid_ones():
+    with pytest.raises(RlhpoError, match="Did you mean 'lstm'"):
+        build_model("lstn", input_shape=(5,), n_classes=2, vocab_size=10, num_layers=1, units=8, dropout=0.0)
+
+
+def test_wrong_input_shape_is_an_error():
+    with pytest.raises(RlhpoError, match="input shape"):
+        build_model("cnn", input_shape=(64,), n_classes=2, vocab_size=None, num_layers=1, units=8, dropout=0.0)
+    with pytest.raises(RlhpoError, match="vocabulary"):
+        build_model("gru", input_shape=(64,), n_classes=2, vocab_size=None, num_layers=1, units=8, dropout=0.0)
+
+
+def test_masked_mean_averages_real_positions_only():
+    hidden = torch.tensor([[[1.0], [3.0], [100.0]], [[0.0], [0.0], [0.0]]])
+    mask = torch.tensor([[True, True, False], [False, False, False]])
+    assert masked_mean(hidden, mask).flatten().tolist() == [2.0, 0.0]  # an all-padding row gives 0, not NaN
