@@ -21,9 +21,9 @@ $(STAMP): setup.cfg setup.py pyproject.toml
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
 	touch $@
 
-# The main job: train the default config on the offline default task (scikit-learn's digits).
+# The main job: tune the offline default task (scikit-learn's digits) with the shipped policy.
 run: $(STAMP)
-	$(BIN)/rlhpo train --task digits
+	$(BIN)/rlhpo tune --task digits
 
 # The default test suite (slow tests are left out; `make test-slow` runs them).
 # Tests read the real datasets from ../shared/data unless RLHPO_DATA_DIR says otherwise.

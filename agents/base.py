@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -56,8 +57,18 @@ class Tuner(ABC):
         """Learn from the step that ``action`` led to (its ``info``)."""
 
 
-def run_tuner(tuner: Tuner, env: Any, seed: int, task: Any = None) -> TuneResult:
-    """Play one episode of ``tuner`` on ``env`` (an HPOEnv) and return what it found."""
+def run_tuner(
+    tuner: Tuner,
+    env: Any,
+    seed: int,
+    task: Any = None,
+    on_step: Callable[[dict[str, Any]], None] | None = None,
+) -> TuneResult:
+    """Play one episode of ``tuner`` on ``env`` (an HPOEnv) and return what it found.
+
+    ``on_step`` is called with each step's ``info`` as soon as the trial is done (its time counts
+    in ``tuning_seconds``, not in ``policy_seconds``).
+    """
     started = time.perf_counter()
     obs, reset_info = env.reset(seed=seed, options={"task": task} if task is not None else None)
     policy_seconds = 0.0
@@ -82,6 +93,8 @@ def run_tuner(tuner: Tuner, env: Any, seed: int, task: Any = None) -> TuneResult
         result.incumbent_score = info["incumbent"]
         result.incumbent_config = info["incumbent_config"]
         result.epochs_used = info["budget_used"]
+        if on_step is not None:
+            on_step(info)
         terminated = terminated or truncated
     result.tuning_seconds = time.perf_counter() - started
     result.policy_seconds = policy_seconds

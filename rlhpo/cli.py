@@ -177,3 +177,317 @@ def train_cmd(
         f"val loss {summary['val_loss'] if summary['val_loss'] is None else round(summary['val_loss'], 4)}"
     )
     click.echo(f"{time.perf_counter() - started:.1f}s; run folder {summary['run_dir']}")
+
+
+@main.command("collect")
+@click.option(
+    "--tasks",
+    "datasets",
+    default="all",
+    show_default=True,
+    help="Comma-separated datasets of the instances file to record, or 'all'.",
+)
+@click.option(
+    "--instances",
+    "instances_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="YAML of task instances and sample size (default: the shipped configs/collect.yaml).",
+)
+@click.option(
+    "--configs", type=click.IntRange(min=1), default=None, help="Configs per task instance (default: the file's)."
+)
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True, help="Worker processes.")
+@click.option("--seed", type=int, default=None, help="Seed of the config sample (default: the file's).")
+@click.option(
+    "--store",
+    "store_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=Path("runs/store.sqlite"),
+    show_default=True,
+    help="The curve store (SQLite); created if missing, resumed if not.",
+)
+@data_dir_option
+def collect_cmd(
+    datasets: str,
+    instances_path: Path | None,
+    configs: int | None,
+    workers: int,
+    seed: int | None,
+    store_path: Path,
+    data_dir: Path | None,
+) -> None:
+    """Record the curves of a space-filling sample of configs on every task instance (resumable)."""
+    import dataclasses
+
+    from rlhpo.collect import collect, load_collect_settings
+
+    settings = load_collect_settings(instances_path)
+    if configs is not None:
+        settings = settings.with_configs(configs)
+    if seed is not None:
+        settings = dataclasses.replace(settings, seed=seed)
+    names = None if datasets == "all" else [d.strip() for d in datasets.split(",") if d.strip()]
+    try:
+        result = collect(settings, store_path, workers=workers, datasets=names, data_dir=data_dir)
+    except KeyboardInterrupt:
+        click.echo(f"interrupted: {store_path} keeps every finished run; run the same command to resume", err=True)
+        raise SystemExit(130) from None
+    click.echo(
+        f"{result.tasks} tasks, {result.runs} runs: trained {result.trained}, already recorded "
+        f"{result.skipped}, failed {len(result.failed)} in {result.seconds:.0f}s; store {result.store}"
+    )
+    for line in result.failed:
+        click.echo(f"failed: {line.splitlines()[0]}", err=True)
+    if result.failed:
+        raise SystemExit(1)
+
+
+@main.group("store")
+def store_group() -> None:
+    """Inspect and export a curve store."""
+
+
+@store_group.command("export")
+@click.option(
+    "--store",
+    "store_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=Path("runs/store.sqlite"),
+    show_default=True,
+)
+@click.option(
+    "--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True, help="Folder for the files."
+)
+def store_export_cmd(store_path: Path, out_dir: Path) -> None:
+    """Write the store as Parquet: tasks, runs, and curves (one row per epoch, joined)."""
+    from rlhpo.store import export_store
+
+    for name, path in export_store(store_path, out_dir).items():
+        click.echo(f"{name}: {path}")
+
+
+@store_group.command("info")
+@click.option(
+    "--store",
+    "store_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=Path("runs/store.sqlite"),
+    show_default=True,
+)
+def store_info_cmd(store_path: Path) -> None:
+    """Count the tasks, runs and epochs in the store."""
+    from rlhpo.store import CurveStore
+
+    with CurveStore(store_path, readonly=True) as store:
+        counts = store.count()
+    click.echo(f"{store_path}: {counts['tasks']} tasks, {counts['runs']} runs, {counts['epochs']} epochs")
+
+
+def _runs_dir_option(f: Any) -> Any:
+    return click.option(
+        "--runs-dir",
+        type=click.Path(file_okay=False, path_type=Path),
+        default=None,
+        help="Where run folders go (default: $RLHPO_RUNS_DIR or ./runs).",
+    )(f)
+
+
+def _mean_se(value: float | None, se: float | None) -> str:
+    return "-" if value is None else f"{value:.3f} ± {se or 0.0:.3f}"
+
+
+@main.command("train-agent")
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Settings YAML (default: the shipped configs/train_agent.yaml).",
+)
+@click.option("--run-name", default=None, help="Name of the run folder (default: stamp, command, seed).")
+@click.option(
+    "--resume",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Continue this run folder from its last checkpoint (its config.yaml is used).",
+)
+@click.option("--seed", type=int, default=None, help="Seed of PPO and the environments (default: the config's).")
+@click.option(
+    "--total-steps", type=click.IntRange(min=1), default=None, help="Environment steps (default: the config's)."
+)
+@_runs_dir_option
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object on stdout.")
+def train_agent_cmd(
+    config_path: Path | None,
+    run_name: str | None,
+    resume: Path | None,
+    seed: int | None,
+    total_steps: int | None,
+    runs_dir: Path | None,
+    as_json: bool,
+) -> None:
+    """Meta-train the PPO tuner on recorded curves, then evaluate it against the default config and random search."""
+    from rlhpo.agents.ppo import train_agent
+    from rlhpo.agents.settings import load_train_agent_settings
+
+    if resume is not None and (config_path is not None or run_name is not None):
+        raise RlhpoError(
+            "--resume continues a run with its own config.yaml and folder; leave --config and --run-name out."
+        )
+    settings = None if resume is not None else load_train_agent_settings(config_path)
+    summary = train_agent(
+        settings, resume=resume, run_name=run_name, seed=seed, total_steps=total_steps, runs_dir=runs_dir
+    )
+    if as_json:
+        click.echo(json.dumps(summary))
+        return
+    ev = summary["evaluation"]
+    click.echo(
+        f"trained {summary['num_timesteps']} steps in {summary['train_seconds']:.1f}s on "
+        f"{len(summary['train_tasks'])} tasks; policy {summary['policy']}"
+    )
+    click.echo(f"evaluation at {ev['budget_epochs']} epochs, {len(ev['seeds'])} seeds per task (normalised scores):")
+    click.echo(f"{'tasks':<8} {'method':<8} {'incumbent':<15} {'full fidelity':<15} {'regret':<15}")
+    for group, result in ev["groups"].items():
+        for method, row in result["methods"].items():
+            click.echo(
+                f"{group:<8} {method:<8} {_mean_se(row['incumbent_score'], row['incumbent_score_se']):<15} "
+                f"{_mean_se(row['full_fidelity_score'], row['full_fidelity_score_se']):<15} "
+                f"{_mean_se(row['regret'], row['regret_se']):<15}"
+            )
+    click.echo(f"run folder {summary['run_dir']}")
+
+
+@main.command("tune")
+@task_options
+@click.option(
+    "--budget",
+    "budget_fte",
+    type=click.FloatRange(min=0, min_open=True),
+    default=3.0,
+    show_default=True,
+    help="Tuning budget in full-training equivalents (x the largest epochs choice).",
+)
+@click.option(
+    "--policy",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="policy.zip (or a train-agent run folder) (default: the shipped policy).",
+)
+@click.option(
+    "--space",
+    "space_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Search-space YAML (default: the one the policy was trained in).",
+)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", default="cpu", show_default=True, help="torch device, e.g. cuda.")
+@_runs_dir_option
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object on stdout.")
+def tune_cmd(
+    dataset: str,
+    family: str | None,
+    n_train: int | None,
+    text_column: str | None,
+    image_column: str | None,
+    label_column: str | None,
+    data_dir: Path | None,
+    budget_fte: float,
+    policy: Path | None,
+    space_path: Path | None,
+    seed: int,
+    device: str,
+    runs_dir: Path | None,
+    as_json: bool,
+) -> None:
+    """Tune a task with the meta-trained policy, then retrain the best config and report its test metrics."""
+    from rlhpo.agents.replay import short_config
+    from rlhpo.agents.tune import tune
+
+    task = make_task(
+        dataset, family, n_train, seed, text_column=text_column, image_column=image_column, label_column=label_column
+    )
+
+    def on_trial(t: dict[str, Any]) -> None:
+        acc = "-" if t["val_accuracy"] is None else f"{t['val_accuracy']:.4f}"
+        click.echo(
+            f"trial {t['step']:>2}  {short_config(t['config'])}  {t['epochs']} epochs  val_acc {acc}  "
+            f"{t['seconds']:.1f}s{'  diverged' if t['diverged'] else ''}  incumbent {t['incumbent']:.4f}",
+            err=True,
+        )
+
+    s = tune(
+        task,
+        budget_fte=budget_fte,
+        policy=policy,
+        space=space_path,
+        seed=seed,
+        data_dir=data_dir,
+        device=device,
+        runs_dir=runs_dir,
+        on_trial=on_trial,
+    )
+    if as_json:
+        click.echo(json.dumps(s))
+        return
+    click.echo(f"task {s['task']} ({s['model']}, {s['source']}); chosen config {short_config(s['config'])}")
+    click.echo(
+        f"test accuracy {s['test_accuracy']:.4f}  test macro-F1 {s['test_macro_f1']:.4f}  "
+        f"val loss {'-' if s['val_loss'] is None else round(s['val_loss'], 4)}"
+        + ("  (diverged)" if s["diverged"] else "")
+    )
+    click.echo(
+        f"tuning {s['tuning_epochs']}/{s['budget_epochs']} epochs in {s['tuning_seconds']:.1f}s "
+        f"(policy {s['policy_seconds']:.2f}s), final training {s['retrain_seconds']:.1f}s; run folder {s['run_dir']}"
+    )
+
+
+@main.command("replay")
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("--episode", type=click.IntRange(min=0), default=None, help="Only this episode.")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write a PNG.")
+@click.option("--verify", is_flag=True, help="Re-execute the recorded actions and check every step matches.")
+@data_dir_option
+def replay_cmd(run_dir: Path, episode: int | None, plot_path: Path | None, verify: bool, data_dir: Path | None) -> None:
+    """Show the episodes of a run's rollouts.jsonl; plot them; re-execute them (--verify)."""
+    from rlhpo.agents import replay
+
+    rollouts = replay.read_rollouts(run_dir)
+    episodes = [rollouts.episode(episode)] if episode is not None else rollouts.episodes
+    for ep in episodes:
+        click.echo(f"episode {ep.index}  task {ep.task}  seed {ep.seed}")
+        click.echo(f"  {'step':>4}  {'config':<48} {'epochs':>6} {'score':>7} {'reward':>7} {'incumbent':>9}")
+        for r in replay.episode_rows(ep):
+            score = "-" if r["score"] is None else f"{r['score']:.4f}"
+            click.echo(
+                f"  {r['step']:>4}  {r['config']:<48} {r['epochs']:>6} {score:>7} {r['reward']:>7.4f} "
+                f"{r['incumbent']:>9.4f}"
+            )
+    if episode is None:
+        click.echo("choices by task modality/family (share of trials):")
+        for h, groups in replay.choice_counts(rollouts).items():
+            for group, counts in sorted(groups.items()):
+                total = sum(counts.values())
+                shares = ", ".join(f"{v} {n / total:.0%}" for v, n in counts.most_common())
+                click.echo(f"  {h:<14} {group:<18} {shares}")
+    if plot_path is not None:
+        click.echo(f"plot {replay.plot(rollouts, plot_path, episodes)}")
+    if verify:
+        checks = replay.verify(rollouts, episode=episode, data_dir=data_dir)
+        for c in checks:
+            status = (
+                "match"
+                if c.ok
+                else "MISMATCH "
+                + "; ".join(f"{k}: recorded {a!r}, replayed {b!r}" for k, (a, b) in c.differences.items())
+            )
+            click.echo(f"verify episode {c.episode} step {c.step}: {status}")
+        bad = sum(not c.ok for c in checks)
+        n_eps = len({c.episode for c in checks})
+        click.echo(
+            f"verified {len(checks)} steps of {n_eps} episodes: " + ("all match" if not bad else f"{bad} differ")
+        )
+        if bad:
+            raise SystemExit(1)

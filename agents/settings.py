@@ -1,0 +1,211 @@
+"""Settings of ``rlhpo train-agent`` (``configs/train_agent.yaml``), read once into frozen dataclasses.
+
+An unknown key is an error that names the valid keys and the closest one; a value of the wrong
+type or range is an error that names the key and the value. Also here: where the shipped
+artefacts live (``rlhpo/assets/``) and the search space as plain JSON, which policies and
+rollout files carry so that an action always decodes in the space it was chosen in.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from rlhpo.envs.reward import RewardSettings
+from rlhpo.errors import RlhpoError
+from rlhpo.settings import from_dict, read_yaml, shipped_config
+from rlhpo.space import HYPERPARAMETERS, Config, SearchSpace, load_search_space
+
+SHIPPED_POLICY = "policy.zip"
+SHIPPED_STORE = "meta_dataset.sqlite"
+
+
+def shipped_asset(name: str) -> Path:
+    """Path of a file shipped in the package's ``assets`` folder (``rlhpo/assets/``)."""
+    return Path(str(resources.files("rlhpo.assets").joinpath(name)))
+
+
+@dataclass(frozen=True)
+class PPOSettings:
+    """The PPO settings (stable-baselines3's names); see ``configs/train_agent.yaml``."""
+
+    n_envs: int = 8  # recorded HPOEnvs stepped together (DummyVecEnv)
+    n_steps: int = 128  # steps per env per rollout
+    batch_size: int = 256  # minibatch size
+    n_epochs: int = 10  # passes over each rollout
+    learning_rate: float = 3e-4
+    gamma: float = 0.99
+    gae_lambda: float = 0.95
+    clip_range: float = 0.2
+    ent_coef: float = 0.01
+    vf_coef: float = 0.5
+    max_grad_norm: float = 0.5
+    net_arch: tuple[int, ...] = (128, 128)  # hidden layers of the policy and value networks
+
+    def __post_init__(self) -> None:
+        for name in ("n_envs", "n_steps", "batch_size", "n_epochs"):
+            _check_int(f"ppo.{name}", getattr(self, name), minimum=1)
+        if self.n_envs * self.n_steps < 2:
+            raise RlhpoError(f"PPO needs n_envs * n_steps >= 2, but got {self.n_envs=} and {self.n_steps=}.")
+        for name in ("learning_rate", "gamma", "gae_lambda", "clip_range", "ent_coef", "vf_coef", "max_grad_norm"):
+            _check_float(f"ppo.{name}", getattr(self, name), minimum=0.0)
+        for name in ("gamma", "gae_lambda"):
+            if getattr(self, name) > 1:
+                raise RlhpoError(f"ppo.{name} must lie in [0, 1], but got {getattr(self, name)!r}.")
+        object.__setattr__(self, "net_arch", _int_tuple("ppo.net_arch", self.net_arch))
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    """The evaluation after training: each method, each task, ``episodes`` seeds."""
+
+    episodes: int = 5  # episodes (seeds) per task and method
+    first_seed: int = 10_000  # evaluation seeds first_seed, first_seed+1, ...: disjoint from training's
+
+    def __post_init__(self) -> None:
+        _check_int("evaluation.episodes", self.episodes, minimum=1)
+        _check_int("evaluation.first_seed", self.first_seed, minimum=0)
+
+    @property
+    def seeds(self) -> list[int]:
+        return list(range(self.first_seed, self.first_seed + self.episodes))
+
+
+@dataclass(frozen=True)
+class TrainAgentSettings:
+    """What ``rlhpo train-agent`` does: the task set, the budget, the reward, PPO, evaluation."""
+
+    store: str | None = None  # the recorded curve store; None: the shipped meta-dataset
+    space: str | None = None  # search-space YAML; None: the shipped configs/search_space.yaml
+    train_seed: int = 0  # training seed of the recorded runs that answer
+    exclude_datasets: tuple[str, ...] = ("ag_news",)  # held out: never met in meta-training
+    budget_fte: float = 3.0  # budget of an episode, in full-training equivalents
+    total_steps: int = 200_000  # environment steps (all envs together)
+    checkpoint_every: int = 25_000  # environment steps between checkpoints
+    seed: int = 0  # seeds PPO and the environments
+    reward: RewardSettings = field(default_factory=RewardSettings)
+    ppo: PPOSettings = field(default_factory=PPOSettings)
+    evaluation: EvalSettings = field(default_factory=EvalSettings)
+
+    def __post_init__(self) -> None:
+        for name in ("store", "space"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, str | Path):
+                raise RlhpoError(f"{name} must be a path or null, but got {value!r}.")
+            if value is not None:
+                object.__setattr__(self, name, str(value))
+        _check_int("train_seed", self.train_seed)
+        _check_int("seed", self.seed)
+        _check_int("total_steps", self.total_steps, minimum=1)
+        _check_int("checkpoint_every", self.checkpoint_every, minimum=1)
+        _check_float("budget_fte", self.budget_fte, minimum=0.0)
+        if isinstance(self.exclude_datasets, str) or not isinstance(self.exclude_datasets, list | tuple):
+            raise RlhpoError(f"exclude_datasets must be a list of dataset names, but got {self.exclude_datasets!r}.")
+        object.__setattr__(self, "exclude_datasets", tuple(str(d) for d in self.exclude_datasets))
+
+    def store_path(self) -> Path:
+        """The curve store meta-training reads: ``store``, else the shipped meta-dataset."""
+        path = Path(self.store) if self.store else shipped_asset(SHIPPED_STORE)
+        if not path.is_file():
+            where = f"store {self.store!r} of the settings" if self.store else f"shipped meta-dataset {str(path)!r}"
+            raise RlhpoError(
+                f"The {where} does not exist; record one with `rlhpo collect --store PATH` and set `store: PATH`."
+            )
+        return path.resolve()
+
+    def search_space(self) -> SearchSpace:
+        return load_search_space(self.space)
+
+    def budget_epochs(self, space: SearchSpace) -> int:
+        return budget_epochs(self.budget_fte, space)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain values (lists, not tuples): what ``config.yaml`` holds and :func:`settings_from_dict` reads."""
+        return _plain(dataclasses.asdict(self))
+
+
+def budget_epochs(budget_fte: float, space: SearchSpace) -> int:
+    """A budget in full-training equivalents as epochs; at least the smallest epochs choice."""
+    epochs = round(budget_fte * space.max_epochs)
+    smallest = min(space.choices["epochs"])
+    if not math.isfinite(budget_fte) or epochs < smallest:
+        raise RlhpoError(
+            f"A budget of {budget_fte} FTE is {epochs} epochs, less than the smallest trial ({smallest} epochs); "
+            f"give at least {smallest / space.max_epochs:.3g} FTE."
+        )
+    return epochs
+
+
+def settings_from_dict(data: dict[str, Any], where: str) -> TrainAgentSettings:
+    """Build the settings from a mapping (a YAML file's contents)."""
+    nested = {"reward": RewardSettings, "ppo": PPOSettings, "evaluation": EvalSettings}
+    values = dict(data)
+    for name, cls in nested.items():
+        if name in values:
+            if not isinstance(values[name], dict):
+                raise RlhpoError(f"{where}: {name} must be a mapping, but got {values[name]!r}.")
+            values[name] = from_dict(cls, values[name], f"{where} {name}")
+    return from_dict(TrainAgentSettings, values, where)
+
+
+def load_train_agent_settings(path: str | Path | None = None) -> TrainAgentSettings:
+    """Read the settings of ``rlhpo train-agent`` (the shipped ``configs/train_agent.yaml`` by default)."""
+    where = str(path or "configs/train_agent.yaml")
+    return settings_from_dict(read_yaml(path or shipped_config("train_agent.yaml")), where)
+
+
+# ------------------------------------------------------------ the space as JSON
+
+
+def space_to_dict(space: SearchSpace) -> dict[str, Any]:
+    """The search space as plain JSON values (floats round-trip exactly)."""
+    return {"choices": {h: list(space.choices[h]) for h in HYPERPARAMETERS}, "default": space.default.to_dict()}
+
+
+def space_from_dict(data: dict[str, Any]) -> SearchSpace:
+    """The inverse of :func:`space_to_dict`."""
+    try:
+        choices = {h: tuple(data["choices"][h]) for h in HYPERPARAMETERS}
+        space = SearchSpace(choices=choices, default=Config(**data["default"]))
+        space.indices(space.default)
+    except (KeyError, TypeError) as e:
+        raise RlhpoError(
+            f"A recorded search space must list the choices of {', '.join(HYPERPARAMETERS)}: {e}"
+        ) from None
+    return space
+
+
+# ------------------------------------------------------------------- checks
+
+
+def _check_int(name: str, value: Any, minimum: int | None = None) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or (minimum is not None and value < minimum):
+        bound = f" >= {minimum}" if minimum is not None else ""
+        raise RlhpoError(f"{name} must be an integer{bound}, but got {name}={value!r}.")
+
+
+def _check_float(name: str, value: Any, minimum: float | None = None) -> None:
+    ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok or (minimum is not None and value < minimum):
+        bound = f" >= {minimum}" if minimum is not None else ""
+        raise RlhpoError(f"{name} must be a finite number{bound}, but got {name}={value!r}.")
+
+
+def _int_tuple(name: str, value: Any) -> tuple[int, ...]:
+    if isinstance(value, str) or not isinstance(value, list | tuple) or not value:
+        raise RlhpoError(f"{name} must be a non-empty list of layer widths, but got {value!r}.")
+    for v in value:
+        _check_int(name, v, minimum=1)
+    return tuple(value)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value

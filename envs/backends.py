@@ -1,0 +1,380 @@
+"""Where HPOEnv's trials come from: trained now (``live``) or looked up (``recorded``).
+
+Both answer the same question behind one small interface, :class:`Backend`: "what curve does
+this config give on this task at this many epochs?", as a :class:`Trial`.
+
+- :class:`LiveBackend` trains for real and writes every curve into the store; a config already
+  recorded for the task and training seed (at as many epochs) is answered from the store instead.
+- :class:`RecordedBackend` answers from the store only. A config that is not recorded for the
+  task gets the nearest recorded one (L2 distance over the normalised encoding, epochs left
+  out), and the trial says which and how far. A task's runs are loaded into arrays on first use,
+  so a step runs no SQL.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from rlhpo.errors import RlhpoError, closest, unknown
+from rlhpo.space import HYPERPARAMETERS, Config, SearchSpace
+from rlhpo.store import CurveStore, StoredRun, TaskRecord
+from rlhpo.tasks.task import Task
+from rlhpo.training import Curve
+
+log = logging.getLogger(__name__)
+
+BACKENDS = ("live", "recorded")
+_EPOCHS_DIM = HYPERPARAMETERS.index("epochs")
+
+
+@dataclass(frozen=True)
+class Trial:
+    """One trial's answer: the curve of ``config`` trained for ``epochs``.
+
+    ``scores`` holds the normalised validation accuracy of each completed epoch; ``curve`` the
+    completed epochs as JSON dicts. ``config`` is the config whose curve this is: the one asked,
+    or (recorded backend) the nearest recorded one, ``distance`` away in the normalised encoding.
+    """
+
+    config: Config
+    epochs: int
+    scores: np.ndarray
+    train_loss: float  # of the last completed epoch; 0 when none
+    val_loss: float
+    diverged: bool
+    curve: list[dict[str, float]]
+    seconds: float  # training seconds of these epochs, as recorded
+    exact: bool
+    distance: float
+    trained: bool  # trained by this step (live), rather than answered from the store
+
+
+class Backend(Protocol):
+    name: str
+
+    def default_tasks(self) -> list[Task]:
+        """The tasks an episode samples from when the env was given none."""
+        ...
+
+    def describe(self, task: Task | str) -> TaskRecord:
+        """The task (or task key) with its meta-features and number of classes."""
+        ...
+
+    def run(self, task: Task, config: Config, epochs: int) -> Trial:
+        """The trial of ``config`` on ``task`` at ``epochs`` epochs."""
+        ...
+
+    def close(self) -> None:
+        """Close the store connection (it reopens if used again)."""
+        ...
+
+
+def normalised_scores(accuracy: np.ndarray, n_classes: int) -> np.ndarray:
+    """``(acc − 1/k) / (1 − 1/k)`` elementwise: the per-task score of :mod:`rlhpo.metrics`."""
+    chance = 1.0 / n_classes
+    return (np.asarray(accuracy, dtype=np.float64) - chance) / (1.0 - chance)
+
+
+def config_vector(space: SearchSpace, config: Config) -> np.ndarray:
+    """The normalised encoding without epochs: what identifies a recorded run."""
+    return np.delete(space.encode(config).astype(np.float64), _EPOCHS_DIM)
+
+
+def _epoch_dict(e: Any) -> dict[str, float]:
+    return {
+        "epoch": int(e.epoch),
+        "train_loss": float(e.train_loss),
+        "val_loss": float(e.val_loss),
+        "val_accuracy": float(e.val_accuracy),
+        "val_macro_f1": float(e.val_macro_f1),
+        "seconds": float(e.seconds),
+    }
+
+
+def trial_from_curve(
+    curve: Curve, config: Config, epochs: int, n_classes: int, *, exact: bool, distance: float, trained: bool
+) -> Trial:
+    last = curve.epochs[-1] if curve.epochs else None
+    return Trial(
+        config=config.with_epochs(epochs),
+        epochs=epochs,
+        scores=normalised_scores([e.val_accuracy for e in curve.epochs], n_classes),
+        train_loss=float(last.train_loss) if last else 0.0,
+        val_loss=float(last.val_loss) if last else 0.0,
+        diverged=curve.diverged,
+        curve=[_epoch_dict(e) for e in curve.epochs],
+        seconds=float(sum(e.seconds for e in curve.epochs)),
+        exact=exact,
+        distance=distance,
+        trained=trained,
+    )
+
+
+def _store_of(store: CurveStore | str | Path | None, readonly: bool) -> CurveStore:
+    if isinstance(store, CurveStore):
+        return store
+    if store is None:
+        if readonly:
+            raise RlhpoError("The recorded backend needs a curve store: pass store=<path> (made by `rlhpo collect`).")
+        return CurveStore(":memory:")
+    return CurveStore(store, readonly=readonly)
+
+
+# ------------------------------------------------------------------------ live
+
+
+class LiveBackend:
+    """Trains every trial for real; every curve goes into the store.
+
+    Args:
+        store: the curve store (a path or a :class:`CurveStore`); ``None`` keeps curves in memory.
+        space: the search space.
+        tasks: the tasks to sample episodes from; live training needs them named.
+        train_seed: the training seed of every trial.
+        data_dir: where local datasets are (see :func:`rlhpo.tasks.load_task`).
+        device: the torch device to train on.
+    """
+
+    name = "live"
+
+    def __init__(
+        self,
+        store: CurveStore | str | Path | None,
+        space: SearchSpace,
+        *,
+        tasks: Sequence[Task] = (),
+        train_seed: int = 0,
+        data_dir: str | Path | None = None,
+        device: str = "cpu",
+    ) -> None:
+        self.store = _store_of(store, readonly=False)
+        self.store.count()  # open (and create) it now: a bad path fails here, not mid-episode
+        self.space = space
+        self.tasks = list(tasks)
+        self.train_seed = train_seed
+        self.data_dir = data_dir
+        self.device = device
+        self._data: dict[str, Any] = {}  # task key -> TaskData
+        self.trained = 0  # trials this backend trained (the others were found in the store)
+        self._records: dict[str, TaskRecord] = {}
+
+    def close(self) -> None:
+        self.store.close()
+
+    def default_tasks(self) -> list[Task]:
+        if not self.tasks:
+            raise RlhpoError("The live backend needs tasks: pass tasks=[Task(...)] or options={'task': Task(...)}.")
+        return self.tasks
+
+    def _load(self, task: Task) -> Any:
+        from rlhpo.tasks import load_task
+
+        key = task.key()
+        if key not in self._data:
+            self._data[key] = load_task(task, data_dir=self.data_dir)
+        return self._data[key]
+
+    def describe(self, task: Task | str) -> TaskRecord:
+        if isinstance(task, str):
+            record = self.store.task(task)
+            if record is None:
+                raise RlhpoError(f"The live backend needs a Task, or the key of a task in the store; got {task!r}.")
+            task = record.task
+        key = task.key()
+        if key not in self._records:
+            record = self.store.task(key)
+            if record is None:
+                from rlhpo.tasks import meta_features
+
+                data = self._load(task)
+                record = TaskRecord(
+                    task=task,
+                    family=data.family,
+                    n_train=int(data.x_train.shape[0]),
+                    n_classes=data.n_classes,
+                    meta_features={k: float(v) for k, v in meta_features(data).items()},
+                )
+                self.store.put_task(record)
+            self._records[key] = record
+        return self._records[key]
+
+    def run(self, task: Task, config: Config, epochs: int) -> Trial:
+        from rlhpo.training import train
+
+        record = self.describe(task)
+        key = task.key()
+        stored = self.store.get_run(key, config, self.train_seed)
+        if stored is not None and stored.horizon >= epochs:
+            return trial_from_curve(
+                stored.at(epochs), config, epochs, record.n_classes, exact=True, distance=0.0, trained=False
+            )
+        curve = train(self._load(task), config, epochs=epochs, seed=self.train_seed, device=self.device)
+        self.store.put_run(key, config, self.train_seed, curve, max_epochs=epochs)
+        self.trained += 1
+        log.debug("trained %s on %s for %d epochs", config.key(), key, epochs)
+        return trial_from_curve(curve, config, epochs, record.n_classes, exact=True, distance=0.0, trained=True)
+
+
+# -------------------------------------------------------------------- recorded
+
+
+class _RunTable:
+    """One task's recorded runs as arrays: a step is a few array look-ups."""
+
+    def __init__(self, runs: Sequence[StoredRun], space: SearchSpace, n_classes: int) -> None:
+        width = max((len(r.curve.epochs) for r in runs), default=0)
+        self.configs = [r.config for r in runs]
+        self.index = {r.config.key(): i for i, r in enumerate(runs)}
+        self.vectors = np.stack([config_vector(space, r.config) for r in runs])
+        self.horizon = np.array([r.horizon for r in runs], dtype=np.float64)
+        self.n_done = np.array([len(r.curve.epochs) for r in runs], dtype=np.int64)
+        self.diverged = np.array([r.curve.diverged for r in runs], dtype=bool)
+        acc = np.zeros((len(runs), width))
+        self.train_loss = np.zeros((len(runs), width))
+        self.val_loss = np.zeros((len(runs), width))
+        self.cum_seconds = np.zeros((len(runs), width + 1))
+        for i, r in enumerate(runs):
+            n = len(r.curve.epochs)
+            acc[i, :n] = [e.val_accuracy for e in r.curve.epochs]
+            self.train_loss[i, :n] = [e.train_loss for e in r.curve.epochs]
+            self.val_loss[i, :n] = [e.val_loss for e in r.curve.epochs]
+            self.cum_seconds[i, 1 : n + 1] = np.cumsum([e.seconds for e in r.curve.epochs])
+        self.scores = normalised_scores(acc, n_classes)
+        self.epoch_dicts = [[_epoch_dict(e) for e in r.curve.epochs] for r in runs]
+        self._configs_at: dict[tuple[int, int], Config] = {}
+
+    def config_at(self, i: int, epochs: int) -> Config:
+        key = (i, epochs)
+        if key not in self._configs_at:
+            self._configs_at[key] = self.configs[i].with_epochs(epochs)
+        return self._configs_at[key]
+
+
+class RecordedBackend:
+    """Answers every trial from the store; a config not recorded gets the nearest recorded one.
+
+    Args:
+        store: the curve store made by ``rlhpo collect`` (a path or a :class:`CurveStore`).
+        space: the search space the actions decode in.
+        train_seed: the training seed whose runs answer (``rlhpo collect``'s ``train_seed``).
+        exclude_datasets: datasets left out of the default task list (leave-one-dataset-out).
+    """
+
+    name = "recorded"
+
+    def __init__(
+        self,
+        store: CurveStore | str | Path | None,
+        space: SearchSpace,
+        *,
+        train_seed: int = 0,
+        exclude_datasets: Sequence[str] = (),
+    ) -> None:
+        self.store = _store_of(store, readonly=True)
+        self.space = space
+        self.train_seed = train_seed
+        self.exclude_datasets = tuple(exclude_datasets)
+        self._records: dict[str, TaskRecord] | None = None
+        self._tables: dict[str, _RunTable] = {}
+
+    def close(self) -> None:
+        self.store.close()
+
+    @property
+    def records(self) -> dict[str, TaskRecord]:
+        """Every task of the store that has runs for ``train_seed``, by key."""
+        if self._records is None:
+            self._records = {r.key: r for r in self.store.tasks(with_runs=True, seed=self.train_seed)}
+        return self._records
+
+    def default_tasks(self) -> list[Task]:
+        tasks = [r.task for r in self.records.values() if r.task.dataset not in self.exclude_datasets]
+        if not tasks:
+            excluded = f" once {', '.join(self.exclude_datasets)} are excluded" if self.exclude_datasets else ""
+            raise RlhpoError(
+                f"Curve store {self.store.path!r} has no task with recorded curves for train_seed="
+                f"{self.train_seed}{excluded}; record some with `rlhpo collect`."
+            )
+        return tasks
+
+    def describe(self, task: Task | str) -> TaskRecord:
+        key = task if isinstance(task, str) else task.key()
+        record = self.records.get(key)
+        if record is None:
+            known = list(self.records)
+            if not known:
+                raise RlhpoError(
+                    f"Curve store {self.store.path!r} has no recorded curves for train_seed={self.train_seed}; "
+                    "record some with `rlhpo collect`."
+                )
+            raise RlhpoError(
+                f"Task {key!r} has no recorded curves (train_seed={self.train_seed}) in {self.store.path!r}; "
+                f"it has {len(known)} tasks.{closest(key, known)}"
+            )
+        return record
+
+    def _table(self, key: str) -> _RunTable:
+        table = self._tables.get(key)
+        if table is None:
+            record = self.describe(key)
+            runs = self.store.runs(key, self.train_seed)
+            table = self._tables[key] = _RunTable(runs, self.space, record.n_classes)
+        return table
+
+    def run(self, task: Task, config: Config, epochs: int) -> Trial:
+        table = self._table(task.key())
+        i = table.index.get(config.key())
+        exact = i is not None and bool(table.horizon[i] >= epochs)
+        if exact:
+            distance = 0.0
+        else:
+            d2 = np.square(table.vectors - config_vector(self.space, config)).sum(axis=1)
+            d2[table.horizon < epochs] = np.inf
+            i = int(np.argmin(d2))
+            if not math.isfinite(d2[i]):
+                raise RlhpoError(
+                    f"No run recorded on {task.key()!r} reaches {epochs} epochs; record it at the largest epochs "
+                    "choice with `rlhpo collect`."
+                )
+            distance = float(math.sqrt(d2[i]))
+        assert i is not None
+        n = min(epochs, int(table.n_done[i]))
+        return Trial(
+            config=table.config_at(i, epochs),
+            epochs=epochs,
+            scores=table.scores[i, :n],
+            train_loss=float(table.train_loss[i, n - 1]) if n else 0.0,
+            val_loss=float(table.val_loss[i, n - 1]) if n else 0.0,
+            diverged=bool(table.diverged[i]) and n < epochs,
+            curve=table.epoch_dicts[i][:n],
+            seconds=float(table.cum_seconds[i, n]),
+            exact=exact,
+            distance=distance,
+            trained=False,
+        )
+
+
+def make_backend(
+    backend: str,
+    store: CurveStore | str | Path | None,
+    space: SearchSpace,
+    *,
+    tasks: Sequence[Task] = (),
+    train_seed: int = 0,
+    exclude_datasets: Sequence[str] = (),
+    data_dir: str | Path | None = None,
+    device: str = "cpu",
+) -> Backend:
+    """The backend named ``backend`` (``live`` or ``recorded``)."""
+    if backend == "live":
+        return LiveBackend(store, space, tasks=tasks, train_seed=train_seed, data_dir=data_dir, device=device)
+    if backend == "recorded":
+        return RecordedBackend(store, space, train_seed=train_seed, exclude_datasets=exclude_datasets)
+    raise unknown("backend", backend, BACKENDS)

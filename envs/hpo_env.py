@@ -1,0 +1,366 @@
+"""HPOEnv: hyperparameter search on one task as a Gymnasium environment (``rlhpo/HPO-v0``)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+
+from rlhpo.envs.backends import Backend, Trial, make_backend
+from rlhpo.envs.reward import RewardSettings, step_reward
+from rlhpo.errors import RlhpoError
+from rlhpo.space import HYPERPARAMETERS, SearchSpace, load_search_space
+from rlhpo.store import CurveStore, TaskRecord
+from rlhpo.tasks.features import META_FEATURES
+from rlhpo.tasks.task import Task
+
+# The observation, in order (see the table in HPOEnv's docstring).
+BUDGET_FEATURES = ("budget_used", "budget_remaining", "steps", "incumbent_score")
+CONFIG_FEATURES = tuple(f"last_{h}" for h in HYPERPARAMETERS)
+CURVE_FEATURES = ("last_final_score", "last_best_score", "last_slope", "last_loss_gap", "last_diverged")
+OBSERVATION_NAMES = META_FEATURES + BUDGET_FEATURES + CONFIG_FEATURES + CURVE_FEATURES
+SLOPE_EPOCHS = 3  # the slope is taken over the last (up to) this many completed epochs
+
+
+@runtime_checkable
+class TaskSource(Protocol):
+    """Anything that draws a task from a numpy generator (a :class:`rlhpo.tasks.TaskSampler`)."""
+
+    def sample(self, rng: np.random.Generator) -> Task: ...
+
+
+def curve_features(trial: Trial) -> tuple[float, float, float, float, float]:
+    """(final score, best score, slope, train–validation loss gap, diverged) of a trial, each in [-1, 1]."""
+    s = trial.scores
+    n = len(s)
+    final = float(s[-1]) if n else 0.0
+    best = float(s.max()) if n else 0.0
+    m = min(SLOPE_EPOCHS, n)
+    slope = float(s[-1] - s[-m]) / (m - 1) if m >= 2 else 0.0
+    gap = math.tanh(trial.val_loss - trial.train_loss) if n else 0.0
+    return (_clip(final), _clip(best), _clip(slope), gap, float(trial.diverged))
+
+
+def trial_score(trial: Trial) -> float:
+    """The trial's score: normalised validation accuracy at its last completed epoch (0 if none)."""
+    return _clip(float(trial.scores[-1])) if len(trial.scores) else 0.0
+
+
+def _clip(x: float, lo: float = -1.0, hi: float = 1.0) -> float:
+    return lo if x < lo else hi if x > hi else x
+
+
+class HPOEnv(gym.Env[np.ndarray, np.ndarray]):
+    """
+    ## Description
+
+    One episode is one hyperparameter-tuning session on one task (a dataset, a model family, a
+    training-set size, a seed) with a budget in epochs. Each step proposes a whole config: a
+    fresh model is trained with it for its epochs (or the trial is looked up among recorded
+    curves), the budget pays those epochs, and the incumbent, the best trial so far, is updated.
+    The agent's goal is a high incumbent score when the budget is spent.
+
+    Scores are validation accuracy normalised per task, ``(acc − 1/k) / (1 − 1/k)`` for ``k``
+    classes: 0 at chance, 1 when perfect, the same scale on MNIST and TREC.
+
+    ## Action Space
+
+    The action is a `ndarray` of shape `(8,)`, a `MultiDiscrete` with one choice index per
+    hyperparameter of the search space (`configs/search_space.yaml`), in this order:
+    learning_rate, batch_size, epochs, dropout, optimizer, weight_decay, num_layers, units.
+    `epochs` is the fidelity of the trial: the shipped space offers 1, 3 and 9 epochs.
+
+    ## Observation Space
+
+    The observation is a float32 `ndarray` of shape `(30,)`:
+
+    | Num   | Observation                                                 | Min | Max |
+    |-------|-------------------------------------------------------------|-----|-----|
+    | 0-12  | task meta-features (`rlhpo.tasks.features.META_FEATURES`)   | 0   | 1   |
+    | 13    | budget used, fraction of `budget_epochs`                    | 0   | 1   |
+    | 14    | budget remaining, fraction of `budget_epochs`               | 0   | 1   |
+    | 15    | steps taken / most steps the budget allows                  | 0   | 1   |
+    | 16    | incumbent score (0 before any trial)                        | -1  | 1   |
+    | 17-24 | last trial's config, normalised encoding (`SearchSpace.encode`) | 0 | 1 |
+    | 25    | last trial's final validation score                         | -1  | 1   |
+    | 26    | last trial's best validation score over its epochs          | -1  | 1   |
+    | 27    | last trial's score slope per epoch over its last 3 epochs   | -1  | 1   |
+    | 28    | last trial's loss gap, tanh(val loss − train loss)          | -1  | 1   |
+    | 29    | last trial diverged (1) or not (0)                          | 0   | 1   |
+
+    Entries 17-29 are 0 after `reset`. The last trial's config is the one whose curve answered
+    (with the recorded backend, the nearest recorded config) at the epochs actually paid. A
+    trial that diverged keeps the scores of the epochs it completed (0 if none), so the
+    observation stays finite and in the space.
+
+    ## Rewards
+
+    `r = (incumbent_after − incumbent_before) − cost_per_fte × epochs / max_epochs −
+    divergence_penalty × diverged`, with the weights of `rlhpo.envs.reward.RewardSettings`
+    (defaults 0.01 and 0.1; the module says why). The incumbent starts at 0, so the undiscounted
+    return is the final incumbent score less the costs. A trial's score is its normalised
+    validation accuracy at its last completed epoch.
+
+    ## Starting State
+
+    `reset` takes the task from `options["task"]` (a `Task`, or the key of a task in the store),
+    or draws one with the env's generator from `tasks` (a list, or a `TaskSampler`), or else
+    from every task recorded in the store (recorded backend). The budget is full, the incumbent
+    is 0 and there is no last trial.
+
+    ## Episode End
+
+    1. Termination: the budget is spent (fewer epochs remain than the smallest epochs choice).
+    A step whose epochs exceed the remaining budget trains for the largest epochs choice that
+    fits; `info["epochs"]` says what was paid. There is no truncation: every step pays at least
+    the smallest epochs choice, so an episode has at most `budget_epochs` steps.
+
+    ## Arguments
+
+    ```python
+    >>> import gymnasium as gym
+    >>> import rlhpo.envs
+    >>> env = gym.make("rlhpo/HPO-v0", backend="recorded", store="runs/store.sqlite")
+    >>> obs, info = env.reset(seed=0)
+    ```
+
+    | Parameter          | Type                 | Default         | Description                                 |
+    |--------------------|----------------------|-----------------|---------------------------------------------|
+    | `backend`          | `str`                | `"live"`        | `live` trains each trial; `recorded` looks  |
+    |                    |                      |                 | it up in the store                          |
+    | `store`            | path or `CurveStore` | `None`          | curve store; `None` (live only): in memory  |
+    | `tasks`            | `Task`s/keys, sampler| see below       | the tasks episodes draw from                |
+    | `space`            | `SearchSpace`, path  | shipped space   | the search space                            |
+    | `budget_epochs`    | `int`                | 3 × max epochs  | the budget of an episode, in epochs         |
+    | `train_seed`       | `int`                | `0`             | training seed of every trial (recorded runs |
+    |                    |                      |                 | must have been trained with it)             |
+    | `reward`           | `RewardSettings`     | defaults        | reward weights                              |
+    | `exclude_datasets` | `list[str]`          | `()`            | left out of the recorded default tasks      |
+    | `data_dir`         | path                 | `RLHPO_DATA_DIR`| local datasets (live backend)               |
+    | `device`           | `str`                | `"cpu"`         | torch device (live backend)                 |
+
+    `tasks` defaults to `[Task("digits")]` (live) or every task recorded in the store for
+    `train_seed` (recorded), less `exclude_datasets`.
+
+    `info` holds plain JSON values. After `reset`: `task`, `dataset`, `family`, `n_classes`,
+    `meta_features`, `budget_epochs`, `backend`. After `step`: `task`, `step`, `action`,
+    `config` (as asked), `epochs` (paid), `answered_config`, `exact`, `distance`,
+    `curve` (one dict per completed epoch), `diverged`, `score`, `incumbent`,
+    `incumbent_config` (the best trial's config; `None` before any trial), `budget_used`,
+    `budget_remaining`, `cost_fte`, `seconds`, `backend`. They depend only on the seed, the actions
+    and the recorded curves (`seconds` are the recorded training seconds), never on whether this
+    step trained or found its curve in the store.
+
+    ## Version History
+
+    * v0: Initial version.
+    """
+
+    metadata = {"render_modes": []}
+
+    def __init__(
+        self,
+        backend: str | Backend = "live",
+        store: CurveStore | str | Path | None = None,
+        *,
+        tasks: Sequence[Task | str] | TaskSource | None = None,
+        space: SearchSpace | str | Path | None = None,
+        budget_epochs: int | None = None,
+        train_seed: int = 0,
+        reward: RewardSettings | None = None,
+        exclude_datasets: Sequence[str] = (),
+        data_dir: str | Path | None = None,
+        device: str = "cpu",
+        render_mode: str | None = None,
+    ) -> None:
+        if render_mode is not None:
+            raise RlhpoError(f"HPOEnv renders nothing, but got {render_mode=}; leave it None.")
+        self.space = space if isinstance(space, SearchSpace) else load_search_space(space)
+        self.reward_settings = reward or RewardSettings()
+        self.train_seed = train_seed
+        epochs_choices = sorted(self.space.choices["epochs"])
+        self._epochs_choices = epochs_choices
+        self.max_epochs = self.space.max_epochs
+        self.budget_epochs = 3 * self.max_epochs if budget_epochs is None else int(budget_epochs)
+        if self.budget_epochs < epochs_choices[0]:
+            raise RlhpoError(
+                f"budget_epochs must be at least the smallest epochs choice {epochs_choices[0]}, "
+                f"but got budget_epochs={self.budget_epochs}."
+            )
+        self.max_steps = self.budget_epochs // epochs_choices[0]
+
+        task_list: list[Task | str] = []
+        self._sampler: TaskSource | None = None
+        if isinstance(tasks, TaskSource):
+            self._sampler = tasks
+        elif tasks is not None:
+            task_list = list(tasks)
+            if not task_list:
+                raise RlhpoError("tasks is empty; pass at least one Task, or None for the backend's default.")
+        if isinstance(backend, str):
+            live_tasks = [t for t in task_list if isinstance(t, Task)]
+            if backend == "live" and tasks is None:
+                live_tasks = [Task("digits")]
+            backend = make_backend(
+                backend,
+                store,
+                self.space,
+                tasks=live_tasks,
+                train_seed=train_seed,
+                exclude_datasets=exclude_datasets,
+                data_dir=data_dir,
+                device=device,
+            )
+        self.backend: Backend = backend
+        self._tasks: list[Task | str] | None = task_list or None
+
+        self.action_space = spaces.MultiDiscrete(self.space.nvec)
+        n_meta = len(META_FEATURES)
+        low = np.zeros(len(OBSERVATION_NAMES), dtype=np.float32)
+        high = np.ones(len(OBSERVATION_NAMES), dtype=np.float32)
+        low[n_meta + 3] = -1.0  # incumbent score
+        low[len(OBSERVATION_NAMES) - len(CURVE_FEATURES) : -1] = -1.0  # scores, slope, gap
+        self.observation_space = spaces.Box(low=low, high=high, dtype=np.float32)
+        self._low, self._high = low, high
+
+        self._record: TaskRecord | None = None
+        self._meta = np.zeros(n_meta, dtype=np.float32)
+        self._used = 0
+        self._steps = 0
+        self._incumbent = 0.0
+        self._best_score = -math.inf
+        self._incumbent_config: dict[str, Any] | None = None
+        self._last: Trial | None = None
+        self._done = True
+
+    # ------------------------------------------------------------------ API
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict]:
+        super().reset(seed=seed)
+        options = dict(options or {})
+        unknown_options = set(options) - {"task"}
+        if unknown_options:
+            raise RlhpoError(f"Unknown reset options {sorted(unknown_options)}; HPOEnv takes only 'task'.")
+        task = options.get("task")
+        if task is None:
+            task = self._draw_task()
+        if not isinstance(task, Task | str):
+            raise RlhpoError(f"options['task'] must be a Task or a task key, but got {type(task).__name__}.")
+        self._record = self.backend.describe(task)
+        self._meta = self._meta_vector(self._record)
+        self._used = 0
+        self._steps = 0
+        self._incumbent = 0.0
+        self._best_score = -math.inf
+        self._incumbent_config = None
+        self._last = None
+        self._done = False
+        return self._get_obs(), self._reset_info()
+
+    def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict]:
+        if self._done or self._record is None:
+            raise RlhpoError("The episode has ended (or never started): call reset() before step().")
+        config = self.space.decode(action)  # raises a clear error for an action outside the space
+        remaining = self.budget_epochs - self._used
+        epochs = max(e for e in self._epochs_choices if e <= min(config.epochs, remaining))
+        trial = self.backend.run(self._record.task, config, epochs)
+        score = trial_score(trial)
+        before = self._incumbent
+        if score > self._best_score:  # the incumbent config is the best trial's, even below chance
+            self._best_score = score
+            self._incumbent_config = _config_dict(trial.config)
+        self._incumbent = max(self._incumbent, score)
+        reward = step_reward(
+            self.reward_settings,
+            incumbent_before=before,
+            incumbent_after=self._incumbent,
+            epochs=epochs,
+            max_epochs=self.max_epochs,
+            diverged=trial.diverged,
+        )
+        self._used += epochs
+        self._steps += 1
+        self._last = trial
+        terminated = self.budget_epochs - self._used < self._epochs_choices[0]
+        self._done = terminated
+        info = self._step_info(action, config, trial, score)
+        return self._get_obs(), float(reward), terminated, False, info
+
+    def close(self) -> None:
+        self.backend.close()
+        super().close()
+
+    # -------------------------------------------------------------- helpers
+
+    def _draw_task(self) -> Task | str:
+        if self._sampler is not None:
+            return self._sampler.sample(self.np_random)
+        tasks = self._tasks or self.backend.default_tasks()
+        return tasks[int(self.np_random.integers(len(tasks)))]
+
+    @staticmethod
+    def _meta_vector(record: TaskRecord) -> np.ndarray:
+        missing = [f for f in META_FEATURES if f not in record.meta_features]
+        if missing:
+            raise RlhpoError(f"Task {record.key!r} lacks the meta-features {missing}; re-record it.")
+        v = np.array([record.meta_features[f] for f in META_FEATURES], dtype=np.float32)
+        return np.clip(v, 0.0, 1.0)
+
+    def _get_obs(self) -> np.ndarray:
+        obs = np.zeros(len(OBSERVATION_NAMES), dtype=np.float32)
+        n = len(self._meta)
+        obs[:n] = self._meta
+        obs[n] = self._used / self.budget_epochs
+        obs[n + 1] = (self.budget_epochs - self._used) / self.budget_epochs
+        obs[n + 2] = min(self._steps / self.max_steps, 1.0)
+        obs[n + 3] = self._incumbent
+        if self._last is not None:
+            c = n + len(BUDGET_FEATURES)
+            obs[c : c + len(HYPERPARAMETERS)] = self.space.encode(self._last.config)
+            obs[c + len(HYPERPARAMETERS) :] = curve_features(self._last)
+        return np.clip(obs, self._low, self._high)
+
+    def _reset_info(self) -> dict[str, Any]:
+        assert self._record is not None
+        r = self._record
+        return {
+            "task": r.key,
+            "dataset": r.task.dataset,
+            "family": r.family,
+            "n_classes": r.n_classes,
+            "meta_features": {f: float(r.meta_features[f]) for f in META_FEATURES},
+            "budget_epochs": self.budget_epochs,
+            "backend": self.backend.name,
+        }
+
+    def _step_info(self, action: Any, config: Any, trial: Trial, score: float) -> dict[str, Any]:
+        assert self._record is not None
+        return {
+            "task": self._record.key,
+            "step": self._steps,
+            "action": [int(a) for a in np.asarray(action).reshape(-1)],
+            "config": _config_dict(config),
+            "epochs": trial.epochs,
+            "answered_config": _config_dict(trial.config),
+            "exact": trial.exact,
+            "distance": trial.distance,
+            "curve": [dict(e) for e in trial.curve],  # copies: the recorded backend keeps its own
+            "diverged": trial.diverged,
+            "score": score,
+            "incumbent": self._incumbent,
+            "incumbent_config": dict(self._incumbent_config) if self._incumbent_config else None,
+            "budget_used": self._used,
+            "budget_remaining": self.budget_epochs - self._used,
+            "cost_fte": trial.epochs / self.max_epochs,
+            "seconds": trial.seconds,
+            "backend": self.backend.name,
+        }
+
+
+def _config_dict(config: Any) -> dict[str, Any]:
+    return {h: getattr(config, h) for h in HYPERPARAMETERS}

@@ -1,0 +1,87 @@
+"""RolloutRecorder: append every step of an environment to ``rollouts.jsonl``.
+
+One JSON object per line, append-only and flushed per step (like Optuna's journal storage), so
+a run killed at any moment leaves every completed step readable. A line holds the episode and
+step numbers, the episode's reset seed, the task and its meta-features, the action, the decoded
+config, a summary of the trial's curve, the reward and the incumbent.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+
+
+def curve_summary(info: dict[str, Any]) -> dict[str, Any]:
+    """The headline of a step's curve: epochs completed and paid, final and best accuracy, divergence."""
+    curve = info.get("curve") or []
+    accs = [e["val_accuracy"] for e in curve]
+    return {
+        "epochs_completed": len(curve),
+        "epochs_paid": info.get("epochs"),
+        "final_val_accuracy": accs[-1] if accs else None,
+        "best_val_accuracy": max(accs) if accs else None,
+        "final_val_loss": curve[-1]["val_loss"] if curve else None,
+        "diverged": info.get("diverged"),
+        "score": info.get("score"),
+        "seconds": info.get("seconds"),
+    }
+
+
+class RolloutRecorder(gym.Wrapper):
+    """Appends each step of the wrapped HPOEnv to a JSONL file (created with its folder if needed).
+
+    Args:
+        env: the environment (its ``info`` must be HPOEnv's).
+        path: the JSONL file, e.g. ``runs/<run>/rollouts.jsonl``; lines are appended.
+    """
+
+    def __init__(self, env: gym.Env, path: str | Path) -> None:
+        super().__init__(env)
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = self.path.open("a", encoding="utf-8")
+        self._episode = -1
+        self._seed: int | None = None
+        self._reset_info: dict[str, Any] = {}
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[Any, dict]:
+        obs, info = self.env.reset(seed=seed, options=options)
+        self._episode += 1
+        self._seed = seed
+        self._reset_info = info
+        return obs, info
+
+    def step(self, action: Any) -> tuple[Any, float, bool, bool, dict]:
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        line = {
+            "episode": self._episode,
+            "seed": self._seed,  # the reset seed: with the actions, what a replay needs
+            "step": info.get("step"),
+            "task": info.get("task"),
+            "meta_features": self._reset_info.get("meta_features"),
+            "action": np.asarray(action).reshape(-1).tolist(),
+            "config": info.get("config"),
+            "answered_config": info.get("answered_config"),
+            "exact": info.get("exact"),
+            "distance": info.get("distance"),
+            "curve": curve_summary(info),
+            "reward": float(reward),
+            "incumbent": info.get("incumbent"),
+            "incumbent_config": info.get("incumbent_config"),
+            "budget_used": info.get("budget_used"),
+            "terminated": bool(terminated),
+            "truncated": bool(truncated),
+        }
+        self._file.write(json.dumps(line) + "\n")
+        self._file.flush()
+        return obs, reward, terminated, truncated, info
+
+    def close(self) -> None:
+        if not self._file.closed:
+            self._file.close()
+        super().close()

@@ -1,0 +1,1 @@
+"""Shipped artefacts (package data): the meta-dataset, the policy, and ASSETS.md on how they were made."""

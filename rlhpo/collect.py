@@ -1,0 +1,428 @@
+"""``rlhpo collect``: record the curves of a space-filling sample of configs on many task instances.
+
+Every config is trained at the largest epochs choice, so every smaller fidelity is recorded too
+(the store answers ``k`` epochs from a run's first ``k``). Work runs in worker processes behind
+the small :class:`Executor` interface (local processes here; a Ray executor could take the same
+work). The parent process writes each finished run to the store in one transaction, so a kill at
+any moment loses only the runs in flight, and running the same command again skips every run
+already recorded.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import dataclasses
+import logging
+import math
+import multiprocessing
+import os
+import signal
+import sys
+import threading
+import time
+import traceback
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
+
+import numpy as np
+
+from rlhpo.errors import RlhpoError
+from rlhpo.settings import from_dict, read_yaml, shipped_config
+from rlhpo.space import HYPERPARAMETERS, Config, SearchSpace, load_search_space
+from rlhpo.store import CurveStore, TaskRecord
+from rlhpo.tasks.task import Task
+from rlhpo.training import Curve
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+# ------------------------------------------------------------------ settings
+
+
+@dataclass(frozen=True)
+class InstanceGroup:
+    """Task instances: every combination of the listed datasets, training-set sizes, families, seeds."""
+
+    datasets: list[str]
+    n_train: list[int | None] = field(default_factory=lambda: [None])  # None: the whole training set
+    families: list[str | None] = field(default_factory=lambda: [None])  # None: the dataset's default
+    seeds: list[int] = field(default_factory=lambda: [0])  # the task seed: validation split, subsample
+    configs: int | None = None  # configs per instance of this group; None: the settings' number
+    max_length: int | None = None  # text only: keep the first max_length tokens (cheap instances)
+
+    def tasks(self) -> list[Task]:
+        return [
+            Task(dataset=d, family=f, n_train=n, seed=s, max_length=self.max_length)
+            for d in self.datasets
+            for n in self.n_train
+            for f in self.families
+            for s in self.seeds
+        ]
+
+
+@dataclass(frozen=True)
+class CollectSettings:
+    """What ``rlhpo collect`` records (``configs/collect.yaml``)."""
+
+    instances: list[InstanceGroup]
+    configs: int = 96  # configs per task instance, the default config included
+    seed: int = 0  # seeds the config sample (one sample, shared by every instance)
+    train_seed: int = 0  # training seed of every run; HPOEnv's train_seed must match to replay them
+
+    def __post_init__(self) -> None:
+        for n in [self.configs] + [g.configs for g in self.instances if g.configs is not None]:
+            if n < 1:
+                raise RlhpoError(f"collect needs at least 1 config per task, but got configs={n}.")
+
+    def plan(self, datasets: Sequence[str] | None = None) -> dict[Task, int]:
+        """Each task instance, in file order, with its number of configs; ``datasets`` keeps only those.
+
+        A task listed by several groups takes the largest number.
+        """
+        out: dict[Task, int] = {}
+        for group in self.instances:
+            for task in group.tasks():
+                out[task] = max(out.get(task, 0), group.configs or self.configs)
+        if datasets:
+            known = {t.dataset for t in out}
+            for d in datasets:
+                if d not in known:
+                    listed = ", ".join(sorted(known))
+                    raise RlhpoError(f"Dataset {d!r} is not in the collect settings; they list {listed}.")
+            out = {t: n for t, n in out.items() if t.dataset in datasets}
+        return out
+
+    def tasks(self, datasets: Sequence[str] | None = None) -> list[Task]:
+        """The task instances, in file order, without repeats; ``datasets`` keeps only those."""
+        return list(self.plan(datasets))
+
+    def with_configs(self, n: int) -> CollectSettings:
+        """The same instances with ``n`` configs each (the CLI's ``--configs``)."""
+        groups = [dataclasses.replace(g, configs=None) for g in self.instances]
+        return dataclasses.replace(self, instances=groups, configs=n)
+
+
+def load_collect_settings(path: str | Path | None = None) -> CollectSettings:
+    """Read the collect settings (the shipped ``configs/collect.yaml`` by default)."""
+    where = str(path or "configs/collect.yaml")
+    data = read_yaml(path or shipped_config("collect.yaml"))
+    groups = data.get("instances")
+    if not isinstance(groups, list) or not groups:
+        raise RlhpoError(f"{where} needs 'instances': a list of groups with datasets, n_train, families, seeds.")
+    parsed = []
+    for i, g in enumerate(groups):
+        if not isinstance(g, dict):
+            raise RlhpoError(f"{where}: instances[{i}] must be a mapping, but got {g!r}.")
+        group = from_dict(InstanceGroup, g, f"{where} instances[{i}]")
+        for name in ("datasets", "n_train", "families", "seeds"):
+            value = getattr(group, name)
+            if not isinstance(value, list) or not value:
+                raise RlhpoError(f"{where}: instances[{i}].{name} must be a non-empty list, but got {value!r}.")
+        parsed.append(group)
+    return from_dict(CollectSettings, {**data, "instances": parsed}, where)
+
+
+# ------------------------------------------------------------- config sample
+
+
+MAX_BLOCK = 64
+
+
+def space_filling_configs(space: SearchSpace, n: int, seed: int) -> list[Config]:
+    """``n`` distinct configs at the largest epochs: the default first, then Latin-hypercube blocks.
+
+    The configs after the default come in blocks; within a block every hyperparameter other
+    than epochs is stratified (each choice appears equally often when the block size is a
+    multiple of its number of choices, as the shipped space's 28 is), in a random, seeded
+    pairing with the others. The sample for ``n`` is the first ``n`` distinct configs of that
+    seeded stream, so a larger ``n`` keeps every config of a smaller one: raising ``--configs``
+    only adds runs.
+    """
+    dims = [h for h in HYPERPARAMETERS if h != "epochs"]
+    n_distinct = math.prod(len(space.choices[h]) for h in dims)
+    if n > n_distinct:
+        raise RlhpoError(f"The search space holds only {n_distinct} distinct configs, but {n} were asked.")
+    block = min(math.lcm(*(len(space.choices[h]) for h in dims)), MAX_BLOCK)
+    rng = np.random.default_rng(seed)
+    default = space.default.with_epochs(space.max_epochs)
+    out = {default.key(): default}
+    while len(out) < n:
+        # Sample i of the block takes stratum perm[i] of each dimension: positions in [0, 1).
+        u = (np.stack([rng.permutation(block) for _ in dims], axis=1) + rng.random((block, len(dims)))) / block
+        for row in u:
+            values = {h: space.choices[h][int(x * len(space.choices[h]))] for h, x in zip(dims, row)}
+            config = Config(epochs=space.max_epochs, **values)
+            out.setdefault(config.key(), config)
+            if len(out) == n:
+                break
+    return list(out.values())
+
+
+# ------------------------------------------------------------------- executor
+
+
+class Executor(Protocol):
+    """Runs independent work items, here or elsewhere (local processes; Ray could do the same)."""
+
+    def map_unordered(self, fn: Callable[[T], R], items: Sequence[T]) -> Iterator[R]:
+        """Yield ``fn(item)`` for every item, in completion order. ``fn`` must be picklable."""
+        ...
+
+    def shutdown(self) -> None:
+        """Stop at once: cancel what has not started, stop what is running."""
+        ...
+
+
+class InlineExecutor:
+    """Runs items one after the other in this process (for debugging and small jobs).
+
+    Like a worker process, it trains with one torch thread (restored afterwards), so its
+    curves are the same as :class:`LocalExecutor`'s.
+    """
+
+    def map_unordered(self, fn: Callable[[T], R], items: Sequence[T]) -> Iterator[R]:
+        import torch
+
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            for item in items:
+                yield fn(item)
+        finally:
+            torch.set_num_threads(threads)
+
+    def shutdown(self) -> None:
+        pass
+
+
+class LocalExecutor:
+    """Runs items in ``workers`` local processes (spawned; one torch thread each).
+
+    Workers ignore SIGINT (the parent handles Ctrl-C and stops them) and exit by themselves
+    when the parent dies, so a killed ``collect`` leaves no orphan training on.
+    """
+
+    def __init__(self, workers: int) -> None:
+        if workers < 1:
+            raise RlhpoError(f"workers must be at least 1, but got {workers=}.")
+        self.workers = workers
+        self._pool: cf.ProcessPoolExecutor | None = None
+
+    def map_unordered(self, fn: Callable[[T], R], items: Sequence[T]) -> Iterator[R]:
+        if not items:
+            return
+        self._pool = cf.ProcessPoolExecutor(
+            max_workers=min(self.workers, len(items)),
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_init_worker,
+            initargs=(os.getpid(),),
+        )
+        try:
+            futures = [self._pool.submit(fn, item) for item in items]
+            for future in cf.as_completed(futures):
+                yield future.result()
+        finally:
+            self.shutdown()
+
+    def shutdown(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is None:
+            return
+        # ProcessPoolExecutor has no public way to stop running work before Python 3.14.
+        processes = list((getattr(pool, "_processes", None) or {}).values())
+        pool.shutdown(wait=False, cancel_futures=True)
+        for process in processes:
+            if process.is_alive():
+                process.terminate()
+        for process in processes:
+            process.join(timeout=10)
+
+
+def _init_worker(parent_pid: int) -> None:
+    import torch
+
+    torch.set_num_threads(1)  # K workers on K cores: no oversubscription, repeatable numerics
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    threading.Thread(target=_exit_when_orphaned, args=(parent_pid,), daemon=True).start()
+
+
+def _exit_when_orphaned(parent_pid: int) -> None:
+    while True:
+        if os.getppid() != parent_pid:
+            os._exit(1)
+        time.sleep(0.5)
+
+
+def make_executor(workers: int) -> Executor:
+    """Local worker processes (``workers`` ≥ 1)."""
+    return LocalExecutor(workers)
+
+
+# ---------------------------------------------------------------- the work
+
+
+@dataclass(frozen=True)
+class WorkItem:
+    task: Task
+    config: Config
+    seed: int
+    data_dir: str | None = None
+    device: str = "cpu"
+
+
+@dataclass(frozen=True)
+class WorkResult:
+    item: WorkItem
+    curve: Curve | None
+    seconds: float
+    error: str | None = None
+
+
+_DATA_CACHE: OrderedDict[Task, Any] = OrderedDict()
+_DATA_CACHE_SIZE = 16  # loaded tasks kept per worker: items go round-robin over the tasks
+
+
+def _load(task: Task, data_dir: str | None) -> Any:
+    from rlhpo.tasks import load_task
+
+    if task in _DATA_CACHE:
+        _DATA_CACHE.move_to_end(task)
+        return _DATA_CACHE[task]
+    data = load_task(task, data_dir=data_dir)
+    _DATA_CACHE[task] = data
+    while len(_DATA_CACHE) > _DATA_CACHE_SIZE:
+        _DATA_CACHE.popitem(last=False)
+    return data
+
+
+def train_item(item: WorkItem) -> WorkResult:
+    """Train one config on one task (in a worker); an exception becomes the result's error."""
+    from rlhpo.training import train
+
+    started = time.perf_counter()
+    try:
+        data = _load(item.task, item.data_dir)
+        curve = train(data, item.config, seed=item.seed, device=item.device)
+        return WorkResult(item, curve, time.perf_counter() - started)
+    except Exception as e:  # one bad run must not stop an hour of collecting; it is retried next time
+        text = f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=5)}"
+        return WorkResult(item, None, time.perf_counter() - started, error=text)
+
+
+def task_record(task: Task, data_dir: str | Path | None = None) -> TaskRecord:
+    """Load a task once and describe it for the store: resolved family, sizes, meta-features."""
+    from rlhpo.tasks import load_task, meta_features
+
+    data = load_task(task, data_dir=data_dir)
+    return TaskRecord(
+        task=task,
+        family=data.family,
+        n_train=int(data.x_train.shape[0]),
+        n_classes=data.n_classes,
+        meta_features={k: float(v) for k, v in meta_features(data).items()},
+    )
+
+
+def plan_items(
+    store: CurveStore, plan: dict[Task, int], configs: Sequence[Config], seed: int, data_dir: str | None = None
+) -> tuple[list[WorkItem], int]:
+    """The runs still to record, interleaved across tasks, and how many are recorded already.
+
+    ``plan`` maps each task to its number of configs: the first that many of ``configs``. Items
+    go round-robin over the tasks (config 1 of every task, then config 2, ...), so the expensive
+    tasks spread over the whole collect and the progress bar's rate is representative.
+    """
+    items, skipped = [], 0
+    for i, config in enumerate(configs):
+        for task, n in plan.items():
+            if i >= n:
+                continue
+            if store.has_run(task.key(), config, seed, config.epochs):
+                skipped += 1
+            else:
+                items.append(WorkItem(task=task, config=config, seed=seed, data_dir=data_dir))
+    return items, skipped
+
+
+@dataclass(frozen=True)
+class CollectResult:
+    tasks: int
+    runs: int  # planned: the configs of every task
+    trained: int
+    skipped: int  # already recorded before this call
+    failed: list[str]  # "task_key config_key: error" per run that raised
+    seconds: float
+    store: str
+
+
+def collect(
+    settings: CollectSettings,
+    store_path: str | Path,
+    *,
+    workers: int = 1,
+    datasets: Sequence[str] | None = None,
+    space: SearchSpace | None = None,
+    data_dir: str | Path | None = None,
+    executor: Executor | None = None,
+    progress: bool = True,
+) -> CollectResult:
+    """Record a space-filling sample of configs on every task instance of ``settings``.
+
+    Resumable: runs already in the store are skipped. Ctrl-C stops the workers, keeps every run
+    written so far, and re-raises :class:`KeyboardInterrupt`.
+    """
+    from tqdm import tqdm
+
+    started = time.perf_counter()
+    space = space or load_search_space()
+    plan = settings.plan(datasets)
+    tasks = list(plan)
+    configs = space_filling_configs(space, max(plan.values()), settings.seed)
+    data_dir_text = str(data_dir) if data_dir is not None else None
+    store = CurveStore(store_path)
+    for task in tasks:  # loads (and caches) each task once, checking it before any worker starts
+        if store.task(task.key()) is None:
+            log.info("describing task %s", task.key())
+            store.put_task(task_record(task, data_dir))
+    items, skipped = plan_items(store, plan, configs, settings.train_seed, data_dir_text)
+    log.info(
+        "collect: %d tasks, %d runs; %d recorded, %d to train", len(tasks), skipped + len(items), skipped, len(items)
+    )
+    executor = executor or make_executor(workers)
+    failed: list[str] = []
+    trained = 0
+    bar = tqdm(total=len(items), desc="collect", unit="run", file=sys.stderr, disable=not progress, smoothing=0.0)
+    if skipped:
+        bar.set_postfix_str(f"{skipped} already recorded", refresh=False)
+    try:
+        for result in executor.map_unordered(train_item, items):
+            item = result.item
+            if result.curve is None:
+                failed.append(f"{item.task.key()} {item.config.key()}: {result.error}")
+                log.warning("run failed on %s with %s: %s", item.task.key(), item.config, result.error)
+            else:
+                store.put_run(item.task.key(), item.config, item.seed, result.curve)
+                trained += 1
+            bar.update(1)
+    except KeyboardInterrupt:
+        executor.shutdown()
+        log.warning("collect interrupted: %d runs written to %s; run the same command to resume", trained, store.path)
+        raise
+    finally:
+        bar.close()
+        store.close()
+    return CollectResult(
+        tasks=len(tasks),
+        runs=skipped + len(items),
+        trained=trained,
+        skipped=skipped,
+        failed=failed,
+        seconds=time.perf_counter() - started,
+        store=str(store_path),
+    )

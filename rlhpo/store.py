@@ -1,0 +1,428 @@
+"""The curve store: every recorded training curve, in one SQLite file.
+
+Three tables (WAL mode, so readers never block the writer and several processes can write):
+
+- ``tasks(task_key, dataset, family, n_train, n_classes, meta_json, task_json)``: each task
+  instance with its meta-features, so meta-training needs no data loading;
+- ``runs(task_key, config_key, seed, max_epochs, config_json, diverged, status)``: one training
+  run of one config (keyed without its epochs) on one task with one training seed;
+- ``epochs(task_key, config_key, seed, epoch, train_loss, val_loss, val_accuracy,
+  val_macro_f1, seconds)``: one row per completed epoch.
+
+A run and all its epochs are written in one transaction, so a process killed at any moment
+leaves either the whole run or none of it; ``status`` is ``'complete'`` for every run row. A run
+trained for ``max_epochs`` answers any fidelity up to that from its first epochs; a diverged run
+holds the epochs it completed, and any fidelity beyond them is "diverged" (training is
+deterministic for one seed, so a longer run would diverge at the same epoch).
+
+Keys are stable across machines: :meth:`rlhpo.tasks.Task.key` and :meth:`rlhpo.space.Config.key`.
+Each process opens its own connection (objects of this class can be pickled to worker
+processes; the connection is reopened there).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import sqlite3
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rlhpo.errors import RlhpoError
+from rlhpo.space import Config
+from rlhpo.tasks.task import Task
+from rlhpo.training import Curve, EpochRecord
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+BUSY_TIMEOUT_MS = 60_000
+_METRICS = ("train_loss", "val_loss", "val_accuracy", "val_macro_f1", "seconds")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS tasks (
+    task_key TEXT PRIMARY KEY,
+    dataset TEXT NOT NULL,
+    family TEXT NOT NULL,
+    n_train INTEGER NOT NULL,
+    n_classes INTEGER NOT NULL,
+    meta_json TEXT NOT NULL,
+    task_json TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS runs (
+    task_key TEXT NOT NULL REFERENCES tasks(task_key),
+    config_key TEXT NOT NULL,
+    seed INTEGER NOT NULL,
+    max_epochs INTEGER NOT NULL,
+    config_json TEXT NOT NULL,
+    diverged INTEGER NOT NULL,
+    status TEXT NOT NULL,
+    PRIMARY KEY (task_key, config_key, seed)
+);
+CREATE TABLE IF NOT EXISTS epochs (
+    task_key TEXT NOT NULL,
+    config_key TEXT NOT NULL,
+    seed INTEGER NOT NULL,
+    epoch INTEGER NOT NULL,
+    train_loss REAL NOT NULL,
+    val_loss REAL NOT NULL,
+    val_accuracy REAL NOT NULL,
+    val_macro_f1 REAL NOT NULL,
+    seconds REAL NOT NULL,
+    PRIMARY KEY (task_key, config_key, seed, epoch)
+);
+"""
+
+
+@dataclass(frozen=True)
+class TaskRecord:
+    """A task as the store knows it: enough for the recorded backend, with no data loaded."""
+
+    task: Task
+    family: str  # the resolved model family (the task's may be None: the dataset's default)
+    n_train: int  # the number of training examples actually used
+    n_classes: int
+    meta_features: dict[str, float]
+
+    @property
+    def key(self) -> str:
+        return self.task.key()
+
+
+@dataclass(frozen=True)
+class StoredRun:
+    """One recorded run: its config (at ``max_epochs``) and the epochs it completed."""
+
+    task_key: str
+    config: Config
+    seed: int
+    max_epochs: int
+    curve: Curve
+
+    @property
+    def horizon(self) -> float:
+        """The largest fidelity this run answers: any, once it diverged; else ``max_epochs``."""
+        return float("inf") if self.curve.diverged else float(self.max_epochs)
+
+    def at(self, epochs: int) -> Curve:
+        """The curve a run of ``epochs`` epochs would have given (its first ``epochs`` epochs)."""
+        if epochs > self.horizon:
+            raise RlhpoError(f"This run was recorded for {self.max_epochs} epochs, but {epochs} were asked.")
+        # Divergence stops training before the epoch it happens in is recorded: a run that
+        # completed n epochs and then diverged answers fidelity n as a normal run.
+        kept = self.curve.epochs[:epochs]
+        return Curve(epochs=list(kept), diverged=self.curve.diverged and len(self.curve.epochs) < epochs)
+
+
+def task_to_json(task: Task) -> str:
+    return json.dumps(dataclasses.asdict(task), sort_keys=True)
+
+
+def task_from_json(text: str) -> Task:
+    d = json.loads(text)
+    if d.get("classes") is not None:
+        d["classes"] = tuple(d["classes"])
+    return Task(**d)
+
+
+def config_to_json(config: Config) -> str:
+    return json.dumps(config.to_dict(), sort_keys=True)
+
+
+def config_from_json(text: str) -> Config:
+    return Config(**json.loads(text))
+
+
+class CurveStore:
+    """A SQLite curve store at ``path`` (created on first use; ``":memory:"`` keeps nothing).
+
+    Args:
+        path: the database file.
+        readonly: open an existing store for reading only (a missing file is an error).
+    """
+
+    def __init__(self, path: str | Path, *, readonly: bool = False) -> None:
+        self.path = str(path)
+        self.readonly = readonly
+        self._conn: sqlite3.Connection | None = None
+        self._pid: int | None = None
+        if readonly and (self.path == ":memory:" or not Path(self.path).is_file()):
+            raise RlhpoError(f"Curve store {self.path!r} does not exist; record curves first with `rlhpo collect`.")
+
+    def __repr__(self) -> str:
+        return f"CurveStore({self.path!r})"
+
+    # A connection belongs to the process that opened it: pickling sends only the path.
+    def __getstate__(self) -> dict[str, Any]:
+        return {"path": self.path, "readonly": self.readonly}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["path"], readonly=state["readonly"])  # type: ignore[misc]
+
+    @property
+    def conn(self) -> sqlite3.Connection:
+        if self._conn is None or self._pid != os.getpid():
+            self._conn = self._open()
+            self._pid = os.getpid()
+        return self._conn
+
+    def _open(self) -> sqlite3.Connection:
+        if self.readonly:
+            conn = sqlite3.connect(
+                f"file:{self.path}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None
+            )
+            conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+            try:
+                version = conn.execute("PRAGMA user_version").fetchone()[0]
+            except sqlite3.DatabaseError as e:
+                raise RlhpoError(f"{self.path!r} is not a curve store: {e}.") from None
+            if version != SCHEMA_VERSION:
+                raise RlhpoError(
+                    f"{self.path!r} is not a curve store of this rlhpo (schema version {version}, expected "
+                    f"{SCHEMA_VERSION})."
+                )
+            return conn
+        if self.path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        # isolation_level=None: transactions are explicit (BEGIN IMMEDIATE below).
+        conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
+        conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        if self.path != ":memory:":
+            self._retry(lambda: conn.execute("PRAGMA journal_mode=WAL"))
+        conn.execute("PRAGMA synchronous=FULL")  # a committed run survives a power cut too
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise RlhpoError(
+                f"Curve store {self.path!r} has schema version {version}, newer than this rlhpo's "
+                f"{SCHEMA_VERSION}; upgrade rlhpo."
+            )
+        if version < SCHEMA_VERSION:
+            with self._transaction(conn):
+                for statement in _SCHEMA.split(";"):
+                    if statement.strip():
+                        conn.execute(statement)
+                conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        return conn
+
+    @staticmethod
+    def _retry(fn: Any, attempts: int = 50) -> Any:
+        # Switching to WAL needs a moment with no other connection; busy_timeout does not cover it.
+        for i in range(attempts):
+            try:
+                return fn()
+            except sqlite3.OperationalError as e:
+                if "locked" not in str(e) or i == attempts - 1:
+                    raise
+                time.sleep(0.05 * (i + 1))
+        return None
+
+    @contextmanager
+    def _transaction(self, conn: sqlite3.Connection | None = None) -> Iterator[sqlite3.Connection]:
+        conn = conn or self.conn
+        conn.execute("BEGIN IMMEDIATE")  # take the write lock now: no upgrade deadlocks
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    def close(self) -> None:
+        if self._conn is not None and self._pid == os.getpid():
+            self._conn.close()
+        self._conn = None
+
+    def __enter__(self) -> CurveStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ---------------------------------------------------------------- tasks
+
+    def put_task(self, record: TaskRecord) -> None:
+        """Record a task and its meta-features (replacing what was there for its key)."""
+        with self._transaction() as conn:
+            conn.execute(
+                "INSERT OR REPLACE INTO tasks VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    record.key,
+                    record.task.dataset,
+                    record.family,
+                    record.n_train,
+                    record.n_classes,
+                    json.dumps(record.meta_features, sort_keys=True),
+                    task_to_json(record.task),
+                ),
+            )
+
+    def task(self, task_key: str) -> TaskRecord | None:
+        row = self.conn.execute(
+            "SELECT family, n_train, n_classes, meta_json, task_json FROM tasks WHERE task_key = ?", (task_key,)
+        ).fetchone()
+        return _task_record(row) if row else None
+
+    def tasks(self, *, with_runs: bool = False, seed: int | None = None) -> list[TaskRecord]:
+        """All recorded tasks, by key; ``with_runs`` keeps those with a run (for ``seed``, if given)."""
+        sql = "SELECT family, n_train, n_classes, meta_json, task_json FROM tasks"
+        args: tuple[Any, ...] = ()
+        if with_runs:
+            sql += " WHERE task_key IN (SELECT task_key FROM runs" + (" WHERE seed = ?)" if seed is not None else ")")
+            args = (seed,) if seed is not None else ()
+        rows = self.conn.execute(sql + " ORDER BY task_key", args).fetchall()
+        return [_task_record(r) for r in rows]
+
+    # ----------------------------------------------------------------- runs
+
+    def put_run(self, task_key: str, config: Config, seed: int, curve: Curve, *, max_epochs: int | None = None) -> bool:
+        """Record a run and all its epochs in one transaction; return whether it was written.
+
+        ``max_epochs`` is the number of epochs the run was asked for (default ``config.epochs``).
+        A run already recorded that answers as many epochs is kept (the first writer wins); a
+        shorter one is replaced.
+        """
+        max_epochs = max_epochs or config.epochs
+        if len(curve.epochs) > max_epochs or (not curve.diverged and len(curve.epochs) != max_epochs):
+            raise RlhpoError(
+                f"A run asked for {max_epochs} epochs must hold {max_epochs} epochs unless it diverged, "
+                f"but got {len(curve.epochs)} (diverged={curve.diverged})."
+            )
+        key = config.key()
+        horizon = float("inf") if curve.diverged else max_epochs
+        with self._transaction() as conn:
+            if conn.execute("SELECT 1 FROM tasks WHERE task_key = ?", (task_key,)).fetchone() is None:
+                raise RlhpoError(f"Task {task_key!r} is not in the store {self.path!r}; record it with put_task first.")
+            old = conn.execute(
+                "SELECT max_epochs, diverged FROM runs WHERE task_key = ? AND config_key = ? AND seed = ?",
+                (task_key, key, seed),
+            ).fetchone()
+            if old is not None:
+                if (float("inf") if old[1] else old[0]) >= horizon:
+                    return False
+                conn.execute(
+                    "DELETE FROM epochs WHERE task_key = ? AND config_key = ? AND seed = ?", (task_key, key, seed)
+                )
+            conn.execute(
+                "INSERT OR REPLACE INTO runs VALUES (?, ?, ?, ?, ?, ?, 'complete')",
+                (task_key, key, seed, max_epochs, config_to_json(config.with_epochs(max_epochs)), int(curve.diverged)),
+            )
+            conn.executemany(
+                "INSERT INTO epochs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [(task_key, key, seed, e.epoch, *(float(getattr(e, m)) for m in _METRICS)) for e in curve.epochs],
+            )
+        return True
+
+    def has_run(self, task_key: str, config: Config, seed: int, epochs: int | None = None) -> bool:
+        """Whether a recorded run answers ``config`` at ``epochs`` (default ``config.epochs``)."""
+        run = self._run_row(task_key, config.key(), seed)
+        if run is None:
+            return False
+        max_epochs, diverged = run
+        return bool(diverged) or max_epochs >= (epochs or config.epochs)
+
+    def _run_row(self, task_key: str, config_key: str, seed: int) -> tuple[int, int] | None:
+        return self.conn.execute(
+            "SELECT max_epochs, diverged FROM runs WHERE task_key = ? AND config_key = ? AND seed = ?",
+            (task_key, config_key, seed),
+        ).fetchone()
+
+    def get_run(self, task_key: str, config: Config | str, seed: int) -> StoredRun | None:
+        """The recorded run of a config (or config key) on a task with a seed, or ``None``."""
+        key = config if isinstance(config, str) else config.key()
+        runs = self.runs(task_key, seed, config_key=key)
+        return runs[0] if runs else None
+
+    def runs(self, task_key: str, seed: int, *, config_key: str | None = None) -> list[StoredRun]:
+        """All recorded runs on a task for one training seed, ordered by config key."""
+        where = "r.task_key = ? AND r.seed = ?" + (" AND r.config_key = ?" if config_key else "")
+        args: tuple[Any, ...] = (task_key, seed, config_key) if config_key else (task_key, seed)
+        # One read transaction, so the runs and their epochs are one consistent snapshot.
+        conn = self.conn
+        conn.execute("BEGIN")
+        try:
+            heads = conn.execute(
+                f"SELECT r.config_key, r.max_epochs, r.config_json, r.diverged FROM runs r WHERE {where} "
+                "ORDER BY r.config_key",
+                args,
+            ).fetchall()
+            rows = conn.execute(
+                f"SELECT e.config_key, e.epoch, {', '.join('e.' + m for m in _METRICS)} FROM epochs e "
+                f"JOIN runs r USING (task_key, config_key, seed) WHERE {where} ORDER BY e.config_key, e.epoch",
+                args,
+            ).fetchall()
+        finally:
+            conn.execute("COMMIT")
+        epochs: dict[str, list[EpochRecord]] = {}
+        for ck, ep, *metrics in rows:
+            epochs.setdefault(ck, []).append(EpochRecord(ep, *metrics))
+        return [
+            StoredRun(task_key, config_from_json(cj), seed, me, Curve(epochs=epochs.get(ck, []), diverged=bool(dv)))
+            for ck, me, cj, dv in heads
+        ]
+
+    def count(self) -> dict[str, int]:
+        """Number of rows per table."""
+        return {t: self.conn.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0] for t in ("tasks", "runs", "epochs")}
+
+    # --------------------------------------------------------------- export
+
+    def export(self, out_dir: str | Path) -> dict[str, Path]:
+        """Write the store as Parquet for analysis: ``tasks``, ``runs`` and ``curves``.
+
+        ``curves.parquet`` is one row per epoch joined with its run and task (dataset, family,
+        n_train, n_classes, the config's hyperparameters as columns, and the normalised score).
+        Returns the paths written.
+        """
+        import pandas as pd
+
+        from rlhpo.metrics import normalised_score
+
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        conn = self.conn
+        conn.execute("BEGIN")
+        try:
+            tasks = pd.read_sql_query("SELECT * FROM tasks ORDER BY task_key", conn)
+            runs = pd.read_sql_query("SELECT * FROM runs ORDER BY task_key, config_key, seed", conn)
+            epochs = pd.read_sql_query("SELECT * FROM epochs ORDER BY task_key, config_key, seed, epoch", conn)
+        finally:
+            conn.execute("COMMIT")
+        meta = pd.DataFrame([json.loads(m) for m in tasks["meta_json"]], index=tasks.index).add_prefix("meta_")
+        tasks_flat = pd.concat([tasks.drop(columns=["meta_json"]), meta], axis=1)
+        configs = pd.DataFrame([json.loads(c) for c in runs["config_json"]], index=runs.index)
+        runs_flat = pd.concat([runs.drop(columns=["config_json"]), configs], axis=1)
+        runs_flat["diverged"] = runs_flat["diverged"].astype(bool)
+        curves = epochs.merge(runs_flat.drop(columns=["status"]), on=["task_key", "config_key", "seed"]).merge(
+            tasks[["task_key", "dataset", "family", "n_train", "n_classes"]], on="task_key"
+        )
+        curves["val_score"] = [normalised_score(a, int(k)) for a, k in zip(curves["val_accuracy"], curves["n_classes"])]
+        paths = {}
+        for name, frame in (("tasks", tasks_flat), ("runs", runs_flat), ("curves", curves)):
+            paths[name] = out / f"{name}.parquet"
+            frame.to_parquet(paths[name], index=False)
+        log.info("exported %s to %s", {k: len(v) for k, v in (("runs", runs), ("epochs", epochs))}, out)
+        return paths
+
+
+def _task_record(row: Sequence[Any]) -> TaskRecord:
+    family, n_train, n_classes, meta_json, task_json = row
+    meta: Mapping[str, float] = json.loads(meta_json)
+    return TaskRecord(
+        task=task_from_json(task_json),
+        family=family,
+        n_train=int(n_train),
+        n_classes=int(n_classes),
+        meta_features={k: float(v) for k, v in meta.items()},
+    )
+
+
+def export_store(store_path: str | Path, out_dir: str | Path) -> dict[str, Path]:
+    """Export the store at ``store_path`` to Parquet files in ``out_dir`` (``rlhpo store export``)."""
+    with CurveStore(store_path, readonly=True) as store:
+        return store.export(out_dir)

@@ -1,0 +1,99 @@
+"""Tiny, real artefacts shared by the agent tests: a narrowed space, a recorded store, a trained policy.
+
+Everything is built with real training on tiny real tasks (digits bundled with scikit-learn,
+trec from ``$RLHPO_DATA_DIR``) and cached once per test session under pytest's base temp
+folder, so test modules that need them share one copy.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from rlhpo.agents.settings import EvalSettings, PPOSettings, TrainAgentSettings
+from rlhpo.collect import CollectSettings, InlineExecutor, InstanceGroup, collect
+from rlhpo.space import load_search_space
+from rlhpo.tasks.task import Task
+
+# Two learning rates, two batch sizes, two optimizers, epochs 1 or 3: 8 configs, all recorded.
+TINY_SPACE = """\
+choices:
+  learning_rate: [1.0e-3, 1.0e-2]
+  batch_size: [32, 64]
+  epochs: [1, 3]
+  dropout: [0.0]
+  optimizer: [adam, sgd]
+  weight_decay: [0.0]
+  num_layers: [1]
+  units: [32]
+default: {learning_rate: 1.0e-3, batch_size: 32, epochs: 3, dropout: 0.0, optimizer: adam,
+          weight_decay: 0.0, num_layers: 1, units: 32}
+"""
+DIGITS = Task("digits", n_train=200)
+TREC = Task("trec", family="gru", n_train=200)  # the held-out dataset of the tiny runs
+
+
+def _tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.getbasetemp() / "tiny"
+    path.mkdir(exist_ok=True)
+    return path
+
+
+def tiny_space_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = _tiny_dir(tmp_path_factory) / "space.yaml"
+    if not path.exists():
+        path.write_text(TINY_SPACE)
+    return path
+
+
+def tiny_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Every config of the tiny space at 3 epochs on digits (task seeds 0 and 1) and trec."""
+    path = _tiny_dir(tmp_path_factory) / "store.sqlite"
+    if not path.exists():
+        import torch
+
+        space = load_search_space(tiny_space_path(tmp_path_factory))
+        settings = CollectSettings(
+            instances=[
+                InstanceGroup(datasets=["digits"], n_train=[200], seeds=[0, 1]),
+                InstanceGroup(datasets=["trec"], n_train=[200], families=["gru"]),
+            ],
+            configs=8,
+        )
+        building = path.with_suffix(".building.sqlite")
+        threads = torch.get_num_threads()
+        try:
+            collect(settings, building, space=space, executor=InlineExecutor(), progress=False)
+        finally:
+            torch.set_num_threads(threads)
+        building.rename(path)
+    return path
+
+
+def tiny_settings(tmp_path_factory: pytest.TempPathFactory, **changes: object) -> TrainAgentSettings:
+    """A few hundred PPO steps on the tiny store, trec held out, budget 2 FTE (6 epochs)."""
+    settings = TrainAgentSettings(
+        store=str(tiny_store(tmp_path_factory)),
+        space=str(tiny_space_path(tmp_path_factory)),
+        exclude_datasets=("trec",),
+        budget_fte=2.0,
+        total_steps=256,
+        checkpoint_every=128,
+        seed=0,
+        ppo=PPOSettings(n_envs=2, n_steps=32, batch_size=32, n_epochs=2, net_arch=(16, 16)),
+        evaluation=EvalSettings(episodes=2),
+    )
+    return dataclasses.replace(settings, **changes)
+
+
+def tiny_policy_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The run folder of one tiny ``train-agent`` run (its policy.zip, rollouts.jsonl, ...)."""
+    from rlhpo.agents.ppo import train_agent
+
+    runs = _tiny_dir(tmp_path_factory) / "runs"
+    run_dir = runs / "policy"
+    if not (run_dir / "summary.json").exists():
+        train_agent(tiny_settings(tmp_path_factory), run_name="policy", runs_dir=runs, argv=["test"], progress=False)
+    return run_dir

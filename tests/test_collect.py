@@ -1,0 +1,239 @@
+"""rlhpo collect: the config sample, the settings, resuming, and surviving Ctrl-C and SIGKILL."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from rlhpo.cli import main
+from rlhpo.collect import (
+    CollectSettings,
+    InlineExecutor,
+    InstanceGroup,
+    collect,
+    load_collect_settings,
+    space_filling_configs,
+)
+from rlhpo.errors import RlhpoError
+from rlhpo.space import HYPERPARAMETERS, load_search_space
+from rlhpo.store import CurveStore
+from rlhpo.tasks.task import Task
+
+SPACE = load_search_space()
+
+
+# ------------------------------------------------------------------- sample
+
+
+def test_the_sample_is_distinct_stratified_seeded_and_starts_with_the_default():
+    configs = space_filling_configs(SPACE, 57, seed=3)  # the default + two blocks of 28
+    assert configs[0] == SPACE.default.with_epochs(SPACE.max_epochs)
+    assert len({c.key() for c in configs}) == 57
+    assert all(c.epochs == SPACE.max_epochs for c in configs)
+    for h in HYPERPARAMETERS:
+        if h == "epochs":
+            continue
+        counts = Counter(getattr(c, h) for c in configs[1:])
+        even = 56 // len(SPACE.choices[h])
+        assert set(counts) == set(SPACE.choices[h]), h
+        assert all(abs(k - even) <= 1 for k in counts.values()), (h, counts)  # exact but for duplicates
+    assert space_filling_configs(SPACE, 57, seed=3) == configs
+    assert space_filling_configs(SPACE, 57, seed=4) != configs
+    assert space_filling_configs(SPACE, 90, seed=3)[:57] == configs  # more configs only add
+
+
+def test_asking_for_more_configs_than_the_space_holds_is_an_error():
+    tiny = load_search_space()
+    n_distinct = tiny.size() // len(tiny.choices["epochs"])
+    with pytest.raises(RlhpoError, match=f"only {n_distinct} distinct configs"):
+        space_filling_configs(tiny, n_distinct + 1, seed=0)
+
+
+# ----------------------------------------------------------------- settings
+
+
+def test_the_shipped_settings_load_and_expand_into_task_instances():
+    settings = load_collect_settings()
+    plan = settings.plan()
+    assert plan and all(n >= 1 for n in plan.values())
+    assert {t.dataset for t in plan} >= {"mnist", "cifar10", "imdb", "trec", "ag_news", "digits"}
+    assert all(t.n_train for t in plan)  # subsamples: the whole of a dataset is too slow to record
+    assert {t.dataset for t in settings.tasks(["trec"])} == {"trec"}
+    assert set(settings.with_configs(5).plan().values()) == {5}
+    short = InstanceGroup(datasets=["imdb"], families=["gru", "lstm"], n_train=[500], max_length=64)
+    assert [t.key() for t in short.tasks()] == ["imdb/gru/n500/call/s0/L64", "imdb/lstm/n500/call/s0/L64"]
+
+
+def test_a_group_may_record_fewer_configs_the_first_of_the_same_sample(tmp_path):
+    cheap = InstanceGroup(datasets=["digits"], n_train=[150])
+    costly = InstanceGroup(datasets=["digits"], n_train=[160], configs=2)
+    settings = CollectSettings(instances=[cheap, costly], configs=4)
+    assert list(settings.plan().values()) == [4, 2]
+    path = tmp_path / "s.sqlite"
+    result = collect(settings, path, executor=InlineExecutor(), progress=False)
+    assert (result.runs, result.trained) == (6, 6)
+    store = CurveStore(path)
+    first_two = {c.key() for c in space_filling_configs(SPACE, 2, seed=0)}
+    assert {r.config.key() for r in store.runs(Task("digits", n_train=160).key(), 0)} == first_two
+
+
+def test_bad_settings_are_clear_errors(tmp_path):
+    path = tmp_path / "collect.yaml"
+    path.write_text(yaml.safe_dump({"instances": [{"datasets": ["digits"], "n_trian": [100]}]}))
+    with pytest.raises(RlhpoError, match="n_trian.*Did you mean 'n_train'"):
+        load_collect_settings(path)
+    path.write_text(yaml.safe_dump({"instances": [{"datasets": ["digits"]}], "config": 5}))
+    with pytest.raises(RlhpoError, match="Did you mean 'configs'"):
+        load_collect_settings(path)
+    settings = CollectSettings(instances=[InstanceGroup(datasets=["digits"])])
+    with pytest.raises(RlhpoError, match="'mnist' is not in the collect settings"):
+        settings.tasks(["mnist"])
+    with pytest.raises(RlhpoError, match="at least 1 config"):
+        CollectSettings(instances=[InstanceGroup(datasets=["digits"])], configs=0)
+
+
+def test_an_unknown_dataset_fails_before_any_training(tmp_path):
+    settings = CollectSettings(instances=[InstanceGroup(datasets=["mnsit"])], configs=2)
+    with pytest.raises(RlhpoError, match="Did you mean 'mnist'"):
+        collect(settings, tmp_path / "s.sqlite", executor=InlineExecutor(), progress=False)
+
+
+# ------------------------------------------------------------ collect itself
+
+
+def test_collect_records_every_config_on_every_task_and_a_rerun_trains_nothing(tmp_path):
+    settings = CollectSettings(instances=[InstanceGroup(datasets=["digits"], n_train=[150], seeds=[0, 1])], configs=3)
+    path = tmp_path / "s.sqlite"
+    first = collect(settings, path, executor=InlineExecutor(), progress=False)
+    assert (first.trained, first.skipped, first.failed) == (6, 0, [])
+    store = CurveStore(path)
+    assert store.count()["runs"] == 6
+    for task in settings.tasks():
+        assert store.task(task.key()).n_classes == 10
+        for run in store.runs(task.key(), 0):
+            assert run.max_epochs == 9 and (len(run.curve.epochs) == 9 or run.curve.diverged)
+    again = collect(settings, path, executor=InlineExecutor(), progress=False)
+    assert (again.trained, again.skipped) == (0, 6)
+    more = collect(
+        CollectSettings(instances=settings.instances, configs=4), path, executor=InlineExecutor(), progress=False
+    )
+    assert (more.trained, more.skipped) == (2, 6)  # a larger sample keeps the smaller one's configs
+
+
+def test_the_cli_collects_and_exports(tmp_path):
+    instances = tmp_path / "collect.yaml"
+    instances.write_text(yaml.safe_dump({"instances": [{"datasets": ["digits"], "n_train": [150]}], "configs": 2}))
+    store = tmp_path / "s.sqlite"
+    runner = CliRunner()
+    result = runner.invoke(main, ["collect", "--instances", str(instances), "--store", str(store), "--workers", "1"])
+    assert result.exit_code == 0, result.output
+    assert "trained 2" in result.output
+    result = runner.invoke(main, ["store", "info", "--store", str(store)])
+    assert "1 tasks, 2 runs, 18 epochs" in result.output
+    result = runner.invoke(main, ["store", "export", "--store", str(store), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "out" / "curves.parquet").is_file()
+    result = runner.invoke(main, ["store", "export", "--store", str(tmp_path / "no.sqlite"), "--out", "x"])
+    assert result.exit_code != 0 and "does not exist" in result.output
+
+
+# ------------------------------------------------------- interrupt and resume
+
+
+def _collect_cmd(instances: Path, store: Path, workers: int) -> list[str]:
+    cli = "from rlhpo.cli import main; main()"
+    return [sys.executable, "-c", cli, "collect", "--instances", str(instances), "--store", str(store)] + [
+        "--workers",
+        str(workers),
+    ]
+
+
+def _rows(path: Path) -> tuple[list, list]:
+    """Every row of the store, without the wall-clock seconds (the only field that may differ)."""
+    conn = sqlite3.connect(path)
+    runs = conn.execute("SELECT * FROM runs ORDER BY task_key, config_key, seed").fetchall()
+    epochs = conn.execute(
+        "SELECT task_key, config_key, seed, epoch, train_loss, val_loss, val_accuracy, val_macro_f1 FROM epochs "
+        "ORDER BY task_key, config_key, seed, epoch"
+    ).fetchall()
+    conn.close()
+    return runs, epochs
+
+
+def _n_runs(path: Path) -> int:
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
+        n = conn.execute("SELECT COUNT(*) FROM runs").fetchone()[0]
+        conn.close()
+        return n
+    except sqlite3.OperationalError:  # not created yet
+        return 0
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(x) for x in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except FileNotFoundError:
+        return []
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def _run_until(cmd: list[str], store: Path, at_least: int, sig: int) -> int:
+    """Start ``cmd``, wait until the store holds ``at_least`` runs, send ``sig``; return its exit code."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while _n_runs(store) < at_least:
+            assert proc.poll() is None, f"collect ended before it was interrupted: {proc.stderr.read().decode()}"
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        workers = _children(proc.pid)
+        proc.send_signal(sig)
+        code = proc.wait(60)
+        deadline = time.monotonic() + 10
+        while any(_alive(w) for w in workers) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not any(_alive(w) for w in workers), "worker processes outlived their collect"
+        return code
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.stderr.close()
+
+
+def test_collect_interrupted_by_ctrl_c_then_killed_resumes_to_the_rows_of_an_uninterrupted_run(tmp_path):
+    instances = tmp_path / "collect.yaml"
+    group = {"datasets": ["digits"], "n_train": [1000], "seeds": [0, 1]}
+    instances.write_text(yaml.safe_dump({"instances": [group], "configs": 10}))
+    total = 20
+    reference, resumed = tmp_path / "reference.sqlite", tmp_path / "resumed.sqlite"
+    # In this process, one run after the other: also shows the workers' curves are the same.
+    collect(load_collect_settings(instances), reference, executor=InlineExecutor(), progress=False)
+    assert _n_runs(reference) == total
+
+    assert _run_until(_collect_cmd(instances, resumed, 2), resumed, 3, signal.SIGINT) == 130
+    after_ctrl_c = _n_runs(resumed)
+    assert after_ctrl_c < total
+    assert _run_until(_collect_cmd(instances, resumed, 2), resumed, after_ctrl_c + 3, signal.SIGKILL) == -9
+    assert _n_runs(resumed) < total
+    done = subprocess.run(_collect_cmd(instances, resumed, 2), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "already recorded" in done.stdout
+    assert _rows(resumed) == _rows(reference)
+    assert CurveStore(resumed).tasks()[0].task == Task("digits", n_train=1000)

@@ -1,0 +1,294 @@
+"""HPOEnv on both backends: the checkers, determinism, the space, the budget, bad input, the recorder."""
+
+from __future__ import annotations
+
+import json
+
+import gymnasium as gym
+import numpy as np
+import pytest
+from gymnasium.utils.env_checker import check_env as gym_check_env
+from stable_baselines3.common.env_checker import check_env as sb3_check_env
+
+import rlhpo.envs
+from rlhpo.collect import CollectSettings, InlineExecutor, InstanceGroup, collect
+from rlhpo.envs.hpo_env import OBSERVATION_NAMES, HPOEnv
+from rlhpo.envs.recorder import RolloutRecorder
+from rlhpo.envs.reward import RewardSettings
+from rlhpo.errors import RlhpoError
+from rlhpo.space import Config, load_search_space
+from rlhpo.store import CurveStore, TaskRecord
+from rlhpo.tasks.features import META_FEATURES
+from rlhpo.tasks.task import Task
+from rlhpo.training import Curve, EpochRecord
+
+SPACE = load_search_space()
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """Live steps train in this process: one thread, as collect's workers (the cores are shared)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+TASK = Task("digits", n_train=200)
+N_CONFIGS = 8
+
+
+@pytest.fixture(scope="module")
+def recorded_store(tmp_path_factory) -> str:
+    """A store with real curves: N_CONFIGS configs at 9 epochs on two tiny digits tasks."""
+    path = str(tmp_path_factory.mktemp("store") / "store.sqlite")
+    settings = CollectSettings(
+        instances=[InstanceGroup(datasets=["digits"], n_train=[200], seeds=[0, 1])], configs=N_CONFIGS
+    )
+    collect(settings, path, executor=InlineExecutor(), progress=False)
+    return path
+
+
+def recorded(store: str, **kwargs) -> HPOEnv:
+    return HPOEnv("recorded", store, **kwargs)
+
+
+def rollout(env: gym.Env, seed: int, steps: int = 50) -> list:
+    out = []
+    obs, info = env.reset(seed=seed)
+    env.action_space.seed(seed)
+    out.append((obs.tolist(), info))
+    for _ in range(steps):
+        obs, reward, terminated, truncated, info = env.step(env.action_space.sample())
+        out.append((obs.tolist(), reward, terminated, truncated, info))
+        if terminated or truncated:
+            break
+    return out
+
+
+# ---------------------------------------------------------------- checkers
+
+
+def test_recorded_env_passes_both_checkers(recorded_store):
+    gym_check_env(recorded(recorded_store), skip_render_check=True)
+    sb3_check_env(recorded(recorded_store), warn=True)
+
+
+def test_live_env_passes_both_checkers(tmp_path):
+    gym_check_env(HPOEnv("live", tmp_path / "s.sqlite", tasks=[TASK], budget_epochs=4), skip_render_check=True)
+    sb3_check_env(HPOEnv("live", tmp_path / "s.sqlite", tasks=[TASK], budget_epochs=4), warn=True)
+
+
+def test_gymnasium_make_builds_the_registered_env(recorded_store):
+    env = gym.make(rlhpo.envs.ENV_ID, backend="recorded", store=recorded_store)
+    assert isinstance(env.unwrapped, HPOEnv)
+    env = gym.make("rlhpo.envs:rlhpo/HPO-v0", backend="recorded", store=recorded_store)  # imports the module
+    obs, info = env.reset(seed=0)
+    assert obs.shape == (len(OBSERVATION_NAMES),) == (30,)
+    assert info["task"] in {TASK.key(), TASK.replace(seed=1).key()}
+
+
+# ------------------------------------------------------------ determinism
+
+
+def test_two_recorded_envs_with_one_seed_give_identical_rollouts(recorded_store):
+    a, b = rollout(recorded(recorded_store), seed=3), rollout(recorded(recorded_store), seed=3)
+    assert a == b
+    assert rollout(recorded(recorded_store), seed=4) != a
+
+
+def test_two_live_envs_with_one_seed_give_identical_rollouts():
+    # Each env keeps its own in-memory store, so both really train.
+    a = rollout(HPOEnv("live", tasks=[TASK], budget_epochs=6), seed=1)
+    b = rollout(HPOEnv("live", tasks=[TASK], budget_epochs=6), seed=1)
+    strip = {"seconds", "curve"}
+    clean = [tuple({k: v for k, v in x.items() if k not in strip} if isinstance(x, dict) else x for x in s) for s in a]
+    assert clean == [
+        tuple({k: v for k, v in x.items() if k not in strip} if isinstance(x, dict) else x for x in s) for s in b
+    ]
+
+
+def test_the_recorded_backend_reproduces_a_live_step_exactly(tmp_path):
+    path = tmp_path / "store.sqlite"
+    actions = [
+        SPACE.indices(SPACE.default),
+        SPACE.indices(SPACE.default.with_epochs(3)),  # answered from the 9-epoch run just recorded
+        SPACE.indices(SPACE.sample(np.random.default_rng(5)).with_epochs(3)),
+    ]
+    live = HPOEnv("live", path, tasks=[TASK], budget_epochs=20)
+    live_steps = [live.reset(seed=0, options={"task": TASK})] + [live.step(a) for a in actions]
+    replay = HPOEnv("recorded", path, budget_epochs=20)
+    replay_steps = [replay.reset(seed=0, options={"task": TASK})] + [replay.step(a) for a in actions]
+    assert live.backend.trained == 2  # the 3-epoch default was answered from its 9-epoch run
+    for got, want in zip(replay_steps, live_steps):
+        info_got, info_want = dict(got[-1]), dict(want[-1])
+        info_got.pop("backend"), info_want.pop("backend")
+        assert np.array_equal(got[0], want[0])
+        assert got[1:-1] == want[1:-1]
+        assert info_got == info_want
+
+
+# -------------------------------------------------------- space and budget
+
+
+def _synthetic_store(path) -> tuple[str, list]:
+    """Runs that break things: diverged at once, diverged later, exploding losses, perfect."""
+    store = CurveStore(path)
+    meta = dict.fromkeys(META_FEATURES, 0.5)
+    meta["log_n_train"] = 1.7  # out of [0, 1]: the env must still observe inside the space
+    store.put_task(TaskRecord(TASK, "mlp", 160, 10, meta))
+    rng = np.random.default_rng(0)
+    cs = []
+    while len(cs) < 4:
+        c = SPACE.sample(rng).with_epochs(9)
+        if c.key() not in {x.key() for x in cs}:
+            cs.append(c)
+
+    def ep(e, tl, vl, acc):
+        return EpochRecord(e, tl, vl, acc, acc, 0.1)
+
+    store.put_run(TASK.key(), cs[0], 0, Curve([], diverged=True))
+    store.put_run(TASK.key(), cs[1], 0, Curve([ep(1, 1.0, 1.0, 0.5), ep(2, 9.0, 1e30, 0.0)], diverged=True))
+    store.put_run(TASK.key(), cs[2], 0, Curve([ep(e, 1e-9, 1e12, 0.0) for e in range(1, 10)]))
+    store.put_run(TASK.key(), cs[3], 0, Curve([ep(e, 0.0, 0.0, 1.0) for e in range(1, 10)]))
+    store.close()
+    return str(path), cs
+
+
+def test_the_observation_stays_in_the_space_after_divergence_and_extreme_curves(tmp_path):
+    path, cs = _synthetic_store(tmp_path / "synthetic.sqlite")
+    env = recorded(path, budget_epochs=200)
+    obs, _ = env.reset(seed=0)
+    assert env.observation_space.contains(obs)
+    penalty = RewardSettings().divergence_penalty
+    for c in cs + cs[:2]:
+        obs, reward, _, _, info = env.step(SPACE.indices(c))
+        assert env.observation_space.contains(obs), dict(zip(OBSERVATION_NAMES, obs))
+        assert obs.dtype == np.float32 and np.isfinite(obs).all()
+        json.dumps(info)
+        if info["diverged"]:
+            assert obs[-1] == 1.0 and reward <= -penalty
+    assert info["incumbent"] == 1.0
+
+
+def test_live_divergence_is_observed_and_penalised_not_raised(monkeypatch, tmp_path):
+    import rlhpo.training
+
+    monkeypatch.setattr(rlhpo.training, "train", lambda *a, **k: Curve([], diverged=True))
+    env = HPOEnv("live", tmp_path / "s.sqlite", tasks=[TASK])
+    env.reset(seed=0)
+    obs, reward, terminated, _, info = env.step(SPACE.indices(SPACE.default))
+    assert info["diverged"] and info["score"] == 0.0 and not terminated
+    assert env.observation_space.contains(obs) and obs[-1] == 1.0
+    assert reward == pytest.approx(-0.01 - 0.1)
+
+
+def test_the_budget_ends_the_episode_and_a_step_pays_what_fits(recorded_store):
+    env = recorded(recorded_store, budget_epochs=5)
+    env.reset(seed=0)
+    nine = SPACE.indices(SPACE.default)  # asks for 9 epochs
+    paid, terminated = [], False
+    while not terminated:
+        obs, _, terminated, truncated, info = env.step(nine)
+        paid.append(info["epochs"])
+        assert not truncated
+    assert paid == [3, 1, 1] and info["budget_remaining"] == 0
+    assert obs[len(META_FEATURES)] == 1.0 and obs[len(META_FEATURES) + 1] == 0.0
+    with pytest.raises(RlhpoError, match="call reset"):
+        env.step(nine)
+
+
+def test_the_reward_is_the_incumbent_gain_less_the_epochs_cost(recorded_store):
+    env = recorded(recorded_store, budget_epochs=60)
+    env.reset(seed=0, options={"task": TASK.key()})
+    env.action_space.seed(0)
+    incumbent = 0.0
+    rng = np.random.default_rng(0)
+    for _ in range(6):
+        _, reward, _, _, info = env.step(
+            env.action_space.sample() if rng.random() < 0.5 else SPACE.indices(SPACE.default)
+        )
+        assert info["incumbent"] == max(incumbent, info["score"])
+        expected = info["incumbent"] - incumbent - 0.01 * info["epochs"] / 9 - 0.1 * info["diverged"]
+        assert reward == pytest.approx(expected)
+        incumbent = info["incumbent"]
+
+
+# ------------------------------------------------------------------ nearest
+
+
+def test_an_unrecorded_config_gets_the_nearest_recorded_one(recorded_store):
+    env = recorded(recorded_store, budget_epochs=100)
+    env.reset(seed=0, options={"task": TASK})
+    store = CurveStore(recorded_store, readonly=True)
+    recorded_keys = {r.config.key() for r in store.runs(TASK.key(), 0)}
+    rng = np.random.default_rng(1)
+    config = SPACE.sample(rng)
+    while config.key() in recorded_keys:
+        config = SPACE.sample(rng)
+    _, _, _, _, info = env.step(SPACE.indices(config))
+    assert not info["exact"] and info["distance"] > 0
+    want = np.delete(SPACE.encode(config), 2)
+    dists = {
+        r.config.key(): float(np.linalg.norm(np.delete(SPACE.encode(r.config), 2) - want))
+        for r in store.runs(TASK.key(), 0)
+    }
+    answered = Config(**info["answered_config"])
+    assert info["distance"] == pytest.approx(min(dists.values()), abs=1e-6)
+    assert dists[answered.key()] == pytest.approx(min(dists.values()), abs=1e-6)
+    assert info["answered_config"]["epochs"] == info["epochs"] == config.epochs
+
+
+# ---------------------------------------------------------------- bad input
+
+
+def test_bad_input_gives_clear_errors(recorded_store, tmp_path):
+    env = recorded(recorded_store)
+    with pytest.raises(RlhpoError, match="call reset"):
+        env.step(SPACE.indices(SPACE.default))
+    with pytest.raises(RlhpoError, match="no recorded curves.*Did you mean"):
+        env.reset(options={"task": "digits/default/n200/call/s9"})
+    with pytest.raises(RlhpoError, match="no recorded curves"):
+        env.reset(options={"task": Task("trec", n_train=200)})
+    env.reset(seed=0)
+    with pytest.raises(RlhpoError, match="outside the 7 choices"):
+        env.step([7, 0, 0, 0, 0, 0, 0, 0])
+    with pytest.raises(RlhpoError, match="needs 8 indices"):
+        env.step([0, 0])
+    with pytest.raises(RlhpoError, match="Unknown reset options"):
+        env.reset(options={"tsak": TASK})
+    with pytest.raises(RlhpoError, match="does not exist"):
+        recorded(tmp_path / "missing.sqlite")
+    with pytest.raises(RlhpoError, match="needs a curve store"):
+        HPOEnv("recorded")
+    with pytest.raises(RlhpoError, match="Unknown backend 'recrded'.*Did you mean 'recorded'"):
+        HPOEnv("recrded", recorded_store)
+    empty = tmp_path / "empty.sqlite"
+    CurveStore(empty).count()
+    with pytest.raises(RlhpoError, match="no task with recorded curves"):
+        recorded(empty).reset(seed=0)
+    with pytest.raises(RlhpoError, match="no task with recorded curves.*once digits are excluded"):
+        recorded(recorded_store, exclude_datasets=["digits"]).reset(seed=0)
+
+
+# ----------------------------------------------------------------- recorder
+
+
+def test_the_recorder_appends_one_json_line_per_step(recorded_store, tmp_path):
+    path = tmp_path / "run" / "rollouts.jsonl"
+    env = RolloutRecorder(recorded(recorded_store, budget_epochs=10), path)
+    steps = rollout(env, seed=0)
+    rollout(env, seed=1)
+    env.close()
+    lines = [json.loads(x) for x in path.read_text().splitlines()]
+    assert [x["episode"] for x in lines].count(0) == len(steps) - 1
+    first = lines[0]
+    assert first["task"] == steps[0][1]["task"]
+    assert first["meta_features"] == steps[0][1]["meta_features"]
+    assert first["config"] == steps[1][-1]["config"] and first["reward"] == steps[1][1]
+    assert first["incumbent"] == steps[1][-1]["incumbent"]
+    assert set(first["curve"]) >= {"epochs_completed", "final_val_accuracy", "diverged", "score"}
+    assert lines[-1]["episode"] == 1 and lines[-1]["terminated"]
+    assert first["seed"] == 0 and lines[-1]["seed"] == 1

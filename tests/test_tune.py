@@ -1,0 +1,146 @@
+"""``rlhpo tune``: one live episode with the policy, the final training, and everything it reports."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import helpers
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pa_csv
+import pytest
+import torch
+from click.testing import CliRunner
+
+from rlhpo.agents import ppo
+from rlhpo.agents.tune import tune
+from rlhpo.cli import main
+from rlhpo.errors import RlhpoError
+from rlhpo.settings import shipped_config
+from rlhpo.tasks.task import Task
+
+TRAIN_JSON_KEYS = {
+    "task",
+    "model",
+    "config",
+    "curve",
+    "test_accuracy",
+    "test_macro_f1",
+    "val_loss",
+    "seconds",
+    "diverged",
+}
+TUNE_KEYS = {"trials", "tuning_epochs", "tuning_seconds", "policy_seconds", "budget_epochs", "retrain_seconds"}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def policy(tmp_path_factory) -> Path:
+    return helpers.tiny_policy_run(tmp_path_factory) / "policy.zip"
+
+
+@pytest.fixture
+def run(tmp_path):
+    runner = CliRunner()
+
+    def invoke(*args: str):
+        return runner.invoke(main, [*args], env={"RLHPO_RUNS_DIR": str(tmp_path / "runs")})
+
+    return invoke
+
+
+def test_tune_reports_the_metrics_and_the_overheads(run, policy, tmp_path):
+    result = run("tune", "--task", "digits", "--n-train", "200", "--budget", "2", "--policy", str(policy), "--json")
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert set(summary) >= TRAIN_JSON_KEYS | TUNE_KEYS
+    assert summary["task"] == "digits" and summary["model"] == "mlp" and summary["budget_epochs"] == 6
+    assert 0 < summary["tuning_epochs"] <= 6
+    assert summary["tuning_epochs"] == sum(t["epochs"] for t in summary["trials"])
+    assert 0 <= summary["policy_seconds"] < summary["tuning_seconds"] < summary["seconds"]
+    assert 0.0 <= summary["test_accuracy"] <= 1.0 and 0.0 <= summary["test_macro_f1"] <= 1.0
+    assert summary["config"]["epochs"] == 3 and len(summary["curve"]) == 3  # retrained at full fidelity
+    best = max(summary["trials"], key=lambda t: t["score"])
+    assert {k: v for k, v in summary["config"].items() if k != "epochs"} == {
+        k: v for k, v in best["config"].items() if k != "epochs"
+    }
+    for trial in summary["trials"]:
+        assert {"config", "epochs", "val_accuracy", "seconds", "score", "incumbent"} <= set(trial)
+        assert f"trial {trial['step']:>2}" in result.stderr  # each trial shown as it finishes
+
+    run_dir = Path(summary["run_dir"])
+    names = {p.name for p in run_dir.iterdir()}
+    assert {"config.yaml", "command.txt", "rollouts.jsonl", "summary.json", "store.sqlite"} <= names
+    lines = (run_dir / "rollouts.jsonl").read_text().splitlines()
+    assert json.loads(lines[0])["header"]["backend"] == "live" and len(lines) == 1 + len(summary["trials"])
+    assert json.loads((run_dir / "summary.json").read_text()) == summary
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(next(run_dir.glob("events.out.tfevents.*"))))
+    acc.Reload()
+    tags = set(acc.Tags()["scalars"])
+    assert {"trials/val/accuracy", "trials/train/loss", "hpo/incumbent_score", "final/val/accuracy"} <= tags
+    steps = [e.step for e in acc.Scalars("trials/val/accuracy")]
+    assert steps == list(range(1, summary["tuning_epochs"] + 1))  # one point per epoch spent
+
+
+def test_tune_prints_a_readable_report(run, policy):
+    result = run("tune", "--task", "digits", "--n-train", "200", "--budget", "1", "--policy", str(policy))
+    assert result.exit_code == 0, result.output
+    assert "test accuracy" in result.stdout and "chosen config lr=" in result.stdout
+    assert "tuning 3/3 epochs" in result.stdout and "policy" in result.stdout
+
+
+def test_tune_works_on_a_user_folder_with_column_options(policy, tmp_path, monkeypatch):
+    monkeypatch.setenv("RLHPO_CACHE_DIR", str(tmp_path / "cache"))
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, size=240)
+    x = rng.normal(size=(240, 4)) + y[:, None]
+    folder = tmp_path / "measurements"
+    folder.mkdir()
+    columns = {f"f{i}": x[:, i] for i in range(4)}
+    pa_csv.write_csv(pa.table({**columns, "stars": y}), folder / "train.csv")
+    summary = tune(
+        Task(str(folder), label_column="stars"),
+        budget_fte=1.0,
+        policy=policy,
+        runs_dir=tmp_path / "runs",
+    )
+    assert summary["model"] == "mlp" and summary["source"].startswith("local:")
+    assert summary["test_accuracy"] > 0.5  # three well-separated classes
+
+
+def test_a_missing_or_corrupt_policy_is_a_clear_error(run, tmp_path, monkeypatch):
+    result = run("tune", "--policy", str(tmp_path / "nowhere.zip"))
+    assert result.exit_code != 0 and "Policy file" in result.output and "does not exist" in result.output
+    corrupt = tmp_path / "corrupt.zip"
+    corrupt.write_bytes(b"this is not a zip file")
+    result = run("tune", "--policy", str(corrupt))
+    assert result.exit_code != 0 and "could not be read as a stable-baselines3 PPO policy" in result.output
+    assert "Traceback" not in result.output
+    monkeypatch.setattr(ppo, "default_policy_path", lambda: tmp_path / "assets" / "policy.zip")
+    result = run("tune")
+    assert result.exit_code != 0 and "shipped policy" in result.output and "rlhpo train-agent" in result.output
+    assert not (tmp_path / "runs").exists()  # nothing started
+
+
+def test_an_unknown_task_is_a_clear_error_and_starts_no_run(run, policy, tmp_path):
+    result = run("tune", "--task", "mnsit", "--policy", str(policy))
+    assert result.exit_code != 0 and "Did you mean 'mnist'" in result.output
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_space_the_policy_was_not_trained_in_is_refused(policy, tmp_path):
+    with pytest.raises(RlhpoError, match="choices per hyperparameter, but the policy was trained"):
+        tune(helpers.DIGITS, policy=policy, space=shipped_config("search_space.yaml"), runs_dir=tmp_path)
+    with pytest.raises(RlhpoError, match="less than the smallest trial"):
+        tune(helpers.DIGITS, policy=policy, budget_fte=0.1, runs_dir=tmp_path)
