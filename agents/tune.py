@@ -26,7 +26,7 @@ from rlhpo.envs.hpo_env import HPOEnv
 from rlhpo.envs.recorder import RolloutRecorder
 from rlhpo.envs.reward import RewardSettings
 from rlhpo.errors import RlhpoError
-from rlhpo.runs import MetricLogger, curve_summary, log_curve, make_run_dir, write_run_files, write_summary
+from rlhpo.runs import MetricLogger, log_curve, make_run_dir, result_summary, write_run_files, write_summary
 from rlhpo.space import Config, SearchSpace, load_search_space
 from rlhpo.tasks.task import Task
 from rlhpo.training import Curve, EpochRecord
@@ -115,15 +115,7 @@ def tune(
     log_curve(logger, curve, prefix="final/", step_offset=result.epochs_used)
     logger.close()
     summary = {
-        "task": task.dataset,
-        "task_key": task.key(),
-        "model": data.family,
-        "source": data.source,
-        "config": config.to_dict(),
-        "epochs": config.epochs,
-        "seed": seed,
-        "device": device,
-        **curve_summary(curve),
+        **result_summary(task, data, config, curve, epochs=config.epochs, seed=seed, device=device),
         "seconds": time.perf_counter() - started,
         "run_dir": str(run_dir),
         "policy": str(tuner.path),

@@ -170,13 +170,19 @@ def train_cmd(
         click.echo(json.dumps(summary))
         return
     click.echo(f"task {summary['task']} ({summary['model']}, {summary['source']}), config {summary['config']}")
+    echo_test_metrics(summary)
+    click.echo(f"{time.perf_counter() - started:.1f}s; run folder {summary['run_dir']}")
+
+
+def echo_test_metrics(summary: dict[str, Any]) -> None:
+    """The final training's test accuracy, macro-F1 and validation loss (``train`` and ``tune``)."""
     if summary["diverged"]:
         click.echo(f"diverged after {len(summary['curve'])} completed epochs")
+    val_loss = "-" if summary["val_loss"] is None else f"{summary['val_loss']:.4f}"
     click.echo(
-        f"test accuracy {summary['test_accuracy']:.4f}  test macro-F1 {summary['test_macro_f1']:.4f}  "
-        f"val loss {summary['val_loss'] if summary['val_loss'] is None else round(summary['val_loss'], 4)}"
+        f"test accuracy {summary['test_accuracy']:.4f}  "
+        f"test macro-F1 {summary['test_macro_f1']:.4f}  val loss {val_loss}"
     )
-    click.echo(f"{time.perf_counter() - started:.1f}s; run folder {summary['run_dir']}")
 
 
 @main.command("collect")
@@ -433,11 +439,7 @@ def tune_cmd(
         click.echo(json.dumps(s))
         return
     click.echo(f"task {s['task']} ({s['model']}, {s['source']}); chosen config {short_config(s['config'])}")
-    click.echo(
-        f"test accuracy {s['test_accuracy']:.4f}  test macro-F1 {s['test_macro_f1']:.4f}  "
-        f"val loss {'-' if s['val_loss'] is None else round(s['val_loss'], 4)}"
-        + ("  (diverged)" if s["diverged"] else "")
-    )
+    echo_test_metrics(s)
     click.echo(
         f"tuning {s['tuning_epochs']}/{s['budget_epochs']} epochs in {s['tuning_seconds']:.1f}s "
         f"(policy {s['policy_seconds']:.2f}s), final training {s['retrain_seconds']:.1f}s; run folder {s['run_dir']}"

@@ -103,6 +103,23 @@ def curve_summary(curve: Curve) -> dict[str, Any]:
     }
 
 
+def result_summary(
+    task: Any, data: Any, config: Any, curve: Curve, *, epochs: int, seed: int, device: str
+) -> dict[str, Any]:
+    """What ``rlhpo train --json`` reports of a finished training (``tune`` reports its final one so)."""
+    return {
+        "task": task.dataset,
+        "task_key": task.key(),
+        "model": data.family,
+        "source": data.source,
+        "config": config.to_dict(),
+        "epochs": epochs,
+        "seed": seed,
+        "device": device,
+        **curve_summary(curve),
+    }
+
+
 def train_run(
     task: Any,
     config: Any,
@@ -147,15 +164,7 @@ def train_run(
         log_curve(logger, curve)
         logger.close()
     summary = {
-        "task": task.dataset,
-        "task_key": task.key(),
-        "model": data.family,
-        "source": data.source,
-        "config": config.to_dict(),
-        "epochs": epochs,
-        "seed": seed,
-        "device": device,
-        **curve_summary(curve),
+        **result_summary(task, data, config, curve, epochs=epochs, seed=seed, device=device),
         "seconds": seconds,
         "run_dir": str(run_dir),
     }
