@@ -196,7 +196,15 @@ def _alive(pid: int) -> bool:
 
 def _run_until(cmd: list[str], store: Path, at_least: int, sig: int) -> int:
     """Start ``cmd``, wait until the store holds ``at_least`` runs, send ``sig``; return its exit code."""
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    # A shell's background jobs start with SIGINT ignored, and Python then installs no Ctrl-C
+    # handler; give the child the default disposition, as a terminal's foreground job has.
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     try:
         deadline = time.monotonic() + 120
         while _n_runs(store) < at_least:
