@@ -55,7 +55,7 @@ from rlhpo.envs.recorder import RolloutRecorder
 from rlhpo.errors import RlhpoError
 from rlhpo.runs import make_run_dir, runs_root, write_atomic, write_run_files, write_summary
 from rlhpo.settings import read_yaml
-from rlhpo.space import SearchSpace
+from rlhpo.space import Config, SearchSpace
 from rlhpo.store import TaskRecord
 
 log = logging.getLogger(__name__)
@@ -63,6 +63,7 @@ log = logging.getLogger(__name__)
 POLICY_FILE = "policy.zip"
 ROLLOUTS_FILE = "rollouts.jsonl"
 CHECKPOINTS = "checkpoints"
+REPEAT_DRAWS = 32  # draws from the policy to replace a repeated trial
 
 
 # ------------------------------------------------------------------ the tuner
@@ -116,14 +117,42 @@ class PPOTuner(Tuner):
                 f"The policy chooses among {[int(n) for n in nvec]} choices per hyperparameter, but the "
                 f"environment's search space has {space.nvec}; use the space the policy was trained in."
             )
+        self._tried: set[tuple[int, ...]] = set()
 
     def propose(self, obs: np.ndarray) -> np.ndarray:
+        """The policy's most likely action; if that trial was already run this episode, a new one.
+
+        A repeated trial gives the same curve again and only spends budget, so a repeat is
+        replaced by a draw from the policy's own distribution (the tuner's seeded generator),
+        the most likely untried action of :data:`REPEAT_DRAWS` draws.
+        """
         expected = self.model.observation_space.shape
         if np.shape(obs) != expected:
             raise RlhpoError(f"The policy observes vectors of shape {expected}, but got {np.shape(obs)}.")
         with one_torch_thread():
             action, _ = self.model.predict(obs, deterministic=True)
-        return np.asarray(action, dtype=np.int64)
+            action = np.asarray(action, dtype=np.int64)
+            if tuple(action) in self._tried:
+                action = self._untried_draw(obs, action)
+        return action
+
+    def observe(self, action: np.ndarray, info: dict[str, Any]) -> None:
+        self._tried.add(tuple(int(a) for a in action))
+        # With recorded curves a new action may be answered by an already-answered config.
+        self._tried.add(tuple(int(i) for i in self.space.indices(Config(**info["answered_config"]))))
+
+    def _untried_draw(self, obs: np.ndarray, fallback: np.ndarray) -> np.ndarray:
+        obs_tensor, _ = self.model.policy.obs_to_tensor(obs)
+        with torch.no_grad():
+            dist = self.model.policy.get_distribution(obs_tensor)
+        probs = [d.probs[0].double().numpy() for d in dist.distribution]
+        best, best_logp = fallback, -np.inf
+        for _ in range(REPEAT_DRAWS):
+            draw = np.asarray([self.rng.choice(len(p), p=p / p.sum()) for p in probs], dtype=np.int64)
+            logp = float(sum(np.log(p[i]) for p, i in zip(probs, draw)))
+            if tuple(draw) not in self._tried and logp > best_logp:
+                best, best_logp = draw, logp
+        return best
 
 
 @contextlib.contextmanager

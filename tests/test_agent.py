@@ -214,3 +214,16 @@ def test_a_run_killed_after_its_last_checkpoint_resumes_from_that_checkpoint(tmp
     acc = EventAccumulator(str(run_dir))  # TensorBoard's view of the folder: the re-logged steps replace the old
     acc.Reload()
     assert [e.step for e in acc.Scalars("rollout/ep_rew_mean")] == [64, 128, 192, 256]
+
+
+def test_the_policy_never_repeats_a_trial_while_untried_ones_remain(policy_run, tmp_path_factory):
+    from rlhpo.agents.base import run_tuner
+
+    space = load_search_space(helpers.tiny_space_path(tmp_path_factory))
+    tuner = PPOTuner.load(policy_run)
+    # 8 one-epoch trials fit the budget and the tiny space has 8 configs at each fidelity.
+    env = HPOEnv("recorded", helpers.tiny_store(tmp_path_factory), space=space, budget_epochs=8)
+    for seed in range(3):
+        result = run_tuner(tuner, env, seed, task=helpers.DIGITS.key())
+        trials = [tuple(sorted(t["answered_config"].items())) + (t["epochs"],) for t in result.trials]
+        assert len(trials) == len(set(trials)), trials
