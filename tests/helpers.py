@@ -97,3 +97,17 @@ def tiny_policy_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if not (run_dir / "summary.json").exists():
         train_agent(tiny_settings(tmp_path_factory), run_name="policy", runs_dir=runs, argv=["test"], progress=False)
     return run_dir
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """Training in the test process uses one torch thread, as collect's workers do (the cores are shared).
+
+    Modules that train import this fixture (``from helpers import one_torch_thread``).
+    """
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

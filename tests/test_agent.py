@@ -12,6 +12,7 @@ import pytest
 import torch
 import yaml
 from click.testing import CliRunner
+from helpers import one_torch_thread  # noqa: F401 (an autouse fixture)
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from rlhpo.agents.ppo import PPOTuner, train_agent
@@ -20,15 +21,6 @@ from rlhpo.cli import main
 from rlhpo.envs.hpo_env import HPOEnv
 from rlhpo.errors import RlhpoError
 from rlhpo.space import load_search_space
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """The cores are shared: one torch thread, as collect's workers."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

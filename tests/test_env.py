@@ -8,6 +8,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 from gymnasium.utils.env_checker import check_env as gym_check_env
+from helpers import one_torch_thread  # noqa: F401 (an autouse fixture)
 from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
 import rlhpo.envs
@@ -23,17 +24,6 @@ from rlhpo.tasks.task import Task
 from rlhpo.training import Curve, EpochRecord
 
 SPACE = load_search_space()
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Live steps train in this process: one thread, as collect's workers (the cores are shared)."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 TASK = Task("digits", n_train=200)

@@ -8,21 +8,13 @@ from pathlib import Path
 
 import helpers
 import pytest
-import torch
 from click.testing import CliRunner
+from helpers import one_torch_thread  # noqa: F401 (an autouse fixture)
 
 from rlhpo.agents import replay
 from rlhpo.agents.tune import tune
 from rlhpo.cli import main
 from rlhpo.errors import RlhpoError
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

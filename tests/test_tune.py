@@ -10,8 +10,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pa_csv
 import pytest
-import torch
 from click.testing import CliRunner
+from helpers import one_torch_thread  # noqa: F401 (an autouse fixture)
 
 from rlhpo.agents import ppo
 from rlhpo.agents.tune import tune
@@ -32,14 +32,6 @@ TRAIN_JSON_KEYS = {
     "diverged",
 }
 TUNE_KEYS = {"trials", "tuning_epochs", "tuning_seconds", "policy_seconds", "budget_epochs", "retrain_seconds"}
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
