@@ -31,6 +31,10 @@ choices:
 default: {learning_rate: 1.0e-3, batch_size: 32, epochs: 3, dropout: 0.0, optimizer: adam,
           weight_decay: 0.0, num_layers: 1, units: 32}
 """
+# The keys `rlhpo train --json` promises (issue 2); `rlhpo tune --json` has them too.
+TRAIN_JSON_KEYS = frozenset(
+    {"task", "model", "config", "curve", "test_accuracy", "test_macro_f1", "val_loss", "seconds", "diverged"}
+)
 DIGITS = Task("digits", n_train=200)
 TREC = Task("trec", family="gru", n_train=200)  # the held-out dataset of the tiny runs
 

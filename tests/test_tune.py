@@ -20,17 +20,6 @@ from rlhpo.errors import RlhpoError
 from rlhpo.settings import shipped_config
 from rlhpo.tasks.task import Task
 
-TRAIN_JSON_KEYS = {
-    "task",
-    "model",
-    "config",
-    "curve",
-    "test_accuracy",
-    "test_macro_f1",
-    "val_loss",
-    "seconds",
-    "diverged",
-}
 TUNE_KEYS = {"trials", "tuning_epochs", "tuning_seconds", "policy_seconds", "budget_epochs", "retrain_seconds"}
 
 
@@ -53,7 +42,7 @@ def test_tune_reports_the_metrics_and_the_overheads(run, policy, tmp_path):
     result = run("tune", "--task", "digits", "--n-train", "200", "--budget", "2", "--policy", str(policy), "--json")
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout.strip().splitlines()[-1])
-    assert set(summary) >= TRAIN_JSON_KEYS | TUNE_KEYS
+    assert set(summary) >= helpers.TRAIN_JSON_KEYS | TUNE_KEYS
     assert summary["task"] == "digits" and summary["model"] == "mlp" and summary["budget_epochs"] == 6
     assert 0 < summary["tuning_epochs"] <= 6
     assert summary["tuning_epochs"] == sum(t["epochs"] for t in summary["trials"])
