@@ -39,6 +39,7 @@ class FullFidelity:
         self.space = space
         self.train_seed = train_seed
         self._scores: dict[str, dict[str, float]] = {}
+        self.configs: dict[str, Config] = {}  # config key -> a recorded config (at full fidelity)
 
     def scores(self, task_key: str) -> dict[str, float]:
         """Full-fidelity score of each config recorded on the task, by config key."""
@@ -59,6 +60,7 @@ class FullFidelity:
                             trained=False,
                         )
                         out[run.config.key()] = trial_score(trial)
+                        self.configs.setdefault(run.config.key(), run.config.with_epochs(epochs))
             self._scores[task_key] = out
         return self._scores[task_key]
 

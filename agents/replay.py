@@ -299,7 +299,7 @@ def _replay_episode(env: HPOEnv, header: dict[str, Any], ep: Episode) -> list[St
     checks = []
     for line in ep.steps:
         _, reward, _, _, info = env.step(line["action"])
-        replayed = {"reward": reward, **info, "curve": {"epochs_paid": info["epochs"], "score": info["score"]}}
+        replayed = {"reward": reward, **info, "curve": {"epochs_paid": info["paid_epochs"], "score": info["score"]}}
         differences = {}
         for name, where in CHECKED.items():
             want, got = _get(line, where), _get(replayed, where)

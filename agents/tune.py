@@ -168,8 +168,9 @@ def trial_record(info: dict[str, Any]) -> dict[str, Any]:
     last = info["curve"][-1] if info["curve"] else None
     return {
         "step": info["step"],
-        "config": info["answered_config"],  # as trained: the epochs are those paid
+        "config": info["answered_config"],  # as trained: its epochs are those trained to
         "epochs": info["epochs"],
+        "paid_epochs": info["paid_epochs"],  # fewer when the trial continued an earlier one
         "score": info["score"],
         "val_accuracy": last["val_accuracy"] if last else None,
         "val_macro_f1": last["val_macro_f1"] if last else None,
@@ -195,8 +196,9 @@ def _space(tuner: PPOTuner, path: str | Path | None) -> SearchSpace:
 
 def _log_trial(logger: MetricLogger, info: dict[str, Any]) -> None:
     """The trial's curve at steps counted in epochs spent, then the hpo/ scalars after it."""
-    start = info["budget_used"] - info["epochs"]
-    curve = Curve(epochs=[EpochRecord(**e) for e in info["curve"]], diverged=info["diverged"])
+    new = info["curve"][info["resumed_from"] :]  # a continued trial logs only its new epochs
+    start = info["budget_used"] - info["paid_epochs"] - info["resumed_from"]
+    curve = Curve(epochs=[EpochRecord(**e) for e in new], diverged=info["diverged"])
     log_curve(logger, curve, prefix="trials/", step_offset=start)
     logger.record("hpo/score", info["score"])
     logger.record("hpo/incumbent_score", info["incumbent"])

@@ -5,6 +5,8 @@ this config give on this task at this many epochs?", as a :class:`Trial`.
 
 - :class:`LiveBackend` trains for real and writes every curve into the store; a config already
   recorded for the task and training seed (at as many epochs) is answered from the store instead.
+  It keeps the end state of its last few runs, so a trial continued to more epochs
+  (``resume_from``) trains only the new ones.
 - :class:`RecordedBackend` answers from the store only. A config that is not recorded for the
   task gets the nearest recorded one (L2 distance over the normalised encoding, epochs left
   out), and the trial says which and how far. A task's runs are loaded into arrays on first use,
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +34,7 @@ from rlhpo.training import Curve
 log = logging.getLogger(__name__)
 
 BACKENDS = ("live", "recorded")
+RESUMABLE_RUNS = 8  # end states the live backend keeps, to continue trials (a small model each)
 _EPOCHS_DIM = HYPERPARAMETERS.index("epochs")
 
 
@@ -50,7 +54,7 @@ class Trial:
     val_loss: float
     diverged: bool
     curve: list[dict[str, float]]
-    seconds: float  # training seconds of these epochs, as recorded
+    seconds: float  # training seconds of the epochs after ``resume_from`` (what this trial cost), as recorded
     exact: bool
     distance: float
     trained: bool  # trained by this step (live), rather than answered from the store
@@ -67,8 +71,12 @@ class Backend(Protocol):
         """The task (or task key) with its meta-features and number of classes."""
         ...
 
-    def run(self, task: Task, config: Config, epochs: int) -> Trial:
-        """The trial of ``config`` on ``task`` at ``epochs`` epochs."""
+    def run(self, task: Task, config: Config, epochs: int, resume_from: int = 0) -> Trial:
+        """The trial of ``config`` on ``task`` at ``epochs`` epochs.
+
+        ``resume_from`` > 0 continues a trial of the same config already trained for that many
+        epochs: the curve is the same, and ``seconds`` counts only the epochs after it.
+        """
         ...
 
     def close(self) -> None:
@@ -99,7 +107,15 @@ def _epoch_dict(e: Any) -> dict[str, float]:
 
 
 def trial_from_curve(
-    curve: Curve, config: Config, epochs: int, n_classes: int, *, exact: bool, distance: float, trained: bool
+    curve: Curve,
+    config: Config,
+    epochs: int,
+    n_classes: int,
+    *,
+    exact: bool,
+    distance: float,
+    trained: bool,
+    resume_from: int = 0,
 ) -> Trial:
     last = curve.epochs[-1] if curve.epochs else None
     return Trial(
@@ -110,7 +126,7 @@ def trial_from_curve(
         val_loss=float(last.val_loss) if last else 0.0,
         diverged=curve.diverged,
         curve=[_epoch_dict(e) for e in curve.epochs],
-        seconds=float(sum(e.seconds for e in curve.epochs)),
+        seconds=float(sum(e.seconds for e in curve.epochs[resume_from:])),
         exact=exact,
         distance=distance,
         trained=trained,
@@ -162,6 +178,7 @@ class LiveBackend:
         self.data_dir = data_dir
         self.device = device
         self._data: dict[str, Any] = {}  # task key -> TaskData
+        self._resumable: OrderedDict[tuple[str, str], Curve] = OrderedDict()  # last runs, with their state
         self.trained = 0  # trials this backend trained (the others were found in the store)
         self._records: dict[str, TaskRecord] = {}
 
@@ -205,7 +222,7 @@ class LiveBackend:
             self._records[key] = record
         return self._records[key]
 
-    def run(self, task: Task, config: Config, epochs: int) -> Trial:
+    def run(self, task: Task, config: Config, epochs: int, resume_from: int = 0) -> Trial:
         from rlhpo.training import train
 
         record = self.describe(task)
@@ -213,13 +230,48 @@ class LiveBackend:
         stored = self.store.get_run(key, config, self.train_seed)
         if stored is not None and stored.horizon >= epochs:
             return trial_from_curve(
-                stored.at(epochs), config, epochs, record.n_classes, exact=True, distance=0.0, trained=False
+                stored.at(epochs),
+                config,
+                epochs,
+                record.n_classes,
+                exact=True,
+                distance=0.0,
+                trained=False,
+                resume_from=resume_from,
             )
-        curve = train(self._load(task), config, epochs=epochs, seed=self.train_seed, device=self.device)
+        # Continue the last run of this config if it is still held and not longer than asked.
+        slot = (key, config.key())
+        previous = self._resumable.pop(slot, None)
+        if previous is not None and len(previous.epochs) > epochs:
+            previous = None
+        done = len(previous.epochs) if previous is not None else 0
+        curve = train(
+            self._load(task),
+            config,
+            epochs=epochs,
+            seed=self.train_seed,
+            device=self.device,
+            resume=previous,
+            keep_state=True,
+        )
+        if curve.state is not None:
+            self._resumable[slot] = curve
+            while len(self._resumable) > RESUMABLE_RUNS:
+                self._resumable.popitem(last=False)
         self.store.put_run(key, config, self.train_seed, curve, max_epochs=epochs)
         self.trained += 1
-        log.debug("trained %s on %s for %d epochs", config.key(), key, epochs)
-        return trial_from_curve(curve, config, epochs, record.n_classes, exact=True, distance=0.0, trained=True)
+        log.debug("trained %s on %s for epochs %d..%d", config.key(), key, done + 1, epochs)
+        # The cost is what was trained now: from the held state on, or from scratch if none was held.
+        return trial_from_curve(
+            curve,
+            config,
+            epochs,
+            record.n_classes,
+            exact=True,
+            distance=0.0,
+            trained=True,
+            resume_from=done,
+        )
 
 
 # -------------------------------------------------------------------- recorded
@@ -328,7 +380,7 @@ class RecordedBackend:
             table = self._tables[key] = _RunTable(runs, self.space, record.n_classes)
         return table
 
-    def run(self, task: Task, config: Config, epochs: int) -> Trial:
+    def run(self, task: Task, config: Config, epochs: int, resume_from: int = 0) -> Trial:
         table = self._table(task.key())
         i = table.index.get(config.key())
         exact = i is not None and bool(table.horizon[i] >= epochs)
@@ -354,7 +406,7 @@ class RecordedBackend:
             val_loss=float(table.val_loss[i, n - 1]) if n else 0.0,
             diverged=bool(table.diverged[i]) and n < epochs,
             curve=table.epoch_dicts[i][:n],
-            seconds=float(table.cum_seconds[i, n]),
+            seconds=float(table.cum_seconds[i, n] - table.cum_seconds[i, min(resume_from, n)]),
             exact=exact,
             distance=distance,
             trained=False,

@@ -75,6 +75,11 @@ class HPOEnv(gym.Env[np.ndarray, np.ndarray]):
     learning_rate, batch_size, epochs, dropout, optimizer, weight_decay, num_layers, units.
     `epochs` is the fidelity of the trial: the shipped space offers 1, 3 and 9 epochs.
 
+    A config already trained this episode (same choices but `epochs`) and asked for more epochs
+    is *continued*: the step pays only the extra epochs (`info["resumed_from"]`,
+    `info["paid_epochs"]`), as a multi-fidelity tuner (top-k, Hyperband) expects. Its curve is
+    the one a single longer run gives.
+
     ## Observation Space
 
     The observation is a float32 `ndarray` of shape `(30,)`:
@@ -100,7 +105,7 @@ class HPOEnv(gym.Env[np.ndarray, np.ndarray]):
 
     ## Rewards
 
-    `r = (incumbent_after − incumbent_before) − cost_per_fte × epochs / max_epochs −
+    `r = (incumbent_after − incumbent_before) − cost_per_fte × paid_epochs / max_epochs −
     divergence_penalty × diverged`, with the weights of `rlhpo.envs.reward.RewardSettings`
     (defaults 0.01 and 0.1; the module says why). The incumbent starts at 0, so the undiscounted
     return is the final incumbent score less the costs. A trial's score is its normalised
@@ -117,8 +122,9 @@ class HPOEnv(gym.Env[np.ndarray, np.ndarray]):
 
     1. Termination: the budget is spent (fewer epochs remain than the smallest epochs choice).
     A step whose epochs exceed the remaining budget trains for the largest epochs choice that
-    fits; `info["epochs"]` says what was paid. There is no truncation: every step pays at least
-    the smallest epochs choice, so an episode has at most `budget_epochs` steps.
+    fits; `info["epochs"]` says how far it trained and `info["paid_epochs"]` what it paid. There is
+    no truncation: every step pays at least one epoch, so an episode has at most `budget_epochs`
+    steps.
 
     ## Arguments
 
@@ -149,12 +155,13 @@ class HPOEnv(gym.Env[np.ndarray, np.ndarray]):
 
     `info` holds plain JSON values. After `reset`: `task`, `dataset`, `family`, `n_classes`,
     `meta_features`, `budget_epochs`, `backend`. After `step`: `task`, `step`, `action`,
-    `config` (as asked), `epochs` (paid), `answered_config`, `exact`, `distance`,
+    `config` (as asked), `epochs` (trained to), `resumed_from`, `paid_epochs`, `answered_config`,
+    `exact`, `distance`,
     `curve` (one dict per completed epoch), `diverged`, `score`, `incumbent`,
     `incumbent_config` (the best trial's config; `None` before any trial), `budget_used`,
-    `budget_remaining`, `cost_fte`, `seconds`, `backend`. They depend only on the seed, the actions
-    and the recorded curves (`seconds` are the recorded training seconds), never on whether this
-    step trained or found its curve in the store.
+    `budget_remaining`, `cost_fte` (paid), `seconds` (of the paid epochs), `backend`. They depend
+    only on the seed, the actions and the recorded curves (`seconds` are the recorded training
+    seconds), never on whether this step trained or found its curve in the store.
 
     ## Version History
 
@@ -236,6 +243,7 @@ class HPOEnv(gym.Env[np.ndarray, np.ndarray]):
         self._best_score = -math.inf
         self._incumbent_config: dict[str, Any] | None = None
         self._last: Trial | None = None
+        self._trained: dict[str, int] = {}  # config key (epochs left out) -> most epochs trained this episode
         self._done = True
 
     # ------------------------------------------------------------------ API
@@ -259,6 +267,7 @@ class HPOEnv(gym.Env[np.ndarray, np.ndarray]):
         self._best_score = -math.inf
         self._incumbent_config = None
         self._last = None
+        self._trained = {}
         self._done = False
         return self._get_obs(), self._reset_info()
 
@@ -266,9 +275,10 @@ class HPOEnv(gym.Env[np.ndarray, np.ndarray]):
         if self._done or self._record is None:
             raise RlhpoError("The episode has ended (or never started): call reset() before step().")
         config = self.space.decode(action)  # raises a clear error for an action outside the space
-        remaining = self.budget_epochs - self._used
-        epochs = max(e for e in self._epochs_choices if e <= min(config.epochs, remaining))
-        trial = self.backend.run(self._record.task, config, epochs)
+        epochs, resume_from = self._fidelity(config)
+        paid = epochs - resume_from
+        trial = self.backend.run(self._record.task, config, epochs, resume_from=resume_from)
+        self._trained[config.key()] = max(epochs, self._trained.get(config.key(), 0))
         score = trial_score(trial)
         before = self._incumbent
         if score > self._best_score:  # the incumbent config is the best trial's, even below chance
@@ -279,17 +289,32 @@ class HPOEnv(gym.Env[np.ndarray, np.ndarray]):
             self.reward_settings,
             incumbent_before=before,
             incumbent_after=self._incumbent,
-            epochs=epochs,
+            epochs=paid,
             max_epochs=self.max_epochs,
             diverged=trial.diverged,
         )
-        self._used += epochs
+        self._used += paid
         self._steps += 1
         self._last = trial
         terminated = self.budget_epochs - self._used < self._epochs_choices[0]
         self._done = terminated
-        info = self._step_info(action, config, trial, score)
+        info = self._step_info(action, config, trial, score, resume_from)
         return self._get_obs(), float(reward), terminated, False, info
+
+    def _fidelity(self, config: Any) -> tuple[int, int]:
+        """(epochs to train the trial to, epochs it resumes from) for ``config`` now.
+
+        A config already trained for ``e`` epochs this episode is continued when asked for more:
+        the largest epochs choice up to the one asked whose extra epochs fit the budget. Any other
+        step (a new config, a repeat, a continuation that does not fit) is a fresh trial at the
+        largest epochs choice that fits.
+        """
+        remaining = self.budget_epochs - self._used
+        done = self._trained.get(config.key(), 0)
+        longer = [e for e in self._epochs_choices if done < e <= config.epochs and e - done <= remaining]
+        if done and longer:
+            return max(longer), done
+        return max(e for e in self._epochs_choices if e <= min(config.epochs, remaining)), 0
 
     def close(self) -> None:
         self.backend.close()
@@ -338,7 +363,7 @@ class HPOEnv(gym.Env[np.ndarray, np.ndarray]):
             "backend": self.backend.name,
         }
 
-    def _step_info(self, action: Any, config: Any, trial: Trial, score: float) -> dict[str, Any]:
+    def _step_info(self, action: Any, config: Any, trial: Trial, score: float, resume_from: int) -> dict[str, Any]:
         assert self._record is not None
         return {
             "task": self._record.key,
@@ -346,6 +371,8 @@ class HPOEnv(gym.Env[np.ndarray, np.ndarray]):
             "action": [int(a) for a in np.asarray(action).reshape(-1)],
             "config": _config_dict(config),
             "epochs": trial.epochs,
+            "resumed_from": resume_from,
+            "paid_epochs": trial.epochs - resume_from,
             "answered_config": _config_dict(trial.config),
             "exact": trial.exact,
             "distance": trial.distance,
@@ -356,7 +383,7 @@ class HPOEnv(gym.Env[np.ndarray, np.ndarray]):
             "incumbent_config": dict(self._incumbent_config) if self._incumbent_config else None,
             "budget_used": self._used,
             "budget_remaining": self.budget_epochs - self._used,
-            "cost_fte": trial.epochs / self.max_epochs,
+            "cost_fte": (trial.epochs - resume_from) / self.max_epochs,
             "seconds": trial.seconds,
             "backend": self.backend.name,
         }

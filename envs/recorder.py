@@ -22,7 +22,7 @@ def curve_summary(info: dict[str, Any]) -> dict[str, Any]:
     accs = [e["val_accuracy"] for e in curve]
     return {
         "epochs_completed": len(curve),
-        "epochs_paid": info.get("epochs"),
+        "epochs_paid": info.get("paid_epochs", info.get("epochs")),
         "final_val_accuracy": accs[-1] if accs else None,
         "best_val_accuracy": max(accs) if accs else None,
         "final_val_loss": curve[-1]["val_loss"] if curve else None,

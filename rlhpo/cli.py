@@ -446,6 +446,125 @@ def tune_cmd(
     )
 
 
+def _csv_list(kind: str, convert: Any = str) -> Any:
+    def parse(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
+        if value is None:
+            return None
+        try:
+            items = tuple(convert(v.strip()) for v in value.split(",") if v.strip())
+        except ValueError:
+            raise click.BadParameter(f"expected comma-separated {kind}, got {value!r}") from None
+        if not items:
+            raise click.BadParameter(f"expected at least one {kind}")
+        return items
+
+    return parse
+
+
+@main.command("bench")
+@click.option(
+    "--tasks",
+    default="ag_news",
+    show_default=True,
+    callback=_csv_list("tasks"),
+    help="Comma-separated datasets (or, recorded, task keys of the store).",
+)
+@click.option(
+    "--methods",
+    default=None,
+    callback=_csv_list("methods"),
+    help="Comma-separated tuners (default: all: ppo, default, random, tpe, tpe_hyperband, top_k, learned_list).",
+)
+@click.option(
+    "--budgets",
+    default="1,3,10,30",
+    show_default=True,
+    callback=_csv_list("budgets", float),
+    help="Comma-separated budgets in full-training equivalents.",
+)
+@click.option(
+    "--seeds", type=click.IntRange(min=1), default=5, show_default=True, help="Episodes per task, method, budget."
+)
+@click.option("--first-seed", type=int, default=10000, show_default=True, help="The first evaluation seed.")
+@click.option("--backend", type=click.Choice(["recorded", "live"]), default="recorded", show_default=True)
+@click.option(
+    "--store",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Recorded curves (default: the shipped meta-dataset).",
+)
+@click.option(
+    "--policy",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="policy.zip or train-agent run folder (default: the shipped policy).",
+)
+@click.option("--model", "family", default=None, help="Live: model family (default: the dataset's).")
+@click.option("--n-train", type=click.IntRange(min=2), default=None, help="Live: training examples (default: all).")
+@data_dir_option
+@click.option("--device", default="cpu", show_default=True, help="Live: torch device, e.g. cuda.")
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Bench folder (default: a new run folder); an interrupted bench there resumes.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object on stdout.")
+def bench_cmd(
+    tasks: tuple[str, ...],
+    methods: tuple[str, ...] | None,
+    budgets: tuple[float, ...],
+    seeds: int,
+    first_seed: int,
+    backend: str,
+    store: Path | None,
+    policy: Path | None,
+    family: str | None,
+    n_train: int | None,
+    data_dir: Path | None,
+    device: str,
+    out_dir: Path | None,
+    as_json: bool,
+) -> None:
+    """Compare the tuners on held-out tasks at equal budgets: CSV, Markdown table and anytime plot."""
+    import optuna
+    from tqdm import tqdm
+
+    from rlhpo.agents.bench import BenchSettings, run_bench
+    from rlhpo.agents.tuners import METHODS
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # one line per Optuna trial otherwise
+    settings = BenchSettings(
+        tasks=tasks,
+        methods=methods or METHODS,
+        budgets=budgets,
+        seeds=seeds,
+        first_seed=first_seed,
+        backend=backend,
+        store=str(store) if store else None,
+        policy=str(policy) if policy else None,
+        family=family,
+        n_train=n_train,
+        data_dir=str(data_dir) if data_dir else None,
+        device=device,
+    )
+    with tqdm(desc="bench episodes", unit="ep", disable=as_json) as bar:
+        summary = run_bench(settings, out_dir, progress=lambda row: bar.update(1))
+    if as_json:
+        click.echo(json.dumps(summary))
+        return
+    report = summary["report"]
+    b = settings.reference_budget
+    click.echo(f"{'method':<14} {'regret @ ' + format(b, 'g') + ' FTE':<18} {'area':<16} {'mean rank':<9}")
+    for m, e in report["methods"].items():
+        click.echo(
+            f"{m:<14} {_mean_se(*(e['regret'].get(b) or (None, None))):<18} "
+            f"{_mean_se(*(e.get('area') or (None, None))):<16} {e['mean_rank'] or 0:<9.2f}"
+        )
+    click.echo(f"bench folder {summary['run_dir']} (bench.csv, bench.md, bench.png)")
+
+
 @main.command("replay")
 @click.argument("run_dir", type=click.Path(path_type=Path))
 @click.option("--episode", type=click.IntRange(min=0), default=None, help="Only this episode.")

@@ -15,6 +15,10 @@ Choices, and why:
 - **Divergence is a result, not an error.** A non-finite batch loss stops training at once; so
   does a non-finite weight or validation metric after an epoch. The curve keeps the completed
   epochs and ``diverged`` is True; nothing NaN is ever recorded.
+- **A run can be continued.** ``keep_state=True`` leaves the model, optimizer, batch-order
+  generator and RNG state in ``Curve.state``; passing that as ``resume`` trains on from there,
+  and the curve is bit-identical (on CPU) to one longer run. Multi-fidelity tuners use it to
+  take a 1-epoch trial on to 3 and 9 epochs without paying again for the first.
 - **Test metrics** (``evaluate_test=True``) come from the final model. When the run diverged, or
   the final model's test metrics are not finite, they are those of a model that outputs all-zero
   logits: it predicts class 0 for every example, with uniform probabilities, so the loss is
@@ -73,16 +77,29 @@ class TestMetrics:
 
 
 @dataclass
+class TrainState:
+    """Where a run stopped: what continuing it needs (see :func:`train`'s ``resume``)."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    order: torch.Generator  # the batch-order stream
+    rng: torch.Tensor  # the CPU generator's state (dropout)
+    cuda_rng: torch.Tensor | None  # the device generator's state, on CUDA
+
+
+@dataclass
 class Curve:
     """A training run: one record per completed epoch.
 
     When a loss or weight becomes non-finite, training stops and ``diverged`` is True; the
     epochs completed before stay in ``epochs`` (possibly none). No metric is ever NaN.
+    ``state`` is the run's end state when it was asked for (``keep_state``); it is never saved.
     """
 
     epochs: list[EpochRecord] = field(default_factory=list)
     diverged: bool = False
     test: TestMetrics | None = None
+    state: TrainState | None = field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -101,6 +118,8 @@ def train(
     device: str = "cpu",
     evaluate_test: bool = False,
     on_epoch: Callable[[EpochRecord], None] | None = None,
+    resume: Curve | None = None,
+    keep_state: bool = False,
 ) -> Curve:
     """Train a fresh model of ``data.family`` sized by ``config`` and return its curve.
 
@@ -112,6 +131,10 @@ def train(
         device: a torch device string such as ``"cpu"``, ``"cuda"`` or ``"cuda:1"``.
         evaluate_test: also fill ``Curve.test`` from the final model on the test split.
         on_epoch: called with each epoch's record as soon as it is complete.
+        resume: a curve of this data, config and seed made with ``keep_state=True``: training
+            continues from its last epoch up to ``epochs`` (the returned curve holds them all;
+            ``on_epoch`` sees only the new ones). The state is taken over, not copied.
+        keep_state: leave the end state in the returned curve's ``state``.
 
     Raises:
         RlhpoError: for an unavailable device or unusable input; never for divergence.
@@ -119,8 +142,14 @@ def train(
     dev = resolve_device(device)
     n_epochs = config.epochs if epochs is None else epochs
     _check_inputs(data, config, n_epochs, evaluate_test)
+    if resume is not None and (resume.state is None or resume.diverged or len(resume.epochs) > n_epochs):
+        raise RlhpoError(
+            "resume needs a curve made with keep_state=True that did not diverge and has at most "
+            f"{n_epochs} epochs, but got {len(resume.epochs)} epochs (diverged={resume.diverged}, "
+            f"state kept={resume.state is not None})."
+        )
     with _seeded_rng(seed, dev):
-        return _run(data, config, n_epochs, seed, dev, evaluate_test, on_epoch)
+        return _run(data, config, n_epochs, seed, dev, evaluate_test, on_epoch, resume, keep_state)
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -194,14 +223,26 @@ def _run(
     dev: torch.device,
     evaluate_test: bool,
     on_epoch: Callable[[EpochRecord], None] | None,
+    resume: Curve | None,
+    keep_state: bool,
 ) -> Curve:
     x_train, y_train = data.x_train.to(dev), data.y_train.to(dev).long()
     x_val, y_val = data.x_val.to(dev), data.y_val.to(dev).long()
-    model = model_for(data, config).to(dev)
-    optimizer = make_optimizer(config.optimizer, model.parameters(), config.learning_rate, config.weight_decay)
-    order = torch.Generator().manual_seed(seed)  # batch order: its own stream, on CPU on every device
-    curve = Curve()
-    for epoch in range(1, n_epochs + 1):
+    if resume is not None and resume.state is not None:
+        state = resume.state
+        model, optimizer, order = state.model, state.optimizer, state.order
+        torch.set_rng_state(state.rng)
+        if state.cuda_rng is not None:
+            with torch.cuda.device(dev):
+                torch.cuda.set_rng_state(state.cuda_rng)
+        curve = Curve(epochs=list(resume.epochs))
+        resume.state = None  # taken over: the old curve can no longer be continued
+    else:
+        model = model_for(data, config).to(dev)
+        optimizer = make_optimizer(config.optimizer, model.parameters(), config.learning_rate, config.weight_decay)
+        order = torch.Generator().manual_seed(seed)  # batch order: its own stream, on CPU on every device
+        curve = Curve()
+    for epoch in range(len(curve.epochs) + 1, n_epochs + 1):
         start = time.perf_counter()
         train_loss = _train_epoch(model, optimizer, x_train, y_train, config.batch_size, order)
         ok = train_loss is not None and math.isfinite(train_loss) and _weights_finite(model)
@@ -218,6 +259,12 @@ def _run(
                 on_epoch(record)
     if evaluate_test:
         curve.test = _test_metrics(model, data, dev, curve.diverged)
+    if keep_state and not curve.diverged:
+        cuda_rng = None
+        if dev.type == "cuda":
+            with torch.cuda.device(dev):
+                cuda_rng = torch.cuda.get_rng_state()
+        curve.state = TrainState(model, optimizer, order, torch.get_rng_state(), cuda_rng)
     return curve
 
 

@@ -182,7 +182,7 @@ def test_the_budget_ends_the_episode_and_a_step_pays_what_fits(recorded_store):
     paid, terminated = [], False
     while not terminated:
         obs, _, terminated, truncated, info = env.step(nine)
-        paid.append(info["epochs"])
+        paid.append(info["paid_epochs"])
         assert not truncated
     assert paid == [3, 1, 1] and info["budget_remaining"] == 0
     assert obs[len(META_FEATURES)] == 1.0 and obs[len(META_FEATURES) + 1] == 0.0
@@ -201,9 +201,61 @@ def test_the_reward_is_the_incumbent_gain_less_the_epochs_cost(recorded_store):
             env.action_space.sample() if rng.random() < 0.5 else SPACE.indices(SPACE.default)
         )
         assert info["incumbent"] == max(incumbent, info["score"])
-        expected = info["incumbent"] - incumbent - 0.01 * info["epochs"] / 9 - 0.1 * info["diverged"]
+        expected = info["incumbent"] - incumbent - 0.01 * info["paid_epochs"] / 9 - 0.1 * info["diverged"]
         assert reward == pytest.approx(expected)
         incumbent = info["incumbent"]
+
+
+# -------------------------------------------------------------- continuing
+
+
+def _at(config: Config, epochs: int) -> np.ndarray:
+    return SPACE.indices(config.with_epochs(epochs))
+
+
+def test_a_recorded_trial_asked_for_more_epochs_continues_and_pays_only_those(recorded_store):
+    env = recorded(recorded_store, budget_epochs=27)
+    env.reset(seed=0, options={"task": TASK.key()})
+    _, _, _, _, one = env.step(_at(SPACE.default, 1))
+    _, reward, _, _, nine = env.step(_at(SPACE.default, 9))
+    assert (nine["epochs"], nine["resumed_from"], nine["paid_epochs"], nine["budget_used"]) == (9, 1, 8, 9)
+    assert reward == pytest.approx(nine["incumbent"] - one["incumbent"] - 0.01 * 8 / 9)
+    assert nine["seconds"] == pytest.approx(sum(e["seconds"] for e in nine["curve"][1:]))
+    fresh = recorded(recorded_store, budget_epochs=27)
+    fresh.reset(seed=0, options={"task": TASK.key()})
+    _, _, _, _, whole = fresh.step(_at(SPACE.default, 9))
+    assert nine["curve"] == whole["curve"] and nine["score"] == whole["score"]
+    # Asking again for as many epochs, or fewer, is a fresh trial that pays in full.
+    _, _, _, _, again = env.step(_at(SPACE.default, 3))
+    assert (again["resumed_from"], again["paid_epochs"]) == (0, 3)
+
+
+def test_a_live_trial_continues_from_its_kept_state(tmp_path, monkeypatch):
+    import rlhpo.training
+
+    calls = []
+    real_train = rlhpo.training.train
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs.get("resume"))
+        return real_train(*args, **kwargs)
+
+    monkeypatch.setattr(rlhpo.training, "train", spy)
+    config = Config(
+        learning_rate=3e-3, batch_size=32, epochs=3, dropout=0.5, optimizer="adam", weight_decay=0.0, num_layers=1,
+        units=32,
+    )
+    env = HPOEnv("live", str(tmp_path / "a.sqlite"), tasks=[TASK], budget_epochs=9)
+    env.reset(seed=0)
+    env.step(_at(config, 1))
+    _, _, _, _, info = env.step(_at(config, 3))
+    assert calls[0] is None and len(calls[1].epochs) == 1  # resumed from epoch 1: only 2 and 3 are trained
+    assert (info["resumed_from"], info["paid_epochs"], info["budget_used"]) == (1, 2, 3)
+    other = HPOEnv("live", str(tmp_path / "b.sqlite"), tasks=[TASK], budget_epochs=9)
+    other.reset(seed=0)
+    _, _, _, _, whole = other.step(_at(config, 3))
+    drop = lambda curve: [{k: v for k, v in e.items() if k != "seconds"} for e in curve]  # noqa: E731
+    assert drop(info["curve"]) == drop(whole["curve"])
 
 
 # ------------------------------------------------------------------ nearest

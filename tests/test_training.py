@@ -68,6 +68,21 @@ def test_every_optimizer_learns(digits, optimizer, lr):
     assert curve.epochs[-1].val_accuracy > 0.6
 
 
+def test_a_resumed_run_is_the_longer_run(digits):
+    config = dataclasses.replace(GOOD, dropout=0.5)  # dropout: the RNG state must carry over too
+    whole = train(digits, config, epochs=3, seed=2)
+    first = train(digits, config, epochs=1, seed=2, keep_state=True)
+    state = torch.get_rng_state()
+    seen = []
+    rest = train(digits, config, epochs=3, seed=2, resume=first, on_epoch=seen.append)
+    assert _without_seconds(rest) == _without_seconds(whole)
+    assert [e.epoch for e in seen] == [2, 3]  # only the new epochs are trained and reported
+    assert torch.equal(torch.get_rng_state(), state)
+    assert rest.state is None and first.state is None  # taken over, and not kept unless asked
+    with pytest.raises(RlhpoError, match="keep_state=True"):
+        train(digits, config, epochs=3, seed=2, resume=first)
+
+
 def test_same_seed_same_curve_and_global_rng_untouched(digits):
     config = dataclasses.replace(GOOD, dropout=0.5)  # dropout draws random numbers too
     state = torch.get_rng_state()

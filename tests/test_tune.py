@@ -45,7 +45,7 @@ def test_tune_reports_the_metrics_and_the_overheads(run, policy, tmp_path):
     assert set(summary) >= helpers.TRAIN_JSON_KEYS | TUNE_KEYS
     assert summary["task"] == "digits" and summary["model"] == "mlp" and summary["budget_epochs"] == 6
     assert 0 < summary["tuning_epochs"] <= 6
-    assert summary["tuning_epochs"] == sum(t["epochs"] for t in summary["trials"])
+    assert summary["tuning_epochs"] == sum(t["paid_epochs"] for t in summary["trials"])
     assert 0 <= summary["policy_seconds"] < summary["tuning_seconds"] < summary["seconds"]
     assert 0.0 <= summary["test_accuracy"] <= 1.0 and 0.0 <= summary["test_macro_f1"] <= 1.0
     assert summary["config"]["epochs"] == 3 and len(summary["curve"]) == 3  # retrained at full fidelity

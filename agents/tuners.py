@@ -1,0 +1,57 @@
+"""Every tuner by name, built alike: what ``rlhpo bench`` and the contract tests iterate over."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from rlhpo.agents.base import DefaultTuner, RandomTuner, Tuner
+from rlhpo.agents.learned_list import LearnedListTuner
+from rlhpo.agents.optuna_tuners import HyperbandTuner, TPETuner
+from rlhpo.agents.ppo import PPOTuner
+from rlhpo.agents.top_k import TopKTuner
+from rlhpo.errors import unknown
+from rlhpo.space import SearchSpace
+from rlhpo.store import CurveStore
+
+METHODS = ("ppo", "default", "random", "tpe", "tpe_hyperband", "top_k", "learned_list")
+
+
+def policy_exclusions(tuner: PPOTuner) -> tuple[str, ...]:
+    """The datasets the policy never saw in meta-training (its ``exclude_datasets``)."""
+    settings = (getattr(tuner.model, "rlhpo", None) or {}).get("settings") or {}
+    return tuple(settings.get("exclude_datasets") or ())
+
+
+def make_tuners(
+    methods: Sequence[str],
+    *,
+    space: SearchSpace,
+    policy: PPOTuner | None = None,
+    store: CurveStore | str | Path | None = None,
+    train_seed: int = 0,
+    exclude_datasets: Sequence[str] = (),
+) -> list[Tuner]:
+    """The tuners named ``methods``, in that order.
+
+    ``ppo`` plays ``policy``; ``learned_list`` learns its list from ``store`` less
+    ``exclude_datasets`` (give it the policy's, so both learn from the same tasks).
+    """
+    out: list[Tuner] = []
+    for method in methods:
+        if method == "ppo":
+            if policy is None:
+                raise ValueError("make_tuners needs a policy for 'ppo'")
+            out.append(policy)
+        elif method == "learned_list":
+            if store is None:
+                raise ValueError("make_tuners needs a store for 'learned_list'")
+            out.append(LearnedListTuner.fit(store, space, train_seed=train_seed, exclude_datasets=exclude_datasets))
+        elif method in SIMPLE:
+            out.append(SIMPLE[method]())
+        else:
+            raise unknown("method", method, METHODS)
+    return out
+
+
+SIMPLE: dict[str, type[Tuner]] = {t.name: t for t in (DefaultTuner, RandomTuner, TPETuner, HyperbandTuner, TopKTuner)}

@@ -1,0 +1,143 @@
+"""``rlhpo bench``: its outputs, the regret it computes, resuming, the live backend, bad input."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import helpers
+import pytest
+from click.testing import CliRunner
+from helpers import one_torch_thread  # noqa: F401 (an autouse fixture)
+
+from rlhpo.agents.base import TuneResult
+from rlhpo.agents.bench import COLUMNS, BenchSettings, _Judge, read_csv, run_bench
+from rlhpo.agents.evaluate import FullFidelity
+from rlhpo.cli import main
+from rlhpo.errors import RlhpoError
+from rlhpo.space import load_search_space
+from rlhpo.store import CurveStore
+
+FULL_FIDELITY_ONLY = ("default", "tpe", "learned_list")  # every trial at the largest epochs choice
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return {
+        "store": str(helpers.tiny_store(tmp_path_factory)),
+        "policy": str(helpers.tiny_policy_run(tmp_path_factory)),
+        "space": str(helpers.tiny_space_path(tmp_path_factory)),
+    }
+
+
+@pytest.fixture(scope="module")
+def bench(tiny, tmp_path_factory):
+    """Every method on held-out trec, 2 seeds, budgets 1 and 4 FTE (3 and 12 epochs)."""
+    settings = BenchSettings(tasks=("trec",), budgets=(1.0, 4.0), seeds=2, **tiny)
+    out = tmp_path_factory.mktemp("bench")
+    return settings, out, run_bench(settings, out, argv=["test"])
+
+
+def test_bench_writes_the_csv_the_table_and_the_plot(bench):
+    settings, out, summary = bench
+    with (out / "bench.csv").open() as f:
+        reader = csv.DictReader(f)
+        rows = list(reader)
+    assert tuple(reader.fieldnames) == COLUMNS
+    assert {"task", "method", "seed", "budget_fte", "regret"} <= set(COLUMNS)
+    assert len(rows) == 7 * 2 * 2 and summary["episodes"] == 28
+    assert {r["method"] for r in rows} == set(settings.methods) and {r["budget_fte"] for r in rows} == {"1.0", "4.0"}
+    assert all(r["heldout"] == "True" and r["regret"] != "" for r in rows)  # the tiny policy never saw trec
+    table = (out / "bench.md").read_text()
+    for needle in ("regret @ 1", "regret @ 4", "area", "final regret", "mean rank", "speedup", "bench.png"):
+        assert needle in table
+    for method in settings.methods:
+        assert f"| {method} |" in table
+    assert (out / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    anytime = read_csv(out / "anytime.csv")
+    assert {p["method"] for p in anytime} == set(settings.methods)
+    assert json.loads((out / "summary.json").read_text())["report"]["methods"].keys() == set(settings.methods)
+
+
+def test_regret_is_never_negative_and_full_fidelity_methods_improve_with_budget(bench):
+    _, out, summary = bench
+    rows = read_csv(out / "bench.csv")
+    assert all(r["regret"] >= 0 for r in rows)
+    for r in rows:
+        assert r["epochs_used"] <= r["budget_epochs"] == round(r["budget_fte"] * 3)
+    # A method that trains only at full fidelity picks by the very score regret is measured on,
+    # and with one seed a larger budget only adds trials: its regret cannot rise with budget.
+    for method in FULL_FIDELITY_ONLY:
+        for seed in (10000, 10001):
+            mine = sorted((r for r in rows if r["method"] == method and r["seed"] == seed), key=lambda r: r["budget_fte"])
+            assert [r["regret"] for r in mine] == sorted((r["regret"] for r in mine), reverse=True)
+        points = [p for p in read_csv(out / "anytime.csv") if p["method"] == method]
+        for seed in (10000, 10001):
+            curve = [p["regret"] for p in points if p["seed"] == seed]
+            assert curve == sorted(curve, reverse=True)
+    # The speedup is measured against the policy's regret at the reference budget.
+    assert summary["report"]["methods"]["ppo"]["speedup"] is None
+    assert all("speedup" in e for e in summary["report"]["methods"].values())
+
+
+def test_the_best_known_config_has_zero_regret(tiny):
+    space = load_search_space(tiny["space"])
+    settings = BenchSettings(tasks=("trec",), **tiny)
+    judge = _Judge(settings, space, Path(tiny["store"]))
+    task = helpers.TREC
+    oracle = FullFidelity(CurveStore(tiny["store"], readonly=True), space, 0)
+    scores = oracle.scores(task.key())
+    best = max(scores, key=scores.get)
+    result = TuneResult("x", task.key(), 0, 3, incumbent_config=oracle.configs[best].to_dict(), epochs_used=3)
+    row = judge.row(task, result, 1.0, 3, True)
+    assert row["regret"] == 0.0 and row["full_fidelity_score"] == max(scores.values())
+    worst = min(scores, key=scores.get)
+    result.incumbent_config = oracle.configs[worst].to_dict()
+    assert judge.row(task, result, 1.0, 3, True)["regret"] == pytest.approx(max(scores.values()) - min(scores.values()))
+
+
+def test_an_interrupted_bench_resumes_where_it_stopped(tiny, tmp_path):
+    settings = BenchSettings(tasks=("trec",), methods=("random", "default"), budgets=(1.0, 2.0), seeds=2, **tiny)
+    first = run_bench(settings, tmp_path)
+    lines = (tmp_path / "bench.csv").read_text().splitlines()
+    (tmp_path / "bench.csv").write_text("\n".join(lines[:3]) + "\n")  # as if killed after two episodes
+    ran = []
+    second = run_bench(settings, tmp_path, progress=ran.append)
+    assert len(ran) == 6 and second["episodes"] == 8
+    assert (tmp_path / "bench.csv").read_text().splitlines()[1:3] == lines[1:3]
+    assert second["report"]["methods"]["random"]["regret"] == first["report"]["methods"]["random"]["regret"]
+    with pytest.raises(RlhpoError, match="other settings"):
+        run_bench(BenchSettings(tasks=("trec",), methods=("random",), budgets=(1.0,), **tiny), tmp_path)
+
+
+def test_a_live_bench_retrains_incumbents_and_reports_test_metrics(tiny, tmp_path):
+    settings = BenchSettings(
+        tasks=("digits",), methods=("default", "random"), budgets=(1.0,), seeds=2, backend="live", n_train=200,
+        policy=tiny["policy"], space=tiny["space"],
+    )  # fmt: skip
+    summary = run_bench(settings, tmp_path)
+    rows = read_csv(tmp_path / "bench.csv")
+    assert len(rows) == 4 and (tmp_path / "store.sqlite").is_file()
+    for r in rows:
+        assert 0 <= r["test_accuracy"] <= 1 and 0 <= r["test_macro_f1"] <= 1 and r["regret"] >= 0
+    assert min(r["regret"] for r in rows) == 0.0  # the best of the bench is the best known
+    assert "test accuracy" in (tmp_path / "bench.md").read_text()
+    assert summary["report"]["methods"]["default"]["test_accuracy"][1.0][0] > 0.2  # chance is 0.1
+
+
+def test_bench_on_the_command_line_and_its_errors(tiny, tmp_path):
+    runner = CliRunner()
+    args = ["bench", "--tasks", "trec", "--methods", "default,tpe", "--budgets", "1,2", "--seeds", "2"]
+    args += ["--store", tiny["store"], "--policy", tiny["policy"], "--out", str(tmp_path / "b"), "--json"]
+    result = runner.invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["episodes"] == 8
+    for bad, message in [
+        (["--tasks", "treck"], "Did you mean 'trec'"),
+        (["--methods", "tpee"], "Unknown method 'tpee'"),
+        (["--budgets", "1,x"], "comma-separated budgets"),
+        (["--budgets", "0"], "positive numbers"),
+    ]:
+        result = runner.invoke(main, [*args[:1], *args[9:11], *args[11:13], *bad, "--out", str(tmp_path / "c")])
+        assert result.exit_code != 0 and message in result.output, result.output
