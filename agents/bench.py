@@ -319,7 +319,7 @@ def summarise(rows: list[dict[str, Any]], anytime: list[dict[str, Any]], setting
     budgets = sorted(settings.budgets)
     out: dict[str, Any] = {"methods": {}, "budgets": budgets, "grid": [], "reference_budget": settings.reference_budget}
     known = [r for r in rows if r.get("regret") is not None]
-    ranks = _mean_ranks(known)
+    ranks = mean_ranks(known)
     grid = np.geomspace(min(budgets), max(budgets), 60) if len(budgets) > 1 else np.array(budgets, dtype=float)
     out["grid"] = grid.tolist()
     for m in methods:
@@ -375,7 +375,7 @@ def _budget_to_reach(grid: np.ndarray, mean: np.ndarray, target: float, referenc
     return {"budget_fte": budget, "ratio": budget / reference, "beyond": None}
 
 
-def _mean_ranks(rows: list[dict[str, Any]]) -> dict[str, float]:
+def mean_ranks(rows: list[dict[str, Any]]) -> dict[str, float]:
     """Mean over (task, seed, budget) of each method's rank by regret (1 best; ties share the mean rank)."""
     groups: dict[tuple, list[dict[str, Any]]] = {}
     for r in rows:

@@ -19,10 +19,11 @@ import logging
 import shlex
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import gymnasium as gym
 import numpy as np
 import torch
 import yaml
@@ -49,7 +50,7 @@ from rlhpo.agents.settings import (
     space_from_dict,
     space_to_dict,
 )
-from rlhpo.envs.backends import RecordedBackend
+from rlhpo.envs.backends import Backend, RecordedBackend, SubsetBackend
 from rlhpo.envs.hpo_env import HPOEnv
 from rlhpo.envs.recorder import RolloutRecorder
 from rlhpo.errors import RlhpoError
@@ -57,6 +58,7 @@ from rlhpo.runs import make_run_dir, runs_root, write_atomic, write_run_files, w
 from rlhpo.settings import read_yaml
 from rlhpo.space import Config, SearchSpace
 from rlhpo.store import TaskRecord
+from rlhpo.tasks.features import META_FEATURES
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +90,7 @@ class PPOTuner(Tuner):
         self.model = model
         saved = getattr(model, "rlhpo", None) or {}
         self.policy_space = space or (space_from_dict(saved["space"]) if "space" in saved else None)
+        self.meta_features = bool((saved.get("settings") or {}).get("meta_features", True))
         self.path: Path | None = None
 
     @classmethod
@@ -129,6 +132,8 @@ class PPOTuner(Tuner):
         expected = self.model.observation_space.shape
         if np.shape(obs) != expected:
             raise RlhpoError(f"The policy observes vectors of shape {expected}, but got {np.shape(obs)}.")
+        if not self.meta_features:
+            obs = hide_meta_features(obs)
         with one_torch_thread():
             action, _ = self.model.predict(obs, deterministic=True)
             action = np.asarray(action, dtype=np.int64)
@@ -153,6 +158,20 @@ class PPOTuner(Tuner):
             if tuple(draw) not in self._tried and logp > best_logp:
                 best, best_logp = draw, logp
         return best
+
+
+def hide_meta_features(obs: np.ndarray) -> np.ndarray:
+    """The observation with the task's meta-features zeroed (what a ``meta_features: false`` policy sees)."""
+    out = np.array(obs, dtype=np.float32, copy=True)
+    out[..., : len(META_FEATURES)] = 0.0
+    return out
+
+
+class HideMetaFeatures(gym.ObservationWrapper):
+    """Zeroes the meta-features of every observation (``meta_features: false``)."""
+
+    def observation(self, observation: np.ndarray) -> np.ndarray:
+        return hide_meta_features(observation)
 
 
 @contextlib.contextmanager
@@ -196,11 +215,19 @@ def make_vec_env(settings: TrainAgentSettings, backend: RecordedBackend, space: 
     """``ppo.n_envs`` recorded HPOEnvs (sharing one backend), each in SB3's Monitor."""
     budget = settings.budget_epochs(space)
 
-    def make() -> Monitor:
-        env = HPOEnv(backend, space=space, budget_epochs=budget, train_seed=settings.train_seed, reward=settings.reward)
-        return Monitor(env)
+    def make(i: int) -> Callable[[], Monitor]:
+        def build() -> Monitor:
+            answers: Backend = backend
+            if settings.config_fraction < 1.0:
+                answers = SubsetBackend(backend, settings.config_fraction, seed=settings.seed + i)
+            env = HPOEnv(
+                answers, space=space, budget_epochs=budget, train_seed=settings.train_seed, reward=settings.reward
+            )
+            return Monitor(env if settings.meta_features else HideMetaFeatures(env))
 
-    return DummyVecEnv([make for _ in range(settings.ppo.n_envs)])
+        return build
+
+    return DummyVecEnv([make(i) for i in range(settings.ppo.n_envs)])
 
 
 def new_model(settings: TrainAgentSettings, venv: DummyVecEnv) -> PPO:

@@ -84,6 +84,8 @@ class TrainAgentSettings:
     train_seed: int = 0  # training seed of the recorded runs that answer
     exclude_datasets: tuple[str, ...] = ("ag_news",)  # held out: never met in meta-training
     budget_fte: float = 3.0  # budget of an episode, in full-training equivalents
+    meta_features: bool = True  # the policy sees the task's meta-features; False: zeros, it acts on curves alone
+    config_fraction: float = 1.0  # share of a task's recorded configs each episode may be answered from
     total_steps: int = 200_000  # environment steps (all envs together)
     checkpoint_every: int = 25_000  # environment steps between checkpoints
     seed: int = 0  # seeds PPO and the environments
@@ -103,6 +105,11 @@ class TrainAgentSettings:
         _check_int("total_steps", self.total_steps, minimum=1)
         _check_int("checkpoint_every", self.checkpoint_every, minimum=1)
         _check_float("budget_fte", self.budget_fte, minimum=0.0)
+        _check_float("config_fraction", self.config_fraction, minimum=0.0)
+        if not 0.0 < self.config_fraction <= 1.0:
+            raise RlhpoError(f"config_fraction must be in (0, 1], but got config_fraction={self.config_fraction!r}.")
+        if not isinstance(self.meta_features, bool):
+            raise RlhpoError(f"meta_features must be true or false, but got {self.meta_features!r}.")
         if isinstance(self.exclude_datasets, str) or not isinstance(self.exclude_datasets, list | tuple):
             raise RlhpoError(f"exclude_datasets must be a list of dataset names, but got {self.exclude_datasets!r}.")
         object.__setattr__(self, "exclude_datasets", tuple(str(d) for d in self.exclude_datasets))

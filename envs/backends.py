@@ -380,15 +380,24 @@ class RecordedBackend:
             table = self._tables[key] = _RunTable(runs, self.space, record.n_classes)
         return table
 
-    def run(self, task: Task, config: Config, epochs: int, resume_from: int = 0) -> Trial:
+    def n_runs(self, task_key: str) -> int:
+        """How many runs are recorded for the task (the length of ``run``'s ``allowed`` mask)."""
+        return len(self._table(task_key).configs)
+
+    def run(
+        self, task: Task, config: Config, epochs: int, resume_from: int = 0, allowed: np.ndarray | None = None
+    ) -> Trial:
+        """The trial, answered by ``config``'s run or the nearest; only runs ``allowed`` (a mask) may answer."""
         table = self._table(task.key())
         i = table.index.get(config.key())
-        exact = i is not None and bool(table.horizon[i] >= epochs)
+        exact = i is not None and bool(table.horizon[i] >= epochs) and (allowed is None or bool(allowed[i]))
         if exact:
             distance = 0.0
         else:
             d2 = np.square(table.vectors - config_vector(self.space, config)).sum(axis=1)
             d2[table.horizon < epochs] = np.inf
+            if allowed is not None:
+                d2[~allowed] = np.inf
             i = int(np.argmin(d2))
             if not math.isfinite(d2[i]):
                 raise RlhpoError(
@@ -411,6 +420,44 @@ class RecordedBackend:
             distance=distance,
             trained=False,
         )
+
+
+class SubsetBackend:
+    """A recorded backend whose episodes each see a random subset of every task's recorded runs.
+
+    Meta-training augmentation (``config_fraction`` in ``configs/train_agent.yaml``): at each
+    ``describe`` (each ``reset``) a new subset of the task's runs, each kept with probability
+    ``fraction`` (at least one), answers the episode. The best answerable config moves from one
+    episode to the next, so a policy cannot score by recalling one config per task: it has to
+    try, observe and adapt. Several envs may share one ``inner`` backend, each with its own subset.
+    """
+
+    name = "recorded"
+
+    def __init__(self, inner: RecordedBackend, fraction: float, seed: int) -> None:
+        if not 0.0 < fraction <= 1.0:
+            raise RlhpoError(f"The fraction of recorded configs must be in (0, 1], but got {fraction}.")
+        self.inner = inner
+        self.fraction = fraction
+        self.rng = np.random.default_rng(seed)
+        self._allowed: dict[str, np.ndarray] = {}
+
+    def default_tasks(self) -> list[Task]:
+        return self.inner.default_tasks()
+
+    def describe(self, task: Task | str) -> TaskRecord:
+        record = self.inner.describe(task)
+        keep = self.rng.random(self.inner.n_runs(record.key)) < self.fraction
+        if not keep.any():
+            keep[self.rng.integers(len(keep))] = True
+        self._allowed[record.key] = keep
+        return record
+
+    def run(self, task: Task, config: Config, epochs: int, resume_from: int = 0) -> Trial:
+        return self.inner.run(task, config, epochs, resume_from, allowed=self._allowed.get(task.key()))
+
+    def close(self) -> None:
+        """Nothing: the inner backend is shared, and closed by its owner."""
 
 
 def make_backend(

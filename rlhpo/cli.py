@@ -555,7 +555,7 @@ def bench_cmd(
         click.echo(json.dumps(summary))
         return
     report = summary["report"]
-    b = settings.reference_budget
+    b = settings.reference_budget if settings.reference_budget in budgets else max(budgets)
     click.echo(f"{'method':<14} {'regret @ ' + format(b, 'g') + ' FTE':<18} {'area':<16} {'mean rank':<9}")
     for m, e in report["methods"].items():
         click.echo(

@@ -64,6 +64,8 @@ def test_the_shipped_config_holds_ag_news_out(tmp_path):
         ("ppo: {net_arch: 64}", "ppo.net_arch must be a non-empty list"),
         ("reward: {cost_per_fte: -1.0}", "cost_per_fte must be finite and >= 0"),
         ("exclude_datasets: ag_news", "exclude_datasets must be a list"),
+        ("config_fraction: 0.0", r"config_fraction must be in \(0, 1\]"),
+        ("meta_features: maybe", "meta_features must be true or false"),
     ],
 )
 def test_bad_settings_say_what_is_wrong(tmp_path, text, message):
@@ -219,3 +221,28 @@ def test_the_policy_never_repeats_a_trial_while_untried_ones_remain(policy_run, 
         result = run_tuner(tuner, env, seed, task=helpers.DIGITS.key())
         trials = [tuple(sorted(t["answered_config"].items())) + (t["epochs"],) for t in result.trials]
         assert len(trials) == len(set(trials)), trials
+
+
+def test_a_policy_without_meta_features_cannot_tell_tasks_apart(tmp_path_factory, tmp_path):
+    settings = helpers.tiny_settings(tmp_path_factory, meta_features=False, total_steps=128)
+    summary = train_agent(settings, run_name="blind", runs_dir=tmp_path, progress=False)
+    tuner = PPOTuner.load(summary["run_dir"])
+    assert tuner.meta_features is False
+    space = load_search_space(helpers.tiny_space_path(tmp_path_factory))
+    env = HPOEnv("recorded", helpers.tiny_store(tmp_path_factory), space=space, budget_epochs=6)
+    firsts = []
+    for task in (helpers.DIGITS.key(), helpers.TREC.key()):
+        obs, _ = env.reset(seed=0, options={"task": task})
+        tuner.start(space, {}, 0)
+        firsts.append(tuple(tuner.propose(obs)))
+    assert obs[:3].any()  # the env does show meta-features; the tuner hides them
+    assert firsts[0] == firsts[1]
+    with pytest.raises(RlhpoError, match="meta_features must be true or false"):
+        helpers.tiny_settings(tmp_path_factory, meta_features="no")
+
+
+def test_meta_training_on_config_subsets_is_seeded(tmp_path_factory, tmp_path):
+    settings = helpers.tiny_settings(tmp_path_factory, config_fraction=0.5, total_steps=128)
+    runs = [train_agent(settings, run_name=f"subset{i}", runs_dir=tmp_path, progress=False) for i in range(2)]
+    a, b = (policy_params(Path(r["policy"])) for r in runs)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

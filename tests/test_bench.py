@@ -70,7 +70,8 @@ def test_regret_is_never_negative_and_full_fidelity_methods_improve_with_budget(
     # and with one seed a larger budget only adds trials: its regret cannot rise with budget.
     for method in FULL_FIDELITY_ONLY:
         for seed in (10000, 10001):
-            mine = sorted((r for r in rows if r["method"] == method and r["seed"] == seed), key=lambda r: r["budget_fte"])
+            mine = [r for r in rows if r["method"] == method and r["seed"] == seed]
+            mine.sort(key=lambda r: r["budget_fte"])
             assert [r["regret"] for r in mine] == sorted((r["regret"] for r in mine), reverse=True)
         points = [p for p in read_csv(out / "anytime.csv") if p["method"] == method]
         for seed in (10000, 10001):

@@ -242,7 +242,13 @@ def test_a_live_trial_continues_from_its_kept_state(tmp_path, monkeypatch):
 
     monkeypatch.setattr(rlhpo.training, "train", spy)
     config = Config(
-        learning_rate=3e-3, batch_size=32, epochs=3, dropout=0.5, optimizer="adam", weight_decay=0.0, num_layers=1,
+        learning_rate=3e-3,
+        batch_size=32,
+        epochs=3,
+        dropout=0.5,
+        optimizer="adam",
+        weight_decay=0.0,
+        num_layers=1,
         units=32,
     )
     env = HPOEnv("live", str(tmp_path / "a.sqlite"), tasks=[TASK], budget_epochs=9)
@@ -281,6 +287,26 @@ def test_an_unrecorded_config_gets_the_nearest_recorded_one(recorded_store):
     assert info["distance"] == pytest.approx(min(dists.values()), abs=1e-6)
     assert dists[answered.key()] == pytest.approx(min(dists.values()), abs=1e-6)
     assert info["answered_config"]["epochs"] == info["epochs"] == config.epochs
+
+
+def test_a_subset_backend_answers_each_episode_from_a_new_subset(recorded_store):
+    from rlhpo.envs.backends import RecordedBackend, SubsetBackend
+
+    inner = RecordedBackend(recorded_store, SPACE)
+    env = HPOEnv(SubsetBackend(inner, 0.5, seed=0), space=SPACE, budget_epochs=900)
+    store = CurveStore(recorded_store, readonly=True)
+    configs = [r.config for r in store.runs(TASK.key(), 0)]
+    answered = []
+    for seed in range(6):
+        env.reset(seed=seed, options={"task": TASK.key()})
+        answered.append({Config(**env.step(SPACE.indices(c))[4]["answered_config"]).key() for c in configs})
+    assert all(0 < len(a) < len(configs) for a in answered)  # some recorded configs are held back
+    assert len({frozenset(a) for a in answered}) > 1  # and which ones changes between episodes
+    full = HPOEnv(SubsetBackend(inner, 1.0, seed=0), space=SPACE, budget_epochs=900)
+    full.reset(seed=0, options={"task": TASK.key()})
+    assert all(full.step(SPACE.indices(c))[4]["exact"] for c in configs)
+    with pytest.raises(RlhpoError, match=r"in \(0, 1\]"):
+        SubsetBackend(inner, 0.0, seed=0)
 
 
 # ---------------------------------------------------------------- bad input

@@ -84,8 +84,8 @@ class TestTunerContract:
     def test_divergent_trials_are_survived(self, method, tiny, diverging):
         _, _, policy = tiny
         space, store = diverging
-        tuner = tuner_for(method, space, store, policy) if method != "learned_list" else LearnedListTuner.fit(
-            store, space
+        tuner = (
+            tuner_for(method, space, store, policy) if method != "learned_list" else LearnedListTuner.fit(store, space)
         )
         results = [play(tuner, space, store, 30, seed=s) for s in range(4)]
         for result in results:
