@@ -33,16 +33,14 @@ import csv
 import dataclasses
 import logging
 import math
-import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from rlhpo.agents.base import TuneResult, run_tuner
+from rlhpo.agents.bench_report import ANYTIME_FILE, CSV_FILE, PLOT_FILE, markdown, plot, summarise
 from rlhpo.agents.evaluate import FullFidelity
 from rlhpo.agents.ppo import PPOTuner
 from rlhpo.agents.settings import SHIPPED_STORE, budget_epochs, shipped_asset
@@ -57,14 +55,14 @@ from rlhpo.tasks.task import Task
 
 log = logging.getLogger(__name__)
 
-CSV_FILE, ANYTIME_FILE, MARKDOWN_FILE, PLOT_FILE = "bench.csv", "anytime.csv", "bench.md", "bench.png"
+MARKDOWN_FILE = "bench.md"
 STORE_FILE = "store.sqlite"  # live backend: every curve trained in the bench
 COLUMNS = (
     "task", "dataset", "method", "seed", "budget_fte", "budget_epochs", "epochs_used", "trials", "heldout",
     "incumbent_score", "full_fidelity_score", "regret", "test_accuracy", "test_macro_f1", "test_loss",
     "tuning_seconds", "policy_seconds", "incumbent_config",
 )  # fmt: skip
-REFERENCE_METHOD = "ppo"
+ANYTIME_COLUMNS = ("task", "method", "seed", "epochs", "fte", "regret")
 
 
 @dataclass(frozen=True)
@@ -292,183 +290,6 @@ class _Judge:
                 if r["task"] == task_key and r.get("full_fidelity_score") is not None and best is not None:
                     r["regret"] = best - float(r["full_fidelity_score"])
         store.close()
-
-
-# ------------------------------------------------------------------ report
-
-ANYTIME_COLUMNS = ("task", "method", "seed", "epochs", "fte", "regret")
-
-
-def _mean_se(values: Sequence[float]) -> tuple[float, float]:
-    values = [float(v) for v in values]
-    mean = statistics.fmean(values)
-    return mean, (statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else 0.0)
-
-
-def _grid(points: list[dict[str, Any]], grid: np.ndarray) -> np.ndarray:
-    """An episode's regret at each grid budget (FTE): that of its last trial within the budget."""
-    fte = np.array([p["fte"] for p in points])
-    regret = np.array([p["regret"] for p in points], dtype=float)
-    idx = np.searchsorted(fte, grid + 1e-9, side="right") - 1
-    return regret[np.clip(idx, 0, len(regret) - 1)]
-
-
-def summarise(rows: list[dict[str, Any]], anytime: list[dict[str, Any]], settings: BenchSettings) -> dict[str, Any]:
-    """Per method: regret at each budget, anytime curve, area, final regret, mean rank and speedup."""
-    methods = [m for m in settings.methods if any(r["method"] == m for r in rows)]
-    budgets = sorted(settings.budgets)
-    out: dict[str, Any] = {"methods": {}, "budgets": budgets, "grid": [], "reference_budget": settings.reference_budget}
-    known = [r for r in rows if r.get("regret") is not None]
-    ranks = mean_ranks(known)
-    grid = np.geomspace(min(budgets), max(budgets), 60) if len(budgets) > 1 else np.array(budgets, dtype=float)
-    out["grid"] = grid.tolist()
-    for m in methods:
-        mine = [r for r in known if r["method"] == m]
-        entry: dict[str, Any] = {"regret": {}, "mean_rank": ranks.get(m)}
-        for b in budgets:
-            at = [r["regret"] for r in mine if r["budget_fte"] == b]
-            entry["regret"][b] = _mean_se(at) if at else None
-            for metric in ("test_accuracy", "test_macro_f1"):
-                vals = [r[metric] for r in mine if r["budget_fte"] == b and r.get(metric) is not None]
-                if vals:
-                    entry.setdefault(metric, {})[b] = _mean_se(vals)
-        curves = _episode_curves([p for p in anytime if p["method"] == m], grid)
-        if curves:
-            c = np.array(curves)
-            entry["anytime_mean"] = c.mean(axis=0).tolist()
-            entry["anytime_se"] = (c.std(axis=0, ddof=1) / math.sqrt(len(c)) if len(c) > 1 else 0 * c[0]).tolist()
-            log_grid = np.log(grid)
-            areas = [_log_area(x, log_grid) for x in c]
-            entry["area"] = _mean_se(areas)
-        out["methods"][m] = entry
-    ref = out["methods"].get(REFERENCE_METHOD, {}).get("regret", {}).get(settings.reference_budget)
-    for m, entry in out["methods"].items():
-        entry["speedup"] = None
-        if ref is not None and m != REFERENCE_METHOD and "anytime_mean" in entry:
-            entry["speedup"] = _budget_to_reach(
-                grid, np.array(entry["anytime_mean"]), ref[0], settings.reference_budget
-            )
-    return out
-
-
-def _log_area(regret: np.ndarray, log_grid: np.ndarray) -> float:
-    """Mean of ``regret`` over the log-budget range (trapezoids); the value itself on a one-point grid."""
-    if len(log_grid) < 2:
-        return float(regret[0])
-    widths = np.diff(log_grid)
-    return float(((regret[1:] + regret[:-1]) / 2 * widths).sum() / widths.sum())
-
-
-def _episode_curves(points: list[dict[str, Any]], grid: np.ndarray) -> list[np.ndarray]:
-    episodes: dict[tuple[str, int], list[dict[str, Any]]] = {}
-    for p in points:
-        episodes.setdefault((p["task"], int(p["seed"])), []).append(p)
-    return [_grid(sorted(ps, key=lambda p: p["fte"]), grid) for _, ps in sorted(episodes.items())]
-
-
-def _budget_to_reach(grid: np.ndarray, mean: np.ndarray, target: float, reference: float) -> dict[str, Any]:
-    """The smallest grid budget where ``mean`` regret is at most ``target``, and its ratio to ``reference``."""
-    hit = np.nonzero(mean <= target + 1e-12)[0]
-    if len(hit) == 0:
-        return {"budget_fte": None, "ratio": None, "beyond": float(grid[-1] / reference)}
-    budget = float(grid[hit[0]])
-    return {"budget_fte": budget, "ratio": budget / reference, "beyond": None}
-
-
-def mean_ranks(rows: list[dict[str, Any]]) -> dict[str, float]:
-    """Mean over (task, seed, budget) of each method's rank by regret (1 best; ties share the mean rank)."""
-    groups: dict[tuple, list[dict[str, Any]]] = {}
-    for r in rows:
-        groups.setdefault((r["task"], r["seed"], r["budget_fte"]), []).append(r)
-    ranks: dict[str, list[float]] = {}
-    for group in groups.values():
-        values = sorted(r["regret"] for r in group)
-        for r in group:
-            lo = values.index(r["regret"]) + 1
-            hi = len(values) - values[::-1].index(r["regret"])
-            ranks.setdefault(r["method"], []).append((lo + hi) / 2)
-    return {m: statistics.fmean(v) for m, v in ranks.items()}
-
-
-def _pm(ms: Any, digits: int = 3) -> str:
-    return "-" if ms is None else f"{ms[0]:.{digits}f} ± {ms[1]:.{digits}f}"
-
-
-def _speedup_text(s: Any) -> str:
-    if s is None:
-        return "-"
-    if s["budget_fte"] is None:
-        return f"> {s['beyond']:.1f}× (not reached)"
-    return f"{s['ratio']:.2f}× ({s['budget_fte']:.1f} FTE)"
-
-
-def markdown(report: dict[str, Any], settings: BenchSettings, run_dir: Path) -> str:
-    budgets = report["budgets"]
-    lines = [
-        f"# rlhpo bench: {', '.join(settings.tasks)} ({settings.backend} backend)",
-        "",
-        f"Seeds {settings.first_seed}..{settings.first_seed + settings.seeds - 1}; budgets in full-training "
-        "equivalents (FTE: times the largest epochs choice). Regret: best known full-fidelity score of the task less "
-        "that of the incumbent config (normalised accuracy); mean ± standard error over tasks and seeds. "
-        f"Area: mean regret over log-budget from {budgets[0]:g} to {budgets[-1]:g} FTE (anytime curves at the "
-        f"largest budget). Speedup: the budget a method needs to reach {REFERENCE_METHOD}'s regret at "
-        f"{report['reference_budget']:g} FTE, over {report['reference_budget']:g}.",
-        "",
-        "| method | "
-        + " | ".join(f"regret @ {b:g}" for b in budgets)
-        + " | area | final regret | mean rank | speedup |",
-        "| --- | " + " | ".join("---" for _ in budgets) + " | --- | --- | --- | --- |",
-    ]
-    for m, e in report["methods"].items():
-        cells = [_pm(e["regret"].get(b)) for b in budgets]
-        rank = "-" if e["mean_rank"] is None else f"{e['mean_rank']:.2f}"
-        lines.append(
-            f"| {m} | " + " | ".join(cells) + f" | {_pm(e.get('area'))} | {_pm(e['regret'].get(budgets[-1]))} | "
-            f"{rank} | {_speedup_text(e['speedup'])} |"
-        )
-    if any("test_accuracy" in e for e in report["methods"].values()):
-        lines += ["", "Incumbents retrained at full fidelity, on the test split:", ""]
-        lines += ["| method | budget | test accuracy | test macro-F1 |", "| --- | --- | --- | --- |"]
-        for m, e in report["methods"].items():
-            for b in budgets:
-                if b in e.get("test_accuracy", {}):
-                    lines.append(f"| {m} | {b:g} | {_pm(e['test_accuracy'][b], 4)} | {_pm(e['test_macro_f1'][b], 4)} |")
-    lines += ["", f"![anytime regret]({PLOT_FILE})", "", f"Rows: `{CSV_FILE}`; anytime points: `{ANYTIME_FILE}`.", ""]
-    return "\n".join(lines)
-
-
-def plot(report: dict[str, Any], settings: BenchSettings, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    grid = np.array(report["grid"])
-    for m, e in report["methods"].items():
-        if "anytime_mean" in e and len(grid) > 1:
-            mean, se = np.array(e["anytime_mean"]), np.array(e["anytime_se"])
-            (line,) = ax.plot(grid, mean, label=m)
-            ax.fill_between(grid, mean - se, mean + se, alpha=0.2, color=line.get_color())
-        else:
-            bs = [b for b in report["budgets"] if e["regret"].get(b) is not None]
-            ax.errorbar(
-                bs,
-                [e["regret"][b][0] for b in bs],
-                yerr=[e["regret"][b][1] for b in bs],
-                marker="o",
-                capsize=3,
-                label=m,
-            )
-    ax.set_xscale("log")
-    ax.set_xlabel("budget (full-training equivalents)")
-    ax.set_ylabel("regret at full fidelity (normalised accuracy)")
-    ax.set_title(f"{', '.join(settings.tasks)} ({settings.backend}): mean ± s.e. over seeds")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 # ------------------------------------------------------------------ plumbing

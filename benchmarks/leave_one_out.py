@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
 import os
 import platform
 import shutil
@@ -30,7 +29,8 @@ from typing import Any
 import optuna
 import torch
 
-from rlhpo.agents.bench import BenchSettings, mean_ranks, read_csv, run_bench
+from rlhpo.agents.bench import BenchSettings, read_csv, run_bench
+from rlhpo.agents.bench_report import mean_ranks, mean_se
 from rlhpo.agents.ppo import train_agent
 from rlhpo.agents.settings import load_train_agent_settings
 from rlhpo.agents.tuners import METHODS
@@ -86,15 +86,10 @@ def main() -> None:
     write_report(Path(args.out), rows, datasets, budgets, base, args, timings)
 
 
-def _mean_se(values: list[float]) -> tuple[float, float]:
-    mean = statistics.fmean(values)
-    return mean, statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else 0.0
-
-
 def _pm(values: list[float]) -> str:
     if not values:
         return "-"
-    m, se = _mean_se(values)
+    m, se = mean_se(values)
     return f"{m:.3f} ± {se:.3f}"
 
 

@@ -303,6 +303,15 @@ def _mean_se(value: float | None, se: float | None) -> str:
     return "-" if value is None else f"{value:.3f} ± {se or 0.0:.3f}"
 
 
+def _policy_option(f: Any) -> Any:
+    return click.option(
+        "--policy",
+        type=click.Path(path_type=Path),
+        default=None,
+        help="policy.zip (or a train-agent run folder) (default: the shipped policy).",
+    )(f)
+
+
 @main.command("train-agent")
 @click.option(
     "--config",
@@ -375,12 +384,7 @@ def train_agent_cmd(
     show_default=True,
     help="Tuning budget in full-training equivalents (x the largest epochs choice).",
 )
-@click.option(
-    "--policy",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="policy.zip (or a train-agent run folder) (default: the shipped policy).",
-)
+@_policy_option
 @click.option(
     "--space",
     "space_path",
@@ -493,12 +497,7 @@ def _csv_list(kind: str, convert: Any = str) -> Any:
     default=None,
     help="Recorded curves (default: the shipped meta-dataset).",
 )
-@click.option(
-    "--policy",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="policy.zip or train-agent run folder (default: the shipped policy).",
-)
+@_policy_option
 @click.option("--model", "family", default=None, help="Live: model family (default: the dataset's).")
 @click.option("--n-train", type=click.IntRange(min=2), default=None, help="Live: training examples (default: all).")
 @data_dir_option
