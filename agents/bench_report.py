@@ -117,7 +117,7 @@ def _pm(ms: Any, digits: int = 3) -> str:
     return "-" if ms is None else f"{ms[0]:.{digits}f} ± {ms[1]:.{digits}f}"
 
 
-def _speedup_text(s: Any) -> str:
+def speedup_text(s: Any) -> str:
     if s is None:
         return "-"
     if s["budget_fte"] is None:
@@ -147,7 +147,7 @@ def markdown(report: dict[str, Any], settings: BenchSettings, run_dir: Path) -> 
         rank = "-" if e["mean_rank"] is None else f"{e['mean_rank']:.2f}"
         lines.append(
             f"| {m} | " + " | ".join(cells) + f" | {_pm(e.get('area'))} | {_pm(e['regret'].get(budgets[-1]))} | "
-            f"{rank} | {_speedup_text(e['speedup'])} |"
+            f"{rank} | {speedup_text(e['speedup'])} |"
         )
     if any("test_accuracy" in e for e in report["methods"].values()):
         lines += ["", "Incumbents retrained at full fidelity, on the test split:", ""]

@@ -85,7 +85,7 @@ class TrainAgentSettings:
     exclude_datasets: tuple[str, ...] = ("ag_news",)  # held out: never met in meta-training
     budget_fte: float = 3.0  # budget of an episode, in full-training equivalents
     meta_features: bool = True  # the policy sees the task's meta-features; False: zeros, it acts on curves alone
-    config_fraction: float = 1.0  # share of a task's recorded configs each episode may be answered from
+    config_fraction: float = 0.5  # share of a task's recorded configs each episode may be answered from
     total_steps: int = 200_000  # environment steps (all envs together)
     checkpoint_every: int = 25_000  # environment steps between checkpoints
     seed: int = 0  # seeds PPO and the environments

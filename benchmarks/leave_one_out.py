@@ -30,7 +30,7 @@ import optuna
 import torch
 
 from rlhpo.agents.bench import BenchSettings, read_csv, run_bench
-from rlhpo.agents.bench_report import mean_ranks, mean_se
+from rlhpo.agents.bench_report import mean_se, plot, speedup_text, summarise
 from rlhpo.agents.ppo import train_agent
 from rlhpo.agents.settings import load_train_agent_settings
 from rlhpo.agents.tuners import METHODS
@@ -66,6 +66,7 @@ def main() -> None:
     runs = Path(args.runs_dir)
     budgets = tuple(float(b) for b in args.budgets.split(","))
     rows: list[dict[str, Any]] = []
+    anytime: list[dict[str, Any]] = []
     timings: dict[str, float] = {}
     kept = Path(args.out).with_suffix("")  # each dataset's table, plot and rows are kept beside the report
     for dataset in datasets:
@@ -79,11 +80,15 @@ def main() -> None:
         )
         run_bench(bench, runs / f"bench-{dataset}", argv=["benchmarks/leave_one_out.py"])
         rows += read_csv(runs / f"bench-{dataset}" / "bench.csv")
+        anytime += read_csv(runs / f"bench-{dataset}" / "anytime.csv")
         (kept / dataset).mkdir(parents=True, exist_ok=True)
         for name in ("bench.md", "bench.png", "bench.csv"):
             shutil.copy(runs / f"bench-{dataset}" / name, kept / dataset / name)
         print(f"{dataset}: done", flush=True)
-    write_report(Path(args.out), rows, datasets, budgets, base, args, timings)
+    pooled = BenchSettings(tasks=tuple(datasets), budgets=budgets, seeds=args.seeds)
+    report = summarise(rows, anytime, pooled)
+    plot(report, pooled, Path(args.out).with_suffix(".png"))
+    write_report(Path(args.out), rows, report, datasets, budgets, base, args, timings)
 
 
 def _pm(values: list[float]) -> str:
@@ -94,8 +99,8 @@ def _pm(values: list[float]) -> str:
 
 
 def write_report(
-    out: Path, rows: list[dict[str, Any]], datasets: list[str], budgets: tuple[float, ...], base: Any, args: Any,
-    timings: dict[str, float],
+    out: Path, rows: list[dict[str, Any]], report: dict[str, Any], datasets: list[str], budgets: tuple[float, ...],
+    base: Any, args: Any, timings: dict[str, float],
 ) -> None:  # fmt: skip
     ref = 3.0 if 3.0 in budgets else budgets[0]
     lines = [
@@ -127,13 +132,21 @@ def write_report(
         "",
         "## Over all held-out datasets (each dataset's tasks and seeds pooled)",
         "",
-        "| method | " + " | ".join(f"regret @ {b:g}" for b in budgets) + " | mean rank |",
-        "| --- | " + " | ".join("---" for _ in budgets) + " | --- |",
+        "Area: mean regret over log-budget (anytime curves of the largest budget's episodes). Speedup: the "
+        f"budget a method needs on its mean anytime curve to reach ppo's mean regret at {ref:g} FTE, over "
+        f"{ref:g} (below 1x: it gets there sooner than ppo).",
+        "",
+        "| method | " + " | ".join(f"regret @ {b:g}" for b in budgets) + " | area | mean rank | speedup |",
+        "| --- | " + " | ".join("---" for _ in budgets) + " | --- | --- | --- |",
     ]
-    ranks = mean_ranks(rows)
     for m in METHODS:
+        e = report["methods"][m]
         cells = [_pm([r["regret"] for r in rows if r["method"] == m and r["budget_fte"] == b]) for b in budgets]
-        lines.append(f"| {m} | " + " | ".join(cells) + f" | {ranks.get(m, float('nan')):.2f} |")
+        area = "-" if e.get("area") is None else f"{e['area'][0]:.3f} ± {e['area'][1]:.3f}"
+        lines.append(
+            f"| {m} | " + " | ".join(cells) + f" | {area} | {e['mean_rank']:.2f} | {speedup_text(e['speedup'])} |"
+        )
+    lines += ["", f"![pooled anytime regret]({out.with_suffix('.png').name})"]
     if timings:
         minutes = ", ".join(f"{d} {s / 60:.1f}" for d, s in timings.items())
         lines += ["", f"Policy training (PPO steps only), wall minutes, other jobs sharing the cores: {minutes}."]
