@@ -143,12 +143,14 @@ def run_bench(
     judge = _Judge(settings, space, store_path)
     started = time.perf_counter()
     rows = list(done.values())
-    anytime = _read_anytime(run_dir) if done else []
+    largest = max(settings.budgets)
+    # Anytime points of an episode whose row was never written (interrupted in between) are redone.
+    finished = {(k[0], k[1], k[2]) for k in done if k[3] == float(largest)}
+    anytime = [p for p in _read_anytime(run_dir) if (p["task"], p["method"], p["seed"]) in finished] if done else []
     csv_path = run_dir / CSV_FILE
     if not done:
         _write_csv(csv_path, [], COLUMNS)
-        _write_csv(run_dir / ANYTIME_FILE, [], ANYTIME_COLUMNS)
-    largest = max(settings.budgets)
+    _write_csv(run_dir / ANYTIME_FILE, anytime, ANYTIME_COLUMNS)
     for task in tasks:
         for tuner in tuners:
             for budget in settings.budgets:

@@ -101,6 +101,7 @@ def test_the_best_known_config_has_zero_regret(tiny):
 def test_an_interrupted_bench_resumes_where_it_stopped(tiny, tmp_path):
     settings = BenchSettings(tasks=("trec",), methods=("random", "default"), budgets=(1.0, 2.0), seeds=2, **tiny)
     first = run_bench(settings, tmp_path)
+    anytime = sorted(map(str, read_csv(tmp_path / "anytime.csv")))
     lines = (tmp_path / "bench.csv").read_text().splitlines()
     (tmp_path / "bench.csv").write_text("\n".join(lines[:3]) + "\n")  # as if killed after two episodes
     ran = []
@@ -108,6 +109,7 @@ def test_an_interrupted_bench_resumes_where_it_stopped(tiny, tmp_path):
     assert len(ran) == 6 and second["episodes"] == 8
     assert (tmp_path / "bench.csv").read_text().splitlines()[1:3] == lines[1:3]
     assert second["report"]["methods"]["random"]["regret"] == first["report"]["methods"]["random"]["regret"]
+    assert sorted(map(str, read_csv(tmp_path / "anytime.csv"))) == anytime  # redone episodes, no duplicates
     with pytest.raises(RlhpoError, match="other settings"):
         run_bench(BenchSettings(tasks=("trec",), methods=("random",), budgets=(1.0,), **tiny), tmp_path)
 
