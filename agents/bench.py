@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import json
 import logging
 import math
 import time
@@ -45,7 +46,7 @@ from rlhpo.agents.evaluate import FullFidelity
 from rlhpo.agents.ppo import PPOTuner
 from rlhpo.agents.settings import SHIPPED_STORE, budget_epochs, shipped_asset
 from rlhpo.agents.tuners import METHODS, make_tuners, policy_exclusions
-from rlhpo.envs.backends import BACKENDS
+from rlhpo.envs.backends import BACKENDS, make_backend
 from rlhpo.envs.hpo_env import HPOEnv
 from rlhpo.errors import RlhpoError, closest, unknown
 from rlhpo.runs import make_run_dir, write_atomic, write_run_files, write_summary
@@ -141,6 +142,16 @@ def run_bench(
         exclude_datasets=excluded,
     )
     judge = _Judge(settings, space, store_path)
+    # One backend for every episode: the recorded runs are loaded, or the live data preprocessed, once.
+    backend = make_backend(
+        settings.backend,
+        store_path,
+        space,
+        tasks=tasks,
+        train_seed=settings.train_seed,
+        data_dir=settings.data_dir,
+        device=settings.device,
+    )
     started = time.perf_counter()
     rows = list(done.values())
     largest = max(settings.budgets)
@@ -155,7 +166,7 @@ def run_bench(
         for tuner in tuners:
             for budget in settings.budgets:
                 epochs = budget_epochs(budget, space)
-                env = _env(settings, space, store_path, task, epochs)
+                env = HPOEnv(backend, space=space, budget_epochs=epochs, train_seed=settings.train_seed)
                 try:
                     for seed in settings.seed_list:
                         key = (task.key(), tuner.name, seed, float(budget))
@@ -173,7 +184,7 @@ def run_bench(
                         if progress is not None:
                             progress(row)
                 finally:
-                    env.close()
+                    env.close()  # closes the store connection; the backend reopens it when next used
     if settings.backend == "live":
         judge.finish_live(rows)
         _write_csv(csv_path, rows, COLUMNS)
@@ -332,21 +343,6 @@ def _tasks(settings: BenchSettings, store_path: Path) -> list[Task]:
     return out
 
 
-def _env(settings: BenchSettings, space: SearchSpace, store_path: Path, task: Task, epochs: int) -> HPOEnv:
-    if settings.backend == "live":
-        return HPOEnv(
-            "live",
-            store_path,
-            tasks=[task],
-            space=space,
-            budget_epochs=epochs,
-            train_seed=settings.train_seed,
-            data_dir=settings.data_dir,
-            device=settings.device,
-        )
-    return HPOEnv("recorded", store_path, space=space, budget_epochs=epochs, train_seed=settings.train_seed)
-
-
 def _write_csv(path: Path, rows: list[dict[str, Any]], columns: Sequence[str]) -> None:
     with path.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(columns), extrasaction="ignore")
@@ -364,15 +360,11 @@ def _append_csv(path: Path, row: dict[str, Any], columns: Sequence[str]) -> None
 
 def _cell(value: Any) -> Any:
     if isinstance(value, dict):
-        import json
-
         return json.dumps(value, sort_keys=True)
     return "" if value is None else value
 
 
 def _parse(value: str, column: str) -> Any:
-    import json
-
     if value == "":
         return None
     if column in ("task", "dataset", "method"):

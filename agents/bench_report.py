@@ -8,24 +8,18 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from rlhpo.agents.evaluate import mean_se
 
 if TYPE_CHECKING:
     from rlhpo.agents.bench import BenchSettings
 
 REFERENCE_METHOD = "ppo"  # the method whose regret at the reference budget the speedup is measured to
 CSV_FILE, ANYTIME_FILE, PLOT_FILE = "bench.csv", "anytime.csv", "bench.png"  # the bench folder's files
-
-
-def mean_se(values: Sequence[float]) -> tuple[float, float]:
-    """Mean and standard error (0 for a single value)."""
-    values = [float(v) for v in values]
-    mean = statistics.fmean(values)
-    return mean, (statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else 0.0)
 
 
 def _grid(points: list[dict[str, Any]], grid: np.ndarray) -> np.ndarray:
@@ -113,8 +107,9 @@ def mean_ranks(rows: list[dict[str, Any]]) -> dict[str, float]:
     return {m: statistics.fmean(v) for m, v in ranks.items()}
 
 
-def _pm(ms: Any, digits: int = 3) -> str:
-    return "-" if ms is None else f"{ms[0]:.{digits}f} ± {ms[1]:.{digits}f}"
+def pm(ms: Any, digits: int = 3) -> str:
+    """``mean ± se`` of a (mean, se) pair, ``-`` for none."""
+    return "-" if ms is None or ms[0] is None else f"{ms[0]:.{digits}f} ± {ms[1]:.{digits}f}"
 
 
 def speedup_text(s: Any) -> str:
@@ -143,10 +138,10 @@ def markdown(report: dict[str, Any], settings: BenchSettings, run_dir: Path) -> 
         "| --- | " + " | ".join("---" for _ in budgets) + " | --- | --- | --- | --- |",
     ]
     for m, e in report["methods"].items():
-        cells = [_pm(e["regret"].get(b)) for b in budgets]
+        cells = [pm(e["regret"].get(b)) for b in budgets]
         rank = "-" if e["mean_rank"] is None else f"{e['mean_rank']:.2f}"
         lines.append(
-            f"| {m} | " + " | ".join(cells) + f" | {_pm(e.get('area'))} | {_pm(e['regret'].get(budgets[-1]))} | "
+            f"| {m} | " + " | ".join(cells) + f" | {pm(e.get('area'))} | {pm(e['regret'].get(budgets[-1]))} | "
             f"{rank} | {speedup_text(e['speedup'])} |"
         )
     if any("test_accuracy" in e for e in report["methods"].values()):
@@ -155,7 +150,7 @@ def markdown(report: dict[str, Any], settings: BenchSettings, run_dir: Path) -> 
         for m, e in report["methods"].items():
             for b in budgets:
                 if b in e.get("test_accuracy", {}):
-                    lines.append(f"| {m} | {b:g} | {_pm(e['test_accuracy'][b], 4)} | {_pm(e['test_macro_f1'][b], 4)} |")
+                    lines.append(f"| {m} | {b:g} | {pm(e['test_accuracy'][b], 4)} | {pm(e['test_macro_f1'][b], 4)} |")
     lines += ["", f"![anytime regret]({PLOT_FILE})", "", f"Rows: `{CSV_FILE}`; anytime points: `{ANYTIME_FILE}`.", ""]
     return "\n".join(lines)
 

@@ -156,14 +156,15 @@ def summarise(scores: Sequence[EpisodeScore]) -> dict[str, dict[str, Any]]:
         row: dict[str, Any] = {"episodes": len(mine)}
         for name in ("incumbent_score", "full_fidelity_score", "regret"):
             values = [getattr(s, name) for s in mine if getattr(s, name) is not None]
-            row[name], row[f"{name}_se"] = _mean_se(values)
+            row[name], row[f"{name}_se"] = mean_se(values)
         row["known"] = sum(s.regret is not None for s in mine)
-        row["epochs_used"] = _mean_se([s.epochs_used for s in mine])[0]
+        row["epochs_used"] = mean_se([s.epochs_used for s in mine])[0]
         out[method] = row
     return out
 
 
-def _mean_se(values: Sequence[float]) -> tuple[float | None, float | None]:
+def mean_se(values: Sequence[float]) -> tuple[float | None, float | None]:
+    """Mean and standard error (0 for one value); ``(None, None)`` for none."""
     if not values:
         return None, None
     mean = statistics.fmean(values)

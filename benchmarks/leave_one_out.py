@@ -30,7 +30,8 @@ import optuna
 import torch
 
 from rlhpo.agents.bench import BenchSettings, read_csv, run_bench
-from rlhpo.agents.bench_report import mean_se, plot, speedup_text, summarise
+from rlhpo.agents.bench_report import plot, pm, speedup_text, summarise
+from rlhpo.agents.evaluate import mean_se
 from rlhpo.agents.ppo import train_agent
 from rlhpo.agents.settings import load_train_agent_settings
 from rlhpo.agents.tuners import METHODS
@@ -91,13 +92,6 @@ def main() -> None:
     write_report(Path(args.out), rows, report, datasets, budgets, base, args, timings)
 
 
-def _pm(values: list[float]) -> str:
-    if not values:
-        return "-"
-    m, se = mean_se(values)
-    return f"{m:.3f} ± {se:.3f}"
-
-
 def write_report(
     out: Path, rows: list[dict[str, Any]], report: dict[str, Any], datasets: list[str], budgets: tuple[float, ...],
     base: Any, args: Any, timings: dict[str, float],
@@ -125,7 +119,7 @@ def write_report(
         best = min(METHODS, key=lambda m: statistics.fmean([r["regret"] for r in mine if r["method"] == m] or [9]))
         cells = []
         for m in METHODS:
-            text = _pm([r["regret"] for r in mine if r["method"] == m])
+            text = pm(mean_se([r["regret"] for r in mine if r["method"] == m]))
             cells.append(f"**{text}**" if m == best else text)
         lines.append(f"| {d} | {n_tasks} | " + " | ".join(cells) + " |")
     lines += [
@@ -141,7 +135,7 @@ def write_report(
     ]
     for m in METHODS:
         e = report["methods"][m]
-        cells = [_pm([r["regret"] for r in rows if r["method"] == m and r["budget_fte"] == b]) for b in budgets]
+        cells = [pm(mean_se([r["regret"] for r in rows if r["method"] == m and r["budget_fte"] == b])) for b in budgets]
         area = "-" if e.get("area") is None else f"{e['area'][0]:.3f} ± {e['area'][1]:.3f}"
         lines.append(
             f"| {m} | " + " | ".join(cells) + f" | {area} | {e['mean_rank']:.2f} | {speedup_text(e['speedup'])} |"
