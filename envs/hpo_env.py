@@ -12,7 +12,7 @@ import numpy as np
 from gymnasium import spaces
 
 from rlhpo.envs.backends import Backend, Trial, make_backend
-from rlhpo.envs.reward import RewardSettings, step_reward
+from rlhpo.envs.reward import RewardSettings, relative_compute, step_reward
 from rlhpo.errors import RlhpoError
 from rlhpo.space import HYPERPARAMETERS, SearchSpace, load_search_space
 from rlhpo.store import CurveStore, TaskRecord
@@ -105,9 +105,11 @@ class HPOEnv(gym.Env[np.ndarray, np.ndarray]):
 
     ## Rewards
 
-    `r = (incumbent_after − incumbent_before) − cost_per_fte × paid_epochs / max_epochs −
-    divergence_penalty × diverged`, with the weights of `rlhpo.envs.reward.RewardSettings`
-    (defaults 0.01 and 0.1; the module says why). The incumbent starts at 0, so the undiscounted
+    `r = (incumbent_after − incumbent_before) − (cost_per_fte + compute_cost × compute) ×
+    paid_epochs / max_epochs − divergence_penalty × diverged`, where `compute` is the asked
+    config's per-epoch compute relative to the space's default config
+    (`rlhpo.envs.reward.relative_compute`: num_layers × units²), with the weights of
+    `rlhpo.envs.reward.RewardSettings` (defaults 0.01, 0.002 and 0.1; the module says why). The incumbent starts at 0, so the undiscounted
     return is the final incumbent score less the costs. A trial's score is its normalised
     validation accuracy at its last completed epoch.
 
@@ -159,7 +161,8 @@ class HPOEnv(gym.Env[np.ndarray, np.ndarray]):
     `exact`, `distance`,
     `curve` (one dict per completed epoch), `diverged`, `score`, `incumbent`,
     `incumbent_config` (the best trial's config; `None` before any trial), `budget_used`,
-    `budget_remaining`, `cost_fte` (paid), `seconds` (of the paid epochs), `backend`. They depend
+    `budget_remaining`, `cost_fte` (paid), `compute_fte` (paid epochs in full trainings of the
+    default config's compute), `seconds` (of the paid epochs), `backend`. They depend
     only on the seed, the actions and the recorded curves (`seconds` are the recorded training
     seconds), never on whether this step trained or found its curve in the store.
 
@@ -291,6 +294,7 @@ class HPOEnv(gym.Env[np.ndarray, np.ndarray]):
             incumbent_after=self._incumbent,
             epochs=paid,
             max_epochs=self.max_epochs,
+            compute=relative_compute(config, self.space.default),
             diverged=trial.diverged,
         )
         self._used += paid
@@ -384,6 +388,7 @@ class HPOEnv(gym.Env[np.ndarray, np.ndarray]):
             "budget_used": self._used,
             "budget_remaining": self.budget_epochs - self._used,
             "cost_fte": (trial.epochs - resume_from) / self.max_epochs,
+            "compute_fte": (trial.epochs - resume_from) / self.max_epochs * relative_compute(config, self.space.default),
             "seconds": trial.seconds,
             "backend": self.backend.name,
         }

@@ -17,7 +17,7 @@ import numpy as np
 
 
 def curve_summary(info: dict[str, Any]) -> dict[str, Any]:
-    """The headline of a step's curve: epochs completed and paid, final and best accuracy, divergence."""
+    """The headline of a step's curve: epochs completed and paid, final and best accuracy, divergence, cost."""
     curve = info.get("curve") or []
     accs = [e["val_accuracy"] for e in curve]
     return {
@@ -29,6 +29,7 @@ def curve_summary(info: dict[str, Any]) -> dict[str, Any]:
         "diverged": info.get("diverged"),
         "score": info.get("score"),
         "seconds": info.get("seconds"),
+        "compute_fte": info.get("compute_fte"),
     }
 
 

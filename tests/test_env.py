@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import gymnasium as gym
@@ -15,7 +16,7 @@ import rlhpo.envs
 from rlhpo.collect import CollectSettings, InlineExecutor, InstanceGroup, collect
 from rlhpo.envs.hpo_env import OBSERVATION_NAMES, HPOEnv
 from rlhpo.envs.recorder import RolloutRecorder
-from rlhpo.envs.reward import RewardSettings
+from rlhpo.envs.reward import RewardSettings, relative_compute
 from rlhpo.errors import RlhpoError
 from rlhpo.space import Config, load_search_space
 from rlhpo.store import CurveStore, TaskRecord
@@ -172,7 +173,7 @@ def test_live_divergence_is_observed_and_penalised_not_raised(monkeypatch, tmp_p
     obs, reward, terminated, _, info = env.step(SPACE.indices(SPACE.default))
     assert info["diverged"] and info["score"] == 0.0 and not terminated
     assert env.observation_space.contains(obs) and obs[-1] == 1.0
-    assert reward == pytest.approx(-0.01 - 0.1)
+    assert reward == pytest.approx(-0.01 - 0.002 - 0.1)  # the default config: relative compute 1
 
 
 def test_the_budget_ends_the_episode_and_a_step_pays_what_fits(recorded_store):
@@ -190,7 +191,14 @@ def test_the_budget_ends_the_episode_and_a_step_pays_what_fits(recorded_store):
         env.step(nine)
 
 
-def test_the_reward_is_the_incumbent_gain_less_the_epochs_cost(recorded_store):
+def test_relative_compute_grows_with_depth_and_squared_width():
+    assert relative_compute(SPACE.default, SPACE.default) == 1.0
+    big = dataclasses.replace(SPACE.default, num_layers=4, units=256)
+    assert relative_compute(big, SPACE.default) == pytest.approx(4 * 256**2 / (3 * 64**2))
+    assert relative_compute(dataclasses.replace(SPACE.default, units=32), SPACE.default) == pytest.approx(0.25)
+
+
+def test_the_reward_is_the_incumbent_gain_less_the_epochs_and_compute_costs(recorded_store):
     env = recorded(recorded_store, budget_epochs=60)
     env.reset(seed=0, options={"task": TASK.key()})
     env.action_space.seed(0)
@@ -201,7 +209,11 @@ def test_the_reward_is_the_incumbent_gain_less_the_epochs_cost(recorded_store):
             env.action_space.sample() if rng.random() < 0.5 else SPACE.indices(SPACE.default)
         )
         assert info["incumbent"] == max(incumbent, info["score"])
-        expected = info["incumbent"] - incumbent - 0.01 * info["paid_epochs"] / 9 - 0.1 * info["diverged"]
+        c = info["config"]
+        compute = c["num_layers"] * c["units"] ** 2 / (3 * 64**2)  # over the default config's 3 x 64
+        fte = info["paid_epochs"] / 9
+        assert info["compute_fte"] == pytest.approx(compute * fte)
+        expected = info["incumbent"] - incumbent - (0.01 + 0.002 * compute) * fte - 0.1 * info["diverged"]
         assert reward == pytest.approx(expected)
         incumbent = info["incumbent"]
 
@@ -219,7 +231,7 @@ def test_a_recorded_trial_asked_for_more_epochs_continues_and_pays_only_those(re
     _, _, _, _, one = env.step(_at(SPACE.default, 1))
     _, reward, _, _, nine = env.step(_at(SPACE.default, 9))
     assert (nine["epochs"], nine["resumed_from"], nine["paid_epochs"], nine["budget_used"]) == (9, 1, 8, 9)
-    assert reward == pytest.approx(nine["incumbent"] - one["incumbent"] - 0.01 * 8 / 9)
+    assert reward == pytest.approx(nine["incumbent"] - one["incumbent"] - (0.01 + 0.002) * 8 / 9)
     assert nine["seconds"] == pytest.approx(sum(e["seconds"] for e in nine["curve"][1:]))
     fresh = recorded(recorded_store, budget_epochs=27)
     fresh.reset(seed=0, options={"task": TASK.key()})

@@ -88,6 +88,19 @@ def test_verify_reports_a_step_that_differs(agent_run, tmp_path):
     assert "1 differ" in result.output
 
 
+def test_verify_confirms_a_run_made_before_the_reward_charged_compute(agent_run, tmp_path):
+    old = tmp_path / "run"
+    shutil.copytree(agent_run, old)
+    path = old / "rollouts.jsonl"
+    header, *steps = (json.loads(x) for x in path.read_text().splitlines())
+    cost = header["header"]["reward"].pop("compute_cost")
+    for step in steps:  # the rewards such a run recorded: no compute term
+        step["reward"] += cost * step["curve"]["compute_fte"]
+    path.write_text("".join(json.dumps(x) + "\n" for x in [header, *steps]))
+    checks = replay.verify(replay.read_rollouts(old))
+    assert checks and all(c.ok for c in checks)
+
+
 def test_replay_errors_are_clear(agent_run, tmp_path):
     result = cli("replay", str(tmp_path))
     assert result.exit_code != 0 and "has no rollouts.jsonl" in result.output and "Traceback" not in result.output
