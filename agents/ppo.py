@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import heapq
+import itertools
 import json
 import logging
 import shlex
@@ -51,7 +53,7 @@ from rlhpo.agents.settings import (
     space_to_dict,
 )
 from rlhpo.envs.backends import Backend, RecordedBackend, SubsetBackend
-from rlhpo.envs.hpo_env import HPOEnv
+from rlhpo.envs.hpo_env import HPOEnv, fidelity
 from rlhpo.envs.recorder import RolloutRecorder
 from rlhpo.errors import RlhpoError
 from rlhpo.runs import make_run_dir, runs_root, write_atomic, write_run_files, write_summary
@@ -65,7 +67,7 @@ log = logging.getLogger(__name__)
 POLICY_FILE = "policy.zip"
 ROLLOUTS_FILE = "rollouts.jsonl"
 CHECKPOINTS = "checkpoints"
-REPEAT_DRAWS = 32  # draws from the policy to replace a repeated trial
+MAX_CANDIDATES = 10_000  # most likely actions looked at to replace a repeated trial
 
 
 # ------------------------------------------------------------------ the tuner
@@ -120,14 +122,15 @@ class PPOTuner(Tuner):
                 f"The policy chooses among {[int(n) for n in nvec]} choices per hyperparameter, but the "
                 f"environment's search space has {space.nvec}; use the space the policy was trained in."
             )
-        self._tried: set[tuple[int, ...]] = set()
+        self._trained: dict[str, int] = {}  # config key (epochs left out) -> most epochs run this episode
+        self._remaining = int(reset_info["budget_epochs"])
 
     def propose(self, obs: np.ndarray) -> np.ndarray:
-        """The policy's most likely action; if that trial was already run this episode, a new one.
+        """The policy's most likely action that is not a repeat of a trial already run this episode.
 
-        A repeated trial gives the same curve again and only spends budget, so a repeat is
-        replaced by a draw from the policy's own distribution (the tuner's seeded generator),
-        the most likely untried action of :data:`REPEAT_DRAWS` draws.
+        A repeated trial (a config already trained this episode to at least the epochs asked)
+        gives the same curve again and only spends budget, so the most likely action is replaced
+        by the next most likely one that is new (:func:`most_likely_first`).
         """
         expected = self.model.observation_space.shape
         if np.shape(obs) != expected:
@@ -137,27 +140,58 @@ class PPOTuner(Tuner):
         with one_torch_thread():
             action, _ = self.model.predict(obs, deterministic=True)
             action = np.asarray(action, dtype=np.int64)
-            if tuple(action) in self._tried:
-                action = self._untried_draw(obs, action)
+            if self._is_repeat(action):
+                action = self._most_likely_new(obs, action)
         return action
 
     def observe(self, action: np.ndarray, info: dict[str, Any]) -> None:
-        self._tried.add(tuple(int(a) for a in action))
-        # With recorded curves a new action may be answered by an already-answered config.
-        self._tried.add(tuple(int(i) for i in self.space.indices(Config(**info["answered_config"]))))
+        self._remaining = int(info["budget_remaining"])
+        # With recorded curves a new action may be answered by another config: both are now known.
+        for config in (info["config"], info["answered_config"]):
+            key = Config(**config).key()
+            self._trained[key] = max(self._trained.get(key, 0), int(info["epochs"]))
 
-    def _untried_draw(self, obs: np.ndarray, fallback: np.ndarray) -> np.ndarray:
+    def _is_repeat(self, action: np.ndarray) -> bool:
+        """Whether the env would train ``action``'s config no further than it has been (HPOEnv's rule)."""
+        config = self.space.decode(action)
+        done = self._trained.get(config.key(), 0)
+        epochs, _ = fidelity(sorted(self.space.choices["epochs"]), config.epochs, done, self._remaining)
+        return epochs <= done
+
+    def _most_likely_new(self, obs: np.ndarray, fallback: np.ndarray) -> np.ndarray:
         obs_tensor, _ = self.model.policy.obs_to_tensor(obs)
         with torch.no_grad():
             dist = self.model.policy.get_distribution(obs_tensor)
-        probs = [d.probs[0].double().numpy() for d in dist.distribution]
-        best, best_logp = fallback, -np.inf
-        for _ in range(REPEAT_DRAWS):
-            draw = np.asarray([self.rng.choice(len(p), p=p / p.sum()) for p in probs], dtype=np.int64)
-            logp = float(sum(np.log(p[i]) for p, i in zip(probs, draw)))
-            if tuple(draw) not in self._tried and logp > best_logp:
-                best, best_logp = draw, logp
-        return best
+        log_probs = [d.logits[0].double().log_softmax(-1).numpy() for d in dist.distribution]
+        for action in itertools.islice(most_likely_first(log_probs), MAX_CANDIDATES):
+            if not self._is_repeat(action):
+                return action
+        return fallback  # every candidate looked at is a repeat: the budget will end the episode
+
+
+def most_likely_first(log_probs: list[np.ndarray]) -> Iterator[np.ndarray]:
+    """Every action of independent categoricals (one ``log_probs`` per dimension), most likely first.
+
+    Best-first search over per-dimension ranks: from the all-most-likely action, each successor
+    takes the next most likely choice in one dimension. A max-heap on the joint log-probability
+    pops the actions in exactly decreasing order.
+    """
+    orders = [np.argsort(-lp, kind="stable") for lp in log_probs]
+
+    def logp(ranks: tuple[int, ...]) -> float:
+        return float(sum(lp[order[r]] for lp, order, r in zip(log_probs, orders, ranks)))
+
+    start = (0,) * len(orders)
+    heap, seen = [(-logp(start), start)], {start}
+    while heap:
+        _, ranks = heapq.heappop(heap)
+        yield np.array([order[r] for order, r in zip(orders, ranks)], dtype=np.int64)
+        for d in range(len(ranks)):
+            if ranks[d] + 1 < len(orders[d]):
+                nxt = ranks[:d] + (ranks[d] + 1,) + ranks[d + 1 :]
+                if nxt not in seen:
+                    seen.add(nxt)
+                    heapq.heappush(heap, (-logp(nxt), nxt))
 
 
 def hide_meta_features(obs: np.ndarray) -> np.ndarray:

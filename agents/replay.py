@@ -268,8 +268,8 @@ def _fresh_env(header: dict[str, Any], data_dir: str | Path | None) -> HPOEnv:
             "space": space,
             "budget_epochs": int(header["budget_epochs"]),
             "train_seed": int(header["train_seed"]),
-            # Runs made before the reward charged compute have no compute_cost: theirs was 0.
-            "reward": RewardSettings(**{"compute_cost": 0.0, **header.get("reward", {})}),
+            # Runs made before the reward charged compute and distance lack those weights: theirs were 0.
+            "reward": RewardSettings(**{"compute_cost": 0.0, "distance_penalty": 0.0, **header.get("reward", {})}),
         }
         if backend == "recorded":
             return HPOEnv("recorded", header["store"], **common)

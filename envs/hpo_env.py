@@ -46,6 +46,20 @@ def curve_features(trial: Trial) -> tuple[float, float, float, float, float]:
     return (_clip(final), _clip(best), _clip(slope), gap, float(trial.diverged))
 
 
+def fidelity(epochs_choices: Sequence[int], asked: int, done: int, remaining: int) -> tuple[int, int]:
+    """(epochs to train a trial to, epochs it resumes from) when ``asked`` epochs of a config are asked.
+
+    A config already trained for ``done`` > 0 epochs this episode is continued when asked for
+    more: the largest epochs choice up to the one asked whose extra epochs fit the ``remaining``
+    budget. Any other step (a new config, a repeat, a continuation that does not fit) is a fresh
+    trial at the largest epochs choice that fits.
+    """
+    longer = [e for e in epochs_choices if done < e <= asked and e - done <= remaining]
+    if done and longer:
+        return max(longer), done
+    return max(e for e in epochs_choices if e <= min(asked, remaining)), 0
+
+
 def trial_score(trial: Trial) -> float:
     """The trial's score: normalised validation accuracy at its last completed epoch (0 if none)."""
     return _clip(float(trial.scores[-1])) if len(trial.scores) else 0.0
@@ -106,11 +120,13 @@ class HPOEnv(gym.Env[np.ndarray, np.ndarray]):
     ## Rewards
 
     `r = (incumbent_after − incumbent_before) − (cost_per_fte + compute_cost × compute) ×
-    paid_epochs / max_epochs − divergence_penalty × diverged`, where `compute` is the asked
-    config's per-epoch compute relative to the space's default config
-    (`rlhpo.envs.reward.relative_compute`: num_layers × units²), with the weights of
-    `rlhpo.envs.reward.RewardSettings` (defaults 0.01, 0.002 and 0.1; the module says why). The incumbent starts at 0, so the undiscounted
-    return is the final incumbent score less the costs. A trial's score is its normalised
+    paid_epochs / max_epochs − distance_penalty × distance − divergence_penalty × diverged`,
+    where `compute` is the asked config's per-epoch compute relative to the space's default
+    config (`rlhpo.envs.reward.relative_compute`: num_layers × units²) and `distance` is
+    `info["distance"]` (0 for a trained trial), with the weights of
+    `rlhpo.envs.reward.RewardSettings` (defaults 0.01, 0.002, 0.05 and 0.1; the module says
+    why). The incumbent starts at 0, so the undiscounted return is the final incumbent score
+    less the costs. A trial's score is its normalised
     validation accuracy at its last completed epoch.
 
     ## Starting State
@@ -295,6 +311,7 @@ class HPOEnv(gym.Env[np.ndarray, np.ndarray]):
             epochs=paid,
             max_epochs=self.max_epochs,
             compute=relative_compute(config, self.space.default),
+            distance=trial.distance,
             diverged=trial.diverged,
         )
         self._used += paid
@@ -306,19 +323,9 @@ class HPOEnv(gym.Env[np.ndarray, np.ndarray]):
         return self._get_obs(), float(reward), terminated, False, info
 
     def _fidelity(self, config: Any) -> tuple[int, int]:
-        """(epochs to train the trial to, epochs it resumes from) for ``config`` now.
-
-        A config already trained for ``e`` epochs this episode is continued when asked for more:
-        the largest epochs choice up to the one asked whose extra epochs fit the budget. Any other
-        step (a new config, a repeat, a continuation that does not fit) is a fresh trial at the
-        largest epochs choice that fits.
-        """
-        remaining = self.budget_epochs - self._used
-        done = self._trained.get(config.key(), 0)
-        longer = [e for e in self._epochs_choices if done < e <= config.epochs and e - done <= remaining]
-        if done and longer:
-            return max(longer), done
-        return max(e for e in self._epochs_choices if e <= min(config.epochs, remaining)), 0
+        return fidelity(
+            self._epochs_choices, config.epochs, self._trained.get(config.key(), 0), self.budget_epochs - self._used
+        )
 
     def close(self) -> None:
         self.backend.close()
@@ -369,6 +376,7 @@ class HPOEnv(gym.Env[np.ndarray, np.ndarray]):
 
     def _step_info(self, action: Any, config: Any, trial: Trial, score: float, resume_from: int) -> dict[str, Any]:
         assert self._record is not None
+        fte = (trial.epochs - resume_from) / self.max_epochs
         return {
             "task": self._record.key,
             "step": self._steps,
@@ -387,8 +395,8 @@ class HPOEnv(gym.Env[np.ndarray, np.ndarray]):
             "incumbent_config": dict(self._incumbent_config) if self._incumbent_config else None,
             "budget_used": self._used,
             "budget_remaining": self.budget_epochs - self._used,
-            "cost_fte": (trial.epochs - resume_from) / self.max_epochs,
-            "compute_fte": (trial.epochs - resume_from) / self.max_epochs * relative_compute(config, self.space.default),
+            "cost_fte": fte,
+            "compute_fte": relative_compute(config, self.space.default) * fte,
             "seconds": trial.seconds,
             "backend": self.backend.name,
         }

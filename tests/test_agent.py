@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import tempfile
 from pathlib import Path
@@ -15,8 +16,8 @@ from click.testing import CliRunner
 from helpers import one_torch_thread  # noqa: F401 (an autouse fixture)
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from rlhpo.agents.ppo import PPOTuner, train_agent
-from rlhpo.agents.settings import load_train_agent_settings
+from rlhpo.agents.ppo import PPOTuner, most_likely_first, train_agent
+from rlhpo.agents.settings import SHIPPED_STORE, load_train_agent_settings, shipped_asset
 from rlhpo.cli import main
 from rlhpo.envs.hpo_env import HPOEnv
 from rlhpo.errors import RlhpoError
@@ -223,6 +224,30 @@ def test_the_policy_never_repeats_a_trial_while_untried_ones_remain(policy_run, 
         assert len(trials) == len(set(trials)), trials
 
 
+def test_most_likely_first_yields_every_action_in_decreasing_probability():
+    rng = np.random.default_rng(0)
+    log_probs = [np.log(rng.dirichlet(np.ones(n))) for n in (3, 1, 4, 2)]
+    actions = [tuple(a) for a in most_likely_first(log_probs)]
+    joint = [sum(lp[i] for lp, i in zip(log_probs, a)) for a in actions]
+    assert sorted(actions) == list(itertools.product(range(3), range(1), range(4), range(2)))
+    assert joint == sorted(joint, reverse=True)
+
+
+def test_the_shipped_policy_spends_its_budget_on_new_trials():
+    # A peaked policy asks for its favourite config again and again; each repeat must become new.
+    from rlhpo.agents.base import run_tuner
+
+    tuner = PPOTuner.load()
+    env = HPOEnv("recorded", shipped_asset(SHIPPED_STORE))
+    for task in env.backend.default_tasks():
+        result = run_tuner(tuner, env, 10_000, task=task.key())
+        seen: dict[tuple, int] = {}
+        for t in result.trials:
+            key = tuple(sorted((h, v) for h, v in t["config"].items() if h != "epochs"))
+            assert seen.get(key, 0) < t["epochs"], (task.key(), t["config"])
+            seen[key] = t["epochs"]
+
+
 def test_a_policy_without_meta_features_cannot_tell_tasks_apart(tmp_path_factory, tmp_path):
     settings = helpers.tiny_settings(tmp_path_factory, meta_features=False, total_steps=128)
     summary = train_agent(settings, run_name="blind", runs_dir=tmp_path, progress=False)
@@ -232,8 +257,8 @@ def test_a_policy_without_meta_features_cannot_tell_tasks_apart(tmp_path_factory
     env = HPOEnv("recorded", helpers.tiny_store(tmp_path_factory), space=space, budget_epochs=6)
     firsts = []
     for task in (helpers.DIGITS.key(), helpers.TREC.key()):
-        obs, _ = env.reset(seed=0, options={"task": task})
-        tuner.start(space, {}, 0)
+        obs, info = env.reset(seed=0, options={"task": task})
+        tuner.start(space, info, 0)
         firsts.append(tuple(tuner.propose(obs)))
     assert obs[:3].any()  # the env does show meta-features; the tuner hides them
     assert firsts[0] == firsts[1]

@@ -213,7 +213,8 @@ def test_the_reward_is_the_incumbent_gain_less_the_epochs_and_compute_costs(reco
         compute = c["num_layers"] * c["units"] ** 2 / (3 * 64**2)  # over the default config's 3 x 64
         fte = info["paid_epochs"] / 9
         assert info["compute_fte"] == pytest.approx(compute * fte)
-        expected = info["incumbent"] - incumbent - (0.01 + 0.002 * compute) * fte - 0.1 * info["diverged"]
+        penalties = 0.05 * info["distance"] + 0.1 * info["diverged"]
+        expected = info["incumbent"] - incumbent - (0.01 + 0.002 * compute) * fte - penalties
         assert reward == pytest.approx(expected)
         incumbent = info["incumbent"]
 
@@ -231,6 +232,7 @@ def test_a_recorded_trial_asked_for_more_epochs_continues_and_pays_only_those(re
     _, _, _, _, one = env.step(_at(SPACE.default, 1))
     _, reward, _, _, nine = env.step(_at(SPACE.default, 9))
     assert (nine["epochs"], nine["resumed_from"], nine["paid_epochs"], nine["budget_used"]) == (9, 1, 8, 9)
+    assert nine["distance"] == 0.0  # the default config is recorded
     assert reward == pytest.approx(nine["incumbent"] - one["incumbent"] - (0.01 + 0.002) * 8 / 9)
     assert nine["seconds"] == pytest.approx(sum(e["seconds"] for e in nine["curve"][1:]))
     fresh = recorded(recorded_store, budget_epochs=27)

@@ -88,14 +88,15 @@ def test_verify_reports_a_step_that_differs(agent_run, tmp_path):
     assert "1 differ" in result.output
 
 
-def test_verify_confirms_a_run_made_before_the_reward_charged_compute(agent_run, tmp_path):
+def test_verify_confirms_a_run_made_before_the_reward_charged_compute_and_distance(agent_run, tmp_path):
     old = tmp_path / "run"
     shutil.copytree(agent_run, old)
     path = old / "rollouts.jsonl"
     header, *steps = (json.loads(x) for x in path.read_text().splitlines())
-    cost = header["header"]["reward"].pop("compute_cost")
-    for step in steps:  # the rewards such a run recorded: no compute term
-        step["reward"] += cost * step["curve"]["compute_fte"]
+    weights = header["header"]["reward"]
+    cost, penalty = weights.pop("compute_cost"), weights.pop("distance_penalty")
+    for step in steps:  # the rewards such a run recorded: no compute or distance term
+        step["reward"] += cost * step["curve"]["compute_fte"] + penalty * step["distance"]
     path.write_text("".join(json.dumps(x) + "\n" for x in [header, *steps]))
     checks = replay.verify(replay.read_rollouts(old))
     assert checks and all(c.ok for c in checks)
