@@ -143,7 +143,7 @@ def write_report(
     lines += ["", f"![pooled anytime regret]({out.with_suffix('.png').name})"]
     if timings:
         minutes = ", ".join(f"{d} {s / 60:.1f}" for d, s in timings.items())
-        lines += ["", f"Policy training (PPO steps only), wall minutes, other jobs sharing the cores: {minutes}."]
+        lines += ["", f"Policy training (PPO steps only), wall minutes: {minutes}."]
     lines += ["", f"Each dataset's bench (table, plot, rows): `{Path(args.out).with_suffix('').name}/<dataset>/`.", ""]
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(lines))

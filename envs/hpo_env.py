@@ -126,8 +126,8 @@ class HPOEnv(gym.Env[np.ndarray, np.ndarray]):
     `info["distance"]` (0 for a trained trial), with the weights of
     `rlhpo.envs.reward.RewardSettings` (defaults 0.01, 0.002, 0.05 and 0.1; the module says
     why). The incumbent starts at 0, so the undiscounted return is the final incumbent score
-    less the costs. A trial's score is its normalised
-    validation accuracy at its last completed epoch.
+    less the costs. A trial's score is its normalised validation accuracy at its last completed
+    epoch.
 
     ## Starting State
 
