@@ -31,7 +31,7 @@ Why these defaults:
   learns to pick the biggest models: on cifar10 at full size its first trial ran for over 16
   minutes where the default config trains in 2. This term charges compute, in full trainings of
   the default config. At 0.002 a 3-FTE episode of the largest models costs about 0.13, of 1 × 128
-  models 0.008: big models must win several points of accuracy to be chosen.
+  models 0.008: the largest models must win about 0.1 of normalised accuracy to be chosen.
 - ``distance_penalty = 0.05``: meta-training answers a config with its nearest recorded neighbour,
   often 0.5–0.8 away in the normalised encoding (32–64 recorded configs per task in 7
   dimensions). Uncharged, a policy learns to ask for configs whose nearest recorded neighbour
@@ -43,10 +43,9 @@ Why these defaults:
   what a typical good trial gains, so proposing unstable learning rates is clearly worse than a
   mediocre trial, yet one divergence does not swamp an episode's return (1 at most).
 
-Bounds: ``r`` lies in ``[−cost_per_fte − compute_cost × largest compute − distance_penalty × largest
-distance − divergence_penalty, 1]``:
-the incumbent lies in ``[0, 1]`` and never falls, and a step pays at most one full-training
-equivalent.
+Bounds: ``r`` lies in ``[−cost_per_fte − compute_cost × largest compute − distance_penalty ×
+largest distance − divergence_penalty, 1]``: the incumbent lies in ``[0, 1]`` and never falls,
+and a step pays at most one full-training equivalent.
 """
 
 from __future__ import annotations
