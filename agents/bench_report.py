@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from rlhpo.agents.evaluate import mean_se
+from rlhpo.agents.evaluate import mean_se, pm
 
 if TYPE_CHECKING:
     from rlhpo.agents.bench import BenchSettings
@@ -105,11 +105,6 @@ def mean_ranks(rows: list[dict[str, Any]]) -> dict[str, float]:
             hi = len(values) - values[::-1].index(r["regret"])
             ranks.setdefault(r["method"], []).append((lo + hi) / 2)
     return {m: statistics.fmean(v) for m, v in ranks.items()}
-
-
-def pm(ms: Any, digits: int = 3) -> str:
-    """``mean ± se`` of a (mean, se) pair, ``-`` for none."""
-    return "-" if ms is None or ms[0] is None else f"{ms[0]:.{digits}f} ± {ms[1]:.{digits}f}"
 
 
 def speedup_text(s: Any) -> str:

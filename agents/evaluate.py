@@ -170,3 +170,8 @@ def mean_se(values: Sequence[float]) -> tuple[float | None, float | None]:
     mean = statistics.fmean(values)
     se = statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else 0.0
     return mean, se
+
+
+def pm(ms: Any, digits: int = 3) -> str:
+    """``mean ± se`` of a :func:`mean_se` pair, ``-`` for none."""
+    return "-" if ms is None or ms[0] is None else f"{ms[0]:.{digits}f} ± {ms[1]:.{digits}f}"

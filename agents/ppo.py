@@ -124,6 +124,7 @@ class PPOTuner(Tuner):
             )
         self._trained: dict[str, int] = {}  # config key (epochs left out) -> most epochs run this episode
         self._remaining = int(reset_info["budget_epochs"])
+        self._epochs_choices = sorted(space.choices["epochs"])
 
     def propose(self, obs: np.ndarray) -> np.ndarray:
         """The policy's most likely action that is not a repeat of a trial already run this episode.
@@ -155,7 +156,7 @@ class PPOTuner(Tuner):
         """Whether the env would train ``action``'s config no further than it has been (HPOEnv's rule)."""
         config = self.space.decode(action)
         done = self._trained.get(config.key(), 0)
-        epochs, _ = fidelity(sorted(self.space.choices["epochs"]), config.epochs, done, self._remaining)
+        epochs, _ = fidelity(self._epochs_choices, config.epochs, done, self._remaining)
         return epochs <= done
 
     def _most_likely_new(self, obs: np.ndarray, fallback: np.ndarray) -> np.ndarray:

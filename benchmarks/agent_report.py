@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from rlhpo.agents.evaluate import pm
 from rlhpo.agents.sb3_logging import read_progress
 
 CURVE = ("hpo/incumbent_score", "hpo/regret", "rollout/ep_rew_mean")
@@ -109,13 +110,9 @@ def report(run_dir: Path, png: Path | None, out_dir: Path | None) -> str:
     ]
     for group, result in ev["groups"].items():
         for method, row in result["methods"].items():
-            cells = [_mean_se(row[k], row[f"{k}_se"]) for k in ("incumbent_score", "full_fidelity_score", "regret")]
+            cells = [pm((row[k], row[f"{k}_se"])) for k in ("incumbent_score", "full_fidelity_score", "regret")]
             lines.append(f"| {group} ({len(result['tasks'])}) | {method} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
-
-
-def _mean_se(value: float | None, se: float | None) -> str:
-    return "-" if value is None else f"{value:.3f} ± {se:.3f}"
 
 
 def main() -> None:

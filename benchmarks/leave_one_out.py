@@ -30,8 +30,8 @@ import optuna
 import torch
 
 from rlhpo.agents.bench import BenchSettings, read_csv, run_bench
-from rlhpo.agents.bench_report import plot, pm, speedup_text, summarise
-from rlhpo.agents.evaluate import mean_se
+from rlhpo.agents.bench_report import plot, speedup_text, summarise
+from rlhpo.agents.evaluate import mean_se, pm
 from rlhpo.agents.ppo import train_agent
 from rlhpo.agents.settings import load_train_agent_settings
 from rlhpo.agents.tuners import METHODS
@@ -135,10 +135,10 @@ def write_report(
     ]
     for m in METHODS:
         e = report["methods"][m]
-        cells = [pm(mean_se([r["regret"] for r in rows if r["method"] == m and r["budget_fte"] == b])) for b in budgets]
-        area = "-" if e.get("area") is None else f"{e['area'][0]:.3f} ± {e['area'][1]:.3f}"
+        cells = [pm(e["regret"].get(b)) for b in budgets]
         lines.append(
-            f"| {m} | " + " | ".join(cells) + f" | {area} | {e['mean_rank']:.2f} | {speedup_text(e['speedup'])} |"
+            f"| {m} | " + " | ".join(cells) + f" | {pm(e.get('area'))} | {e['mean_rank']:.2f} | "
+            f"{speedup_text(e['speedup'])} |"
         )
     lines += ["", f"![pooled anytime regret]({out.with_suffix('.png').name})"]
     if timings:

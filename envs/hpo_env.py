@@ -304,13 +304,14 @@ class HPOEnv(gym.Env[np.ndarray, np.ndarray]):
             self._best_score = score
             self._incumbent_config = _config_dict(trial.config)
         self._incumbent = max(self._incumbent, score)
+        compute = relative_compute(config, self.space.default)
         reward = step_reward(
             self.reward_settings,
             incumbent_before=before,
             incumbent_after=self._incumbent,
             epochs=paid,
             max_epochs=self.max_epochs,
-            compute=relative_compute(config, self.space.default),
+            compute=compute,
             distance=trial.distance,
             diverged=trial.diverged,
         )
@@ -319,7 +320,7 @@ class HPOEnv(gym.Env[np.ndarray, np.ndarray]):
         self._last = trial
         terminated = self.budget_epochs - self._used < self._epochs_choices[0]
         self._done = terminated
-        info = self._step_info(action, config, trial, score, resume_from)
+        info = self._step_info(action, config, trial, score, resume_from, compute)
         return self._get_obs(), float(reward), terminated, False, info
 
     def _fidelity(self, config: Any) -> tuple[int, int]:
@@ -374,7 +375,9 @@ class HPOEnv(gym.Env[np.ndarray, np.ndarray]):
             "backend": self.backend.name,
         }
 
-    def _step_info(self, action: Any, config: Any, trial: Trial, score: float, resume_from: int) -> dict[str, Any]:
+    def _step_info(
+        self, action: Any, config: Any, trial: Trial, score: float, resume_from: int, compute: float
+    ) -> dict[str, Any]:
         assert self._record is not None
         fte = (trial.epochs - resume_from) / self.max_epochs
         return {
@@ -396,7 +399,7 @@ class HPOEnv(gym.Env[np.ndarray, np.ndarray]):
             "budget_used": self._used,
             "budget_remaining": self.budget_epochs - self._used,
             "cost_fte": fte,
-            "compute_fte": relative_compute(config, self.space.default) * fte,
+            "compute_fte": compute * fte,
             "seconds": trial.seconds,
             "backend": self.backend.name,
         }

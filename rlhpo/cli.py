@@ -299,10 +299,6 @@ def _runs_dir_option(f: Any) -> Any:
     )(f)
 
 
-def _mean_se(value: float | None, se: float | None) -> str:
-    return "-" if value is None else f"{value:.3f} ± {se or 0.0:.3f}"
-
-
 def _policy_option(f: Any) -> Any:
     return click.option(
         "--policy",
@@ -343,6 +339,7 @@ def train_agent_cmd(
     as_json: bool,
 ) -> None:
     """Meta-train the PPO tuner on recorded curves, then evaluate it against the default config and random search."""
+    from rlhpo.agents.evaluate import pm
     from rlhpo.agents.ppo import train_agent
     from rlhpo.agents.settings import load_train_agent_settings
 
@@ -367,9 +364,9 @@ def train_agent_cmd(
     for group, result in ev["groups"].items():
         for method, row in result["methods"].items():
             click.echo(
-                f"{group:<8} {method:<8} {_mean_se(row['incumbent_score'], row['incumbent_score_se']):<15} "
-                f"{_mean_se(row['full_fidelity_score'], row['full_fidelity_score_se']):<15} "
-                f"{_mean_se(row['regret'], row['regret_se']):<15}"
+                f"{group:<8} {method:<8} {pm((row['incumbent_score'], row['incumbent_score_se'])):<15} "
+                f"{pm((row['full_fidelity_score'], row['full_fidelity_score_se'])):<15} "
+                f"{pm((row['regret'], row['regret_se'])):<15}"
             )
     click.echo(f"run folder {summary['run_dir']}")
 
@@ -531,6 +528,7 @@ def bench_cmd(
     from tqdm import tqdm
 
     from rlhpo.agents.bench import BenchSettings, run_bench
+    from rlhpo.agents.evaluate import pm
     from rlhpo.agents.tuners import METHODS
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # one line per Optuna trial otherwise
@@ -557,10 +555,7 @@ def bench_cmd(
     b = settings.reference_budget if settings.reference_budget in budgets else max(budgets)
     click.echo(f"{'method':<14} {'regret @ ' + format(b, 'g') + ' FTE':<18} {'area':<16} {'mean rank':<9}")
     for m, e in report["methods"].items():
-        click.echo(
-            f"{m:<14} {_mean_se(*(e['regret'].get(b) or (None, None))):<18} "
-            f"{_mean_se(*(e.get('area') or (None, None))):<16} {e['mean_rank'] or 0:<9.2f}"
-        )
+        click.echo(f"{m:<14} {pm(e['regret'].get(b)):<18} {pm(e.get('area')):<16} {e['mean_rank'] or 0:<9.2f}")
     click.echo(f"bench folder {summary['run_dir']} (bench.csv, bench.md, bench.png)")
 
 
