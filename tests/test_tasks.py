@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -136,6 +137,18 @@ def test_digits_loads_offline_without_a_data_folder(monkeypatch: pytest.MonkeyPa
     assert data.x_train.shape == (200, 64) and data.x_train.dtype == torch.float32
     assert len(data.x_test) == 360  # the fixed 20% of 1797
     assert abs(float(data.x_train.mean())) < 0.1
+
+
+def test_n_train_beyond_the_rows_left_is_warned_and_recorded_as_the_real_size(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="rlhpo.tasks"):
+        data = load_task(Task("digits", n_train=100_000))
+
+    assert len(data.x_train) == data.task.n_train == 1221  # 1437 train rows, less 216 for validation
+    assert data.task.key() == Task("digits", n_train=1221).key() == "digits/default/n1221/call/s0"
+    assert "n_train=100000, but only 1221 training examples are left" in caplog.text
+    assert load_task(Task("digits", n_train=200)).task == Task("digits", n_train=200)  # enough rows: as asked
 
 
 def test_class_subset_keeps_those_classes_relabelled_in_the_order_given(data_dir: Path) -> None:
@@ -313,9 +326,20 @@ def test_list_datasets_reports_local_and_bundled_data(data_dir: Path, tmp_path: 
     assert all(here[n].available and here[n].source == f"local:{data_dir / n}" for n in BUILTIN_FILES)
     assert here["digits"].available and here["digits"].source == "bundled:sklearn"
 
+    assert all(s.hint == "" for s in here.values())
+
     empty = {s.name: s for s in list_datasets(tmp_path)}
     assert empty["cifar10"].source == "hub:uoft-cs/cifar10"
     assert empty["digits"].available
+
+
+def test_an_unavailable_dataset_says_how_to_make_it_available(tmp_path: Path, tmp_cache: Path) -> None:
+    statuses = {s.name: s for s in list_datasets(tmp_path)}
+
+    assert not statuses["mnist"].available
+    for way in ("--data-dir DIR", "RLHPO_DATA_DIR", "DIR/mnist/train.parquet", "internet", "'digits'"):
+        assert way in statuses["mnist"].hint
+    assert statuses["digits"].available and statuses["digits"].hint == ""
 
 
 SAMPLER = TaskSampler(datasets=("mnist", "cifar10", "trec", "imdb", "digits"), p_subset=0.5)
@@ -336,7 +360,7 @@ def test_sampler_draws_diverse_valid_tasks() -> None:
 
     assert {t.dataset for t in tasks} == set(SAMPLER.datasets)
     assert {t.n_train for t in tasks} == set(SAMPLER.n_train_choices)
-    assert {t.family for t in tasks} == {"cnn", "mlp", "gru", "lstm", "transformer"}
+    assert {t.family for t in tasks} == {f for families in FAMILIES_BY_MODALITY.values() for f in families}
     assert len({t.seed for t in tasks}) == len(tasks)
     subsets = [t for t in tasks if t.classes is not None]
     assert 40 < len(subsets) < 120

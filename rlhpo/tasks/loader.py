@@ -60,6 +60,7 @@ class DatasetStatus:
     family: str
     source: str  # "local:<dir>", "hub:<name>" or "bundled:<package>"
     available: bool  # False: only the hub has it, and it is not cached here
+    hint: str = ""  # how to make it available when it is not: the three ways, in one line
 
 
 def load_task(task: Task, data_dir: str | Path | None = None) -> TaskData:
@@ -73,11 +74,14 @@ def load_task(task: Task, data_dir: str | Path | None = None) -> TaskData:
         The task's data. The validation split, ``min(15%, 1000)`` of the dataset's train split, is
         drawn with ``task.seed``; the training set is ``task.n_train`` of the rest; the test set is
         the dataset's whole test split. With ``task.classes``, only those classes are kept and
-        class ``task.classes[i]`` becomes label ``i``.
+        class ``task.classes[i]`` becomes label ``i``. When fewer than ``task.n_train`` examples
+        are left, all of them are used, with a warning, and ``TaskData.task`` says so: its
+        ``n_train`` is the real size, so its ``key()`` names the data actually loaded.
 
     Raises:
-        RlhpoError: for an unknown dataset or family, bad task values, missing columns, or a
-            dataset that no source can provide here.
+        RlhpoError: for an unknown dataset or family, bad task values, missing columns, an empty
+            or unreadable data file, labels that are not classes (see :func:`~rlhpo.tasks.preprocess.prepare`),
+            or a dataset that no source can provide here (the hub is asked only when it can be reached).
     """
     spec = get_spec(task.dataset)
     _check_values(task)
@@ -96,7 +100,15 @@ def load_task(task: Task, data_dir: str | Path | None = None) -> TaskData:
         class_names = tuple(class_names[c] for c in task.classes)
     train_pos, val_pos = split_indices(relabel[dataset.y_train[rows]].numpy(), task.seed, task.n_train)
     if task.n_train is not None and task.n_train > len(train_pos):
-        logger.info("%s: only %d training examples are left; using them all.", task.key(), len(train_pos))
+        logger.warning(
+            "%s: n_train=%d, but only %d training examples are left beside the validation split; using them all, "
+            "and the loaded task says n_train=%d.",
+            task.key(),
+            task.n_train,
+            len(train_pos),
+            len(train_pos),
+        )
+        task = task.replace(n_train=len(train_pos))
     train_rows, val_rows = rows[torch.from_numpy(train_pos)], rows[torch.from_numpy(val_pos)]
     x_train, x_test = dataset.x_train, dataset.x_test
     if task.max_length is not None:
@@ -231,15 +243,22 @@ def _prepared_arrays(spec: DatasetSpec, overrides: ColumnOverrides, data_dir: Pa
 def _unavailable(spec: DatasetSpec, tried: list[str]) -> RlhpoError:
     if spec.local_path is not None:
         return RlhpoError(f"Dataset folder {str(spec.local_path)!r} holds no train.parquet or train.csv.")
-    hub = spec.hub_path or "owner/name"
     return RlhpoError(
-        f"Dataset {spec.name!r} is not available here. Provide it in one of three ways: "
-        f"(1) a data folder, given by --data-dir DIR or {DATA_DIR_ENV}=DIR, holding {spec.name}/train.parquet and "
-        f"{spec.name}/test.parquet in the Hugging Face hub schema of {hub!r}; "
-        f"(2) internet access, so that datasets.load_dataset({hub!r}) can download it from the hub; "
-        f"(3) a local folder path as the task (--task /path/to/folder), holding train.parquet or train.csv "
-        f"(and test.*), with --text-column/--image-column/--label-column if the columns are not the usual ones. "
-        f"Tried: {'; '.join(tried) or 'nothing'}."
+        f"Dataset {spec.name!r} is not available here. Provide it in one of three ways: {how_to_provide(spec)}. "
+        "For your own data, give a local folder path as the task (--task /path/to/folder) holding train.csv or "
+        "train.parquet (and test.*), with --text-column/--image-column/--label-column if the columns are not the "
+        f"usual ones. Tried: {'; '.join(tried) or 'nothing'}."
+    )
+
+
+def how_to_provide(spec: DatasetSpec) -> str:
+    """The three ways to make a dataset available here, in one line."""
+    hub = spec.hub_path or spec.name
+    return (
+        f"(1) --data-dir DIR or {DATA_DIR_ENV}=DIR, with DIR/{spec.name}/train.parquet and "
+        f"DIR/{spec.name}/test.parquet in the Hugging Face hub schema of {hub!r}; "
+        f"(2) internet access to the Hugging Face hub, which serves {hub!r}; "
+        "(3) the bundled offline task 'digits' instead"
     )
 
 
@@ -255,7 +274,8 @@ def list_datasets(data_dir: str | Path | None = None) -> list[DatasetStatus]:
         found = next((s for s in sources if _available_now(s, spec)), None)
         source = found or next((s for s in sources if not isinstance(s, LocalSource)), sources[0])
         assert spec.modality is not None and spec.family is not None
-        statuses.append(DatasetStatus(spec.name, spec.modality, spec.family, source.name, found is not None))
+        hint = "" if found else how_to_provide(spec)
+        statuses.append(DatasetStatus(spec.name, spec.modality, spec.family, source.name, found is not None, hint))
     return statuses
 
 

@@ -36,6 +36,11 @@ LABEL_COLUMNS = ("label", "labels")
 SPECIAL_TOKENS = ("[PAD]", "[UNK]")  # ids 0 and 1
 LENGTH_PERCENTILE = 90
 TEST_FRACTION = 0.2  # carved from train when a dataset has no test split
+# A label column with more distinct values than max(MIN_CLASS_LIMIT, rows / 2) is not a set of
+# classes: each class would average fewer than two rows, too few to train, validate and test on.
+# Free text or a continuous target in the label column (swapped columns, say) trips it; a
+# dataset of a few hundred rows may still have up to 100 classes.
+MIN_CLASS_LIMIT = 100
 _GREY_MODES = ("1", "L", "LA", "I", "I;16", "F")
 
 
@@ -111,19 +116,42 @@ def _is_numeric(dtype: pa.DataType) -> bool:
 
 
 def prepare(raw: RawDataset, spec: DatasetSpec, overrides: ColumnOverrides) -> tuple[PreparedArrays, str | None]:
-    """Preprocess a raw dataset; returns the arrays and, for text, the tokenizer as JSON."""
+    """Preprocess a raw dataset; returns the arrays and, for text, the tokenizer as JSON.
+
+    Raises:
+        RlhpoError: when the test split lacks a column of train, no train row has a label, the
+            splits hold labels of different types, or the label column has too many distinct
+            values to be classes (see :data:`MIN_CLASS_LIMIT`).
+    """
     columns = resolve_columns(raw.train.schema, spec, overrides)
+    if raw.test is not None:
+        _check_test_columns(raw.test, columns, spec.name)
     label_names = raw.label_names.get(columns.label)
-    train = _labelled(raw.train, columns.label)
-    test = _labelled(raw.test, columns.label) if raw.test is not None else None
+    train = _labelled(raw.train, columns.label, "train", spec.name)
+    if len(train) == 0:
+        raise RlhpoError(
+            f"The train split of dataset {spec.name!r} has no labelled rows: all {len(raw.train)} have an empty "
+            f"(or negative) label in column {columns.label!r}. Name the label column with --label-column."
+        )
+    test = _labelled(raw.test, columns.label, "test", spec.name) if raw.test is not None else None
     if test is not None and len(test) == 0:
         test = None
+    if test is not None:
+        _check_label_types(train.column(columns.label), test.column(columns.label), columns.label, spec.name)
     y_train, y_test, class_names = encode_labels(
         train.column(columns.label), test.column(columns.label) if test is not None else None, label_names
     )
+    _check_n_classes(len(class_names), len(train) + (len(test) if test is not None else 0), columns, spec.name)
     if test is None or y_test is None:
-        logger.info("Dataset %s has no labelled test split; carving %.0f%% of train.", spec.name, 100 * TEST_FRACTION)
         train, test, y_train, y_test = _carve_test(train, y_train)
+        logger.warning(
+            "Dataset %r has no labelled test split; a fixed, stratified %.0f%% of its train split (%d of %d rows) "
+            "is its test split.",
+            spec.name,
+            100 * TEST_FRACTION,
+            len(test),
+            len(train) + len(test),
+        )
     arrays = PreparedArrays(columns.modality, _empty(), y_train, _empty(), y_test, class_names, raw.source)
     tokenizer_json = None
     if columns.modality == "image":
@@ -132,7 +160,7 @@ def prepare(raw: RawDataset, spec: DatasetSpec, overrides: ColumnOverrides) -> t
         arrays.mean, arrays.std = _stats(arrays.x_train, axis=(0, 2, 3))
     elif columns.modality == "text":
         tokenizer, arrays.x_train, arrays.x_test = tokenize(
-            _texts(train.column(columns.input)), _texts(test.column(columns.input)), spec
+            _texts(train, columns.input, "train", spec.name), _texts(test, columns.input, "test", spec.name), spec
         )
         arrays.vocab_size = tokenizer.get_vocab_size()
         tokenizer_json = tokenizer.to_str()
@@ -140,6 +168,50 @@ def prepare(raw: RawDataset, spec: DatasetSpec, overrides: ColumnOverrides) -> t
         arrays.x_train, arrays.x_test = (_features(t, columns.features) for t in (train, test))
         arrays.mean, arrays.std = _stats(arrays.x_train, axis=(0,))
     return arrays, tokenizer_json
+
+
+def _check_test_columns(test: pa.Table, columns: Columns, dataset: str) -> None:
+    needed = (columns.label, columns.input) if columns.input else (columns.label, *columns.features)
+    missing = [c for c in needed if c not in test.column_names]
+    if missing:
+        raise RlhpoError(
+            f"The test split of dataset {dataset!r} lacks the column(s) {', '.join(missing)} that train has; its "
+            f"columns are: {', '.join(test.column_names)}. Give both splits the same columns, or leave the test "
+            "file out to carve a test split from train."
+        )
+
+
+def _check_label_types(train: pa.ChunkedArray, test: pa.ChunkedArray, column: str, dataset: str) -> None:
+    kinds = _label_kind(train.type), _label_kind(test.type)
+    if kinds[0] != kinds[1]:
+        raise RlhpoError(
+            f"The label column {column!r} of dataset {dataset!r} must hold the same type of label in train and "
+            f"test, but got train {kinds[0]} ({train.type}) and test {kinds[1]} ({test.type}). Write the labels "
+            "the same way in both files: all class names, or all integer ids."
+        )
+
+
+def _label_kind(dtype: pa.DataType) -> str:
+    if pa.types.is_integer(dtype):
+        return "integers"
+    if pa.types.is_floating(dtype):
+        return "decimals"
+    if pa.types.is_string(dtype) or pa.types.is_large_string(dtype):
+        return "strings"
+    return str(dtype)
+
+
+def _check_n_classes(n_classes: int, n_rows: int, columns: Columns, dataset: str) -> None:
+    limit = max(MIN_CLASS_LIMIT, n_rows // 2)
+    if n_classes <= limit:
+        return
+    source = f"{columns.modality} column {columns.input!r}" if columns.input else f"{len(columns.features)} features"
+    raise RlhpoError(
+        f"The label column {columns.label!r} of dataset {dataset!r} holds {n_classes} distinct values in {n_rows} "
+        f"rows, but a classification task has at most max({MIN_CLASS_LIMIT}, rows / 2) = {limit} classes: the "
+        f"column may hold free text or a continuous target. The input was taken from the {source}. If the "
+        "columns are swapped or misnamed, name them with --label-column and --text-column (or --image-column)."
+    )
 
 
 def _carve_test(train: pa.Table, y: np.ndarray) -> tuple[pa.Table, pa.Table, np.ndarray, np.ndarray]:
@@ -153,15 +225,22 @@ def _empty() -> np.ndarray:
     return np.zeros(0, np.float32)
 
 
-def _labelled(table: pa.Table, label: str) -> pa.Table:
-    """Drop rows without a label: nulls, and the ``-1`` the hub uses for unlabelled rows."""
+def _labelled(table: pa.Table, label: str, split: str, dataset: str) -> pa.Table:
+    """Drop rows without a label (nulls, and the ``-1`` the hub uses for unlabelled rows), with a warning."""
     column = table.column(label)
     keep = pc.is_valid(column)
     if pa.types.is_integer(column.type):
         keep = pc.and_(keep, pc.greater_equal(column, 0))
     kept = table.filter(keep)
     if len(kept) < len(table):
-        logger.info("Dropped %d unlabelled rows of %d.", len(table) - len(kept), len(table))
+        logger.warning(
+            "Dataset %r: dropped %d of %d %s rows that have no label (empty, or a negative id) in column %r.",
+            dataset,
+            len(table) - len(kept),
+            len(table),
+            split,
+            label,
+        )
     return kept
 
 
@@ -237,8 +316,20 @@ def _stats(x: np.ndarray, axis: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray
     return mean.astype(np.float32), np.where(std > 0, std, 1.0).astype(np.float32)
 
 
-def _texts(column: pa.ChunkedArray) -> list[str]:
-    return ["" if t is None else str(t) for t in column.to_pylist()]
+def _texts(table: pa.Table, column: str, split: str, dataset: str) -> list[str]:
+    """The texts of ``column``; a missing or blank one becomes "" (all padding), with a warning."""
+    texts = ["" if t is None else str(t) for t in table.column(column).to_pylist()]
+    blank = sum(not t.strip() for t in texts)
+    if blank:
+        logger.warning(
+            "Dataset %r: %d of %d %s rows have no text in column %r; each becomes an empty (all-padding) sequence.",
+            dataset,
+            blank,
+            len(texts),
+            split,
+            column,
+        )
+    return texts
 
 
 def _features(table: pa.Table, columns: tuple[str, ...]) -> np.ndarray:

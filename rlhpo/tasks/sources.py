@@ -2,17 +2,27 @@
 
 Each source knows a cheap *fingerprint* (no data read) that keys the preprocessing cache, and
 reads the raw splits as Arrow tables in the hub schema (images as ``{bytes, path}`` structs).
+
+The hub is asked only when it can answer: in offline mode (``HF_DATASETS_OFFLINE``, else
+``HF_HUB_OFFLINE``) ``datasets`` reads its own cache and fails at once; otherwise one quick connect
+(:class:`HubProbe`) first checks that the hub can be reached, since ``datasets`` would retry for
+half a minute before giving up.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
+import socket
+import threading
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
+from urllib.request import getproxies, proxy_bypass
 
 import numpy as np
 import pyarrow as pa
@@ -29,6 +39,8 @@ logger = logging.getLogger(__name__)
 
 DATA_DIR_ENV = "RLHPO_DATA_DIR"
 SUFFIXES = (".parquet", ".csv")
+PROBE_TIMEOUT_S = 2.5  # a reachable hub accepts a connection in well under a second
+_TRUE = ("1", "ON", "YES", "TRUE")  # what huggingface_hub and datasets read as a true flag
 
 
 class SourceUnavailable(Exception):
@@ -107,11 +119,29 @@ class LocalSource:
 
 
 def _read_file(path: Path) -> tuple[pa.Table, dict[str, list[str]]]:
-    """Read one parquet or CSV file, with the ClassLabel names of its hub metadata if any."""
-    if path.suffix == ".csv":
-        return pa_csv.read_csv(path), {}
-    table = pq.read_table(path)
-    return table, _class_label_names(table.schema.metadata or {})
+    """Read one parquet or CSV file, with the ClassLabel names of its hub metadata if any.
+
+    Raises:
+        RlhpoError: when the file is empty, cannot be parsed, or holds no rows.
+    """
+    if path.suffix == ".csv" and path.stat().st_size == 0:
+        raise RlhpoError(
+            f"{path} is empty (0 bytes), but a CSV file needs a header line naming the columns, "
+            "then one line per example."
+        )
+    try:
+        if path.suffix == ".csv":  # an empty field is a missing value, in a column of strings too
+            table, names = pa_csv.read_csv(path, convert_options=pa_csv.ConvertOptions(strings_can_be_null=True)), {}
+        else:
+            table = pq.read_table(path)
+            names = _class_label_names(table.schema.metadata or {})
+    except pa.ArrowInvalid as e:
+        raise RlhpoError(f"Cannot read {path} as {path.suffix[1:]}: {e}") from e
+    if table.num_rows == 0:
+        raise RlhpoError(
+            f"{path} has columns ({', '.join(table.column_names)}) but no rows; expected one row per example."
+        )
+    return table, names
 
 
 def _class_label_names(schema_metadata: dict[bytes, bytes]) -> dict[str, list[str]]:
@@ -138,6 +168,11 @@ class HubSource:
         return self.name
 
     def read(self) -> RawDataset:
+        if not offline_by_env() and (reason := HUB.unreachable) is not None:
+            raise SourceUnavailable(
+                f"hub {self.path!r}: the Hugging Face hub cannot be reached ({reason}); "
+                "with HF_HUB_OFFLINE=1, datasets reads only its local cache"
+            )
         import datasets  # slow to import; only needed here
 
         try:
@@ -152,6 +187,56 @@ class HubSource:
         train, names = _hub_table(splits["train"])
         test = _hub_table(splits[test_split])[0] if test_split else None
         return RawDataset(train, test, names, self.name)
+
+
+def offline_by_env() -> bool:
+    """Whether ``datasets`` runs offline: ``HF_DATASETS_OFFLINE`` if set, else ``HF_HUB_OFFLINE``, is true."""
+    return os.environ.get("HF_DATASETS_OFFLINE", os.environ.get("HF_HUB_OFFLINE", "")).upper() in _TRUE
+
+
+class HubProbe:
+    """Whether the Hugging Face hub can be reached from here: one quick connect, remembered per process.
+
+    It opens a TCP connection to the host of the hub endpoint (``HF_ENDPOINT``, default
+    ``https://huggingface.co``), or to the proxy that requests to it would go through, and gives up
+    after ``timeout_s`` seconds, name lookup included.
+    """
+
+    def __init__(self, endpoint: str | None = None, timeout_s: float = PROBE_TIMEOUT_S) -> None:
+        self.endpoint = endpoint
+        self.timeout_s = timeout_s
+
+    @functools.cached_property
+    def unreachable(self) -> str | None:
+        """Why the hub cannot be reached (the first time asked), or ``None`` when it answered."""
+        host, port = self._target()
+        outcome: list[str | None] = []
+
+        def connect() -> None:
+            try:
+                socket.create_connection((host, port), timeout=self.timeout_s).close()
+                outcome.append(None)
+            except OSError as e:
+                outcome.append(f"cannot connect to {host}:{port}: {e}")
+
+        # In a thread, because a name lookup ignores the socket timeout and may hang far longer.
+        thread = threading.Thread(target=connect, daemon=True)
+        thread.start()
+        thread.join(self.timeout_s)
+        return outcome[0] if outcome else f"no answer from {host}:{port} within {self.timeout_s:g} s"
+
+    def _target(self) -> tuple[str, int]:
+        """The host and port that a request to the hub connects to first."""
+        from huggingface_hub import constants
+
+        url = urlsplit(self.endpoint or constants.ENDPOINT)
+        proxy = getproxies().get(url.scheme)
+        if proxy and not proxy_bypass(url.hostname or ""):
+            url = urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+        return url.hostname or "", url.port or (443 if url.scheme == "https" else 80)
+
+
+HUB = HubProbe()  # probes nothing until a hub dataset is first read
 
 
 def _hub_table(split: datasets.Dataset) -> tuple[pa.Table, dict[str, list[str]]]:
