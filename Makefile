@@ -26,7 +26,9 @@ run: $(STAMP)
 	$(BIN)/rlhpo tune --task digits
 
 # The default test suite (slow tests are left out; `make test-slow` runs them).
-# Tests read the real datasets from ../shared/data unless RLHPO_DATA_DIR says otherwise.
+# Tests that need the real datasets read them from $RLHPO_DATA_DIR (a folder of
+# <name>/{train,test}.parquet) and skip without it: `RLHPO_DATA_DIR=/path/to/data make test`.
+# RLHPO_REQUIRE_DATA=1 makes those skips failures (CI sets both, in .ci/run).
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 

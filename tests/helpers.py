@@ -2,7 +2,8 @@
 
 Everything is built with real training on tiny real tasks (digits bundled with scikit-learn,
 trec from ``$RLHPO_DATA_DIR``) and cached once per test session under pytest's base temp
-folder, so test modules that need them share one copy.
+folder, so test modules that need them share one copy. Because of trec, the store, the settings
+and the policy need data: the fixtures built on them request ``data_dir`` (see conftest.py).
 """
 
 from __future__ import annotations
@@ -53,7 +54,11 @@ def tiny_space_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def tiny_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Every config of the tiny space at 3 epochs on digits (task seeds 0 and 1) and trec."""
+    """Every config of the tiny space at 3 epochs on digits (task seeds 0 and 1) and trec.
+
+    trec is read from ``$RLHPO_DATA_DIR``: a test that uses this store needs data (request the
+    ``data_dir`` fixture, or mark it ``needs_data``).
+    """
     path = _tiny_dir(tmp_path_factory) / "store.sqlite"
     if not path.exists():
         import torch
@@ -77,9 +82,14 @@ def tiny_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def tiny_settings(tmp_path_factory: pytest.TempPathFactory, **changes: object) -> TrainAgentSettings:
-    """A few hundred PPO steps on the tiny store, trec held out, budget 2 FTE (6 epochs)."""
+    """A few hundred PPO steps on the tiny store, trec held out, budget 2 FTE (6 epochs).
+
+    The tiny store records trec, so it needs ``$RLHPO_DATA_DIR`` (tests that call this carry
+    ``needs_data``); a ``store=`` change is taken as is and builds nothing.
+    """
+    store = changes.pop("store") if "store" in changes else str(tiny_store(tmp_path_factory))
     settings = TrainAgentSettings(
-        store=str(tiny_store(tmp_path_factory)),
+        store=store,
         space=str(tiny_space_path(tmp_path_factory)),
         exclude_datasets=("trec",),
         budget_fte=2.0,

@@ -25,7 +25,7 @@ from rlhpo.space import load_search_space
 
 
 @pytest.fixture(scope="module")
-def policy_run(tmp_path_factory) -> Path:
+def policy_run(tmp_path_factory, data_dir) -> Path:
     return helpers.tiny_policy_run(tmp_path_factory)
 
 
@@ -140,6 +140,7 @@ def test_evaluation_compares_ppo_with_the_baselines_on_train_and_held_out_tasks(
 # ------------------------------------------------------------------- resume
 
 
+@pytest.mark.needs_data  # the tiny store records trec
 def test_resume_continues_the_step_counter_and_the_learning_curve(tmp_path_factory, tmp_path):
     config = tmp_path / "tiny.yaml"
     config.write_text(yaml.safe_dump(helpers.tiny_settings(tmp_path_factory, total_steps=128).to_dict()))
@@ -198,6 +199,7 @@ def test_one_seed_gives_the_same_policy_and_another_seed_does_not(policy_run, tm
     assert [x["reward"] for x in first] == [x["reward"] for x in second]
 
 
+@pytest.mark.needs_data  # the tiny store records trec
 def test_a_run_killed_after_its_last_checkpoint_resumes_from_that_checkpoint(tmp_path_factory, tmp_path):
     settings = helpers.tiny_settings(tmp_path_factory, total_steps=256, checkpoint_every=128)
     run_dir = Path(train_agent(settings, run_name="k", runs_dir=tmp_path, progress=False)["run_dir"])
@@ -248,6 +250,7 @@ def test_the_shipped_policy_spends_its_budget_on_new_trials():
             seen[key] = t["epochs"]
 
 
+@pytest.mark.needs_data  # the tiny store records trec
 def test_a_policy_without_meta_features_cannot_tell_tasks_apart(tmp_path_factory, tmp_path):
     settings = helpers.tiny_settings(tmp_path_factory, meta_features=False, total_steps=128)
     summary = train_agent(settings, run_name="blind", runs_dir=tmp_path, progress=False)
@@ -266,6 +269,7 @@ def test_a_policy_without_meta_features_cannot_tell_tasks_apart(tmp_path_factory
         helpers.tiny_settings(tmp_path_factory, meta_features="no")
 
 
+@pytest.mark.needs_data  # the tiny store records trec
 def test_meta_training_on_config_subsets_is_seeded(tmp_path_factory, tmp_path):
     settings = helpers.tiny_settings(tmp_path_factory, config_fraction=0.5, total_steps=128)
     runs = [train_agent(settings, run_name=f"subset{i}", runs_dir=tmp_path, progress=False) for i in range(2)]

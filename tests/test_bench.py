@@ -23,7 +23,7 @@ FULL_FIDELITY_ONLY = ("default", "tpe", "learned_list")  # every trial at the la
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
+def tiny(tmp_path_factory, data_dir):
     return {
         "store": str(helpers.tiny_store(tmp_path_factory)),
         "policy": str(helpers.tiny_policy_run(tmp_path_factory)),

@@ -18,7 +18,7 @@ from rlhpo.errors import RlhpoError
 
 
 @pytest.fixture(scope="module")
-def agent_run(tmp_path_factory) -> Path:
+def agent_run(tmp_path_factory, data_dir) -> Path:
     """A train-agent run: its rollouts are the policy's evaluation episodes on the recorded backend."""
     return helpers.tiny_policy_run(tmp_path_factory)
 

@@ -52,6 +52,7 @@ def test_a_good_config_learns_digits(digits):
     assert all(e.seconds > 0 for e in curve.epochs)
 
 
+@pytest.mark.needs_data
 @pytest.mark.parametrize(("dataset", "family"), FAMILY_CASES)
 def test_every_family_trains_on_every_dataset(dataset, family):
     data = load_task(Task(dataset, family, n_train=200))

@@ -24,7 +24,7 @@ TUNE_KEYS = {"trials", "tuning_epochs", "tuning_seconds", "policy_seconds", "bud
 
 
 @pytest.fixture(scope="module")
-def policy(tmp_path_factory) -> Path:
+def policy(tmp_path_factory, data_dir) -> Path:
     return helpers.tiny_policy_run(tmp_path_factory) / "policy.zip"
 
 

@@ -26,7 +26,7 @@ DIVERGING_SPACE = helpers.TINY_SPACE.replace("learning_rate: [1.0e-3, 1.0e-2]", 
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
+def tiny(tmp_path_factory, data_dir):
     """(space, store, policy) of the tiny artefacts."""
     space = load_search_space(helpers.tiny_space_path(tmp_path_factory))
     return space, helpers.tiny_store(tmp_path_factory), PPOTuner.load(helpers.tiny_policy_run(tmp_path_factory))
