@@ -5,7 +5,8 @@ Every config is trained at the largest epochs choice, so every smaller fidelity 
 the small :class:`Executor` interface (local processes here; a Ray executor could take the same
 work). The parent process writes each finished run to the store in one transaction, so a kill at
 any moment loses only the runs in flight, and running the same command again skips every run
-already recorded.
+already recorded. A collect holds the store's lock for its whole run, so a second collect on the
+same store is refused rather than training the same runs again.
 """
 
 from __future__ import annotations
@@ -259,11 +260,6 @@ def _exit_when_orphaned(parent_pid: int) -> None:
         time.sleep(0.5)
 
 
-def make_executor(workers: int) -> Executor:
-    """Local worker processes (``workers`` ≥ 1)."""
-    return LocalExecutor(workers)
-
-
 # ---------------------------------------------------------------- the work
 
 
@@ -273,7 +269,6 @@ class WorkItem:
     config: Config
     seed: int
     data_dir: str | None = None
-    device: str = "cpu"
 
 
 @dataclass(frozen=True)
@@ -302,13 +297,13 @@ def _load(task: Task, data_dir: str | None) -> Any:
 
 
 def train_item(item: WorkItem) -> WorkResult:
-    """Train one config on one task (in a worker); an exception becomes the result's error."""
+    """Train one config on one task (in a worker, on CPU); an exception becomes the result's error."""
     from rlhpo.training import train
 
     started = time.perf_counter()
     try:
         data = _load(item.task, item.data_dir)
-        curve = train(data, item.config, seed=item.seed, device=item.device)
+        curve = train(data, item.config, seed=item.seed)
         return WorkResult(item, curve, time.perf_counter() - started)
     except Exception as e:  # one bad run must not stop an hour of collecting; it is retried next time
         text = f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=5)}"
@@ -316,17 +311,28 @@ def train_item(item: WorkItem) -> WorkResult:
 
 
 def task_record(task: Task, data_dir: str | Path | None = None) -> TaskRecord:
-    """Load a task once and describe it for the store: resolved family, sizes, meta-features."""
-    from rlhpo.tasks import load_task, meta_features
+    """Load a task and describe it for the store (:meth:`TaskRecord.from_data`)."""
+    from rlhpo.tasks import load_task
 
-    data = load_task(task, data_dir=data_dir)
-    return TaskRecord(
-        task=task,
-        family=data.family,
-        n_train=int(data.x_train.shape[0]),
-        n_classes=data.n_classes,
-        meta_features={k: float(v) for k, v in meta_features(data).items()},
-    )
+    return TaskRecord.from_data(load_task(task, data_dir=data_dir))
+
+
+def record_tasks(store: CurveStore, plan: dict[Task, int], data_dir: str | Path | None = None) -> dict[Task, int]:
+    """Put every planned task in the store; return the plan keyed by the tasks as recorded.
+
+    A task is recorded as loaded (``data.task``): one that asks for more training examples than
+    its dataset holds is recorded with the size it got, and its runs go under that key. Loading
+    here checks every task before any worker starts.
+    """
+    out: dict[Task, int] = {}
+    for task, n in plan.items():
+        record = store.task(task.key())
+        if record is None:
+            log.info("describing task %s", task.key())
+            record = task_record(task, data_dir)
+            store.put_task(record)
+        out[record.task] = max(out.get(record.task, 0), n)
+    return out
 
 
 def plan_items(
@@ -375,50 +381,48 @@ def collect(
     """Record a space-filling sample of configs on every task instance of ``settings``.
 
     Resumable: runs already in the store are skipped. Ctrl-C stops the workers, keeps every run
-    written so far, and re-raises :class:`KeyboardInterrupt`.
+    written so far, and re-raises :class:`KeyboardInterrupt`. One collect at a time per store: a
+    second one on the same store raises :class:`RlhpoError` at once (:meth:`CurveStore.exclusive`).
     """
     from tqdm import tqdm
 
     started = time.perf_counter()
     space = space or load_search_space()
     plan = settings.plan(datasets)
-    tasks = list(plan)
     configs = space_filling_configs(space, max(plan.values()), settings.seed)
     data_dir_text = str(data_dir) if data_dir is not None else None
-    store = CurveStore(store_path)
-    for task in tasks:  # loads (and caches) each task once, checking it before any worker starts
-        if store.task(task.key()) is None:
-            log.info("describing task %s", task.key())
-            store.put_task(task_record(task, data_dir))
-    items, skipped = plan_items(store, plan, configs, settings.train_seed, data_dir_text)
-    log.info(
-        "collect: %d tasks, %d runs; %d recorded, %d to train", len(tasks), skipped + len(items), skipped, len(items)
-    )
-    executor = executor or make_executor(workers)
+    executor = executor or LocalExecutor(workers)
     failed: list[str] = []
     trained = 0
-    bar = tqdm(total=len(items), desc="collect", unit="run", file=sys.stderr, disable=not progress, smoothing=0.0)
-    if skipped:
-        bar.set_postfix_str(f"{skipped} already recorded", refresh=False)
-    try:
-        for result in executor.map_unordered(train_item, items):
-            item = result.item
-            if result.curve is None:
-                failed.append(f"{item.task.key()} {item.config.key()}: {result.error}")
-                log.warning("run failed on %s with %s: %s", item.task.key(), item.config, result.error)
-            else:
-                store.put_run(item.task.key(), item.config, item.seed, result.curve)
-                trained += 1
-            bar.update(1)
-    except KeyboardInterrupt:
-        executor.shutdown()
-        log.warning("collect interrupted: %d runs written to %s; run the same command to resume", trained, store.path)
-        raise
-    finally:
-        bar.close()
-        store.close()
+    with CurveStore(store_path) as store, store.exclusive():  # one collect per store: no run trained twice
+        plan = record_tasks(store, plan, data_dir)
+        items, skipped = plan_items(store, plan, configs, settings.train_seed, data_dir_text)
+        log.info(
+            "collect: %d tasks, %d runs; %d recorded, %d to train", len(plan), skipped + len(items), skipped, len(items)
+        )
+        bar = tqdm(total=len(items), desc="collect", unit="run", file=sys.stderr, disable=not progress, smoothing=0.0)
+        if skipped:
+            bar.set_postfix_str(f"{skipped} already recorded", refresh=False)
+        try:
+            for result in executor.map_unordered(train_item, items):
+                item = result.item
+                if result.curve is None:
+                    failed.append(f"{item.task.key()} {item.config.key()}: {result.error}")
+                    log.warning("run failed on %s with %s: %s", item.task.key(), item.config, result.error)
+                else:
+                    store.put_run(item.task.key(), item.config, item.seed, result.curve)
+                    trained += 1
+                bar.update(1)
+        except KeyboardInterrupt:
+            executor.shutdown()
+            log.warning(
+                "collect interrupted: %d runs written to %s; run the same command to resume", trained, store.path
+            )
+            raise
+        finally:
+            bar.close()
     return CollectResult(
-        tasks=len(tasks),
+        tasks=len(plan),
         runs=skipped + len(items),
         trained=trained,
         skipped=skipped,

@@ -4,25 +4,32 @@ Three tables (WAL mode, so readers never block the writer and several processes 
 
 - ``tasks(task_key, dataset, family, n_train, n_classes, meta_json, task_json)``: each task
   instance with its meta-features, so meta-training needs no data loading;
-- ``runs(task_key, config_key, seed, max_epochs, config_json, diverged, status)``: one training
-  run of one config (keyed without its epochs) on one task with one training seed;
+- ``runs(task_key, config_key, seed, max_epochs, config_json, diverged)``: one training run of
+  one config (keyed without its epochs) on one task with one training seed;
 - ``epochs(task_key, config_key, seed, epoch, train_loss, val_loss, val_accuracy,
   val_macro_f1, seconds)``: one row per completed epoch.
 
 A run and all its epochs are written in one transaction, so a process killed at any moment
-leaves either the whole run or none of it; ``status`` is ``'complete'`` for every run row. A run
-trained for ``max_epochs`` answers any fidelity up to that from its first epochs; a diverged run
-holds the epochs it completed, and any fidelity beyond them is "diverged" (training is
-deterministic for one seed, so a longer run would diverge at the same epoch).
+leaves either the whole run or none of it. A run trained for ``max_epochs`` answers any
+fidelity up to that from its first epochs; a diverged run holds the epochs it completed, and any
+fidelity beyond them is "diverged" (training is deterministic for one seed, so a longer run
+would diverge at the same epoch).
+
+One ``rlhpo collect`` at a time writes to a store: it holds :meth:`CurveStore.exclusive`.
 
 Keys are stable across machines: :meth:`rlhpo.tasks.Task.key` and :meth:`rlhpo.space.Config.key`.
 Each process opens its own connection (objects of this class can be pickled to worker
 processes; the connection is reopened there).
+
+Schema versions (SQLite's ``user_version``): 1 had a ``runs.status`` column, always
+``'complete'``; 2 drops it. A version-1 store (the shipped meta-dataset is one) opens and reads
+as it is; opening it for writing upgrades it in place.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import json
 import logging
 import os
@@ -36,12 +43,13 @@ from typing import Any
 
 from rlhpo.errors import RlhpoError
 from rlhpo.space import Config
-from rlhpo.tasks.task import Task
+from rlhpo.tasks.features import meta_features
+from rlhpo.tasks.task import Task, TaskData
 from rlhpo.training import Curve, EpochRecord
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 BUSY_TIMEOUT_MS = 60_000
 _METRICS = ("train_loss", "val_loss", "val_accuracy", "val_macro_f1", "seconds")
 
@@ -62,7 +70,6 @@ CREATE TABLE IF NOT EXISTS runs (
     max_epochs INTEGER NOT NULL,
     config_json TEXT NOT NULL,
     diverged INTEGER NOT NULL,
-    status TEXT NOT NULL,
     PRIMARY KEY (task_key, config_key, seed)
 );
 CREATE TABLE IF NOT EXISTS epochs (
@@ -93,6 +100,20 @@ class TaskRecord:
     @property
     def key(self) -> str:
         return self.task.key()
+
+    @classmethod
+    def from_data(cls, data: TaskData) -> TaskRecord:
+        """Describe a loaded task: the resolved family, the sizes and the meta-features.
+
+        The task is ``data.task``, the task as loaded, so the record says the size actually used.
+        """
+        return cls(
+            task=data.task,
+            family=data.family,
+            n_train=int(data.x_train.shape[0]),
+            n_classes=data.n_classes,
+            meta_features={k: float(v) for k, v in meta_features(data).items()},
+        )
 
 
 @dataclass(frozen=True)
@@ -153,7 +174,10 @@ class CurveStore:
         self._conn: sqlite3.Connection | None = None
         self._pid: int | None = None
         if readonly and (self.path == ":memory:" or not Path(self.path).is_file()):
-            raise RlhpoError(f"Curve store {self.path!r} does not exist; record curves first with `rlhpo collect`.")
+            raise RlhpoError(
+                f"Curve store {self.path!r} does not exist; record curves first with `rlhpo collect --store "
+                f"{self.path}`, or pass the path of an existing store."
+            )
 
     def __repr__(self) -> str:
         return f"CurveStore({self.path!r})"
@@ -173,42 +197,77 @@ class CurveStore:
         return self._conn
 
     def _open(self) -> sqlite3.Connection:
-        if self.readonly:
-            conn = sqlite3.connect(
-                f"file:{self.path}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None
-            )
-            conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-            try:
-                version = conn.execute("PRAGMA user_version").fetchone()[0]
-            except sqlite3.DatabaseError as e:
-                raise RlhpoError(f"{self.path!r} is not a curve store: {e}.") from None
-            if version != SCHEMA_VERSION:
-                raise RlhpoError(
-                    f"{self.path!r} is not a curve store of this rlhpo (schema version {version}, expected "
-                    f"{SCHEMA_VERSION})."
-                )
-            return conn
-        if self.path != ":memory:":
+        if not self.readonly and self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         # isolation_level=None: transactions are explicit (BEGIN IMMEDIATE below).
-        conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
+        conn = sqlite3.connect(
+            f"file:{self.path}?mode=ro" if self.readonly else self.path,
+            uri=self.readonly,
+            timeout=BUSY_TIMEOUT_MS / 1000,
+            isolation_level=None,
+        )
+        try:
+            self._prepare(conn)
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _prepare(self, conn: sqlite3.Connection) -> None:
+        """Check that ``conn`` is a curve store of this rlhpo; for writing, create or upgrade it.
+
+        A file that is not one is refused before anything is written to it.
+        """
         conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-        if self.path != ":memory:":
-            self._retry(lambda: conn.execute("PRAGMA journal_mode=WAL"))
-        conn.execute("PRAGMA synchronous=FULL")  # a committed run survives a power cut too
-        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        version, tables = self._inspect(conn)
         if version > SCHEMA_VERSION:
             raise RlhpoError(
                 f"Curve store {self.path!r} has schema version {version}, newer than this rlhpo's "
                 f"{SCHEMA_VERSION}; upgrade rlhpo."
             )
-        if version < SCHEMA_VERSION:
-            with self._transaction(conn):
+        if version == 0 and tables:  # every store this rlhpo made has a version
+            raise self._not_a_store(f"it is an SQLite database of something else (tables {', '.join(tables)})")
+        if self.readonly:
+            if version == 0:
+                raise self._not_a_store("it is an empty SQLite file")
+            return
+        if self.path != ":memory:":
+            self._retry(lambda: conn.execute("PRAGMA journal_mode=WAL"))
+        conn.execute("PRAGMA synchronous=FULL")  # a committed run survives a power cut too
+        if version == SCHEMA_VERSION:
+            return
+        with self._transaction(conn):
+            version = conn.execute("PRAGMA user_version").fetchone()[0]  # again: another process may have done it
+            if version == 1:  # drop runs.status by copying: ALTER TABLE ... DROP COLUMN needs SQLite 3.35
+                conn.execute("ALTER TABLE runs RENAME TO runs_v1")
+            if version < SCHEMA_VERSION:
                 for statement in _SCHEMA.split(";"):
                     if statement.strip():
                         conn.execute(statement)
-                conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-        return conn
+            if version == 1:
+                columns = "task_key, config_key, seed, max_epochs, config_json, diverged"
+                conn.execute(f"INSERT INTO runs ({columns}) SELECT {columns} FROM runs_v1")
+                conn.execute("DROP TABLE runs_v1")
+            conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+
+    def _inspect(self, conn: sqlite3.Connection) -> tuple[int, list[str]]:
+        """The file's schema version and its tables, in one read (the first: a text file fails here)."""
+        try:
+            conn.execute("BEGIN")  # a failure leaves it open: _open closes the connection
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            rows = conn.execute("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name").fetchall()
+            conn.execute("COMMIT")
+        except sqlite3.OperationalError:
+            raise  # locked, or unable to open: not a question of what the file holds
+        except sqlite3.DatabaseError as e:
+            raise self._not_a_store(str(e)) from None
+        return version, [r[0] for r in rows]
+
+    def _not_a_store(self, why: str) -> RlhpoError:
+        return RlhpoError(
+            f"{self.path!r} is not an rlhpo curve store (SQLite): {why}. Pass the path of a curve store "
+            "made by `rlhpo collect`, or a path that does not exist yet to record a new one."
+        )
 
     @staticmethod
     def _retry(fn: Any, attempts: int = 50) -> Any:
@@ -243,6 +302,36 @@ class CurveStore:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    @contextmanager
+    def exclusive(self) -> Iterator[None]:
+        """Hold the store's lock file, ``<path>.lock``, for the block; fail at once if another process holds it.
+
+        ``rlhpo collect`` holds it for its whole run, so two collects never plan and train the
+        same runs. It is an advisory ``flock``: other writers (the live backend) do not take it,
+        and the OS releases it when its holder exits, however it exits (Ctrl-C, ``kill -9``), so
+        there is never a stale lock to remove. The file stays, holding the last holder's PID.
+        """
+        if self.path == ":memory:":
+            yield
+            return
+        _ = self.conn  # open the store first: a file that is no store gets no lock file
+        lock_path = self.path + ".lock"
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                pid = os.pread(fd, 20, 0).decode(errors="replace").strip() or "unknown"
+                raise RlhpoError(
+                    f"Curve store {self.path!r} is in use by another `rlhpo collect` (PID {pid}, holding "
+                    f"{lock_path}); wait for it to finish, or pass another --store."
+                ) from None
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
 
     # ---------------------------------------------------------------- tasks
 
@@ -309,7 +398,7 @@ class CurveStore:
                     "DELETE FROM epochs WHERE task_key = ? AND config_key = ? AND seed = ?", (task_key, key, seed)
                 )
             conn.execute(
-                "INSERT OR REPLACE INTO runs VALUES (?, ?, ?, ?, ?, ?, 'complete')",
+                "INSERT OR REPLACE INTO runs VALUES (?, ?, ?, ?, ?, ?)",
                 (task_key, key, seed, max_epochs, config_to_json(config.with_epochs(max_epochs)), int(curve.diverged)),
             )
             conn.executemany(
@@ -320,17 +409,14 @@ class CurveStore:
 
     def has_run(self, task_key: str, config: Config, seed: int, epochs: int | None = None) -> bool:
         """Whether a recorded run answers ``config`` at ``epochs`` (default ``config.epochs``)."""
-        run = self._run_row(task_key, config.key(), seed)
+        run = self.conn.execute(
+            "SELECT max_epochs, diverged FROM runs WHERE task_key = ? AND config_key = ? AND seed = ?",
+            (task_key, config.key(), seed),
+        ).fetchone()
         if run is None:
             return False
         max_epochs, diverged = run
         return bool(diverged) or max_epochs >= (epochs or config.epochs)
-
-    def _run_row(self, task_key: str, config_key: str, seed: int) -> tuple[int, int] | None:
-        return self.conn.execute(
-            "SELECT max_epochs, diverged FROM runs WHERE task_key = ? AND config_key = ? AND seed = ?",
-            (task_key, config_key, seed),
-        ).fetchone()
 
     def get_run(self, task_key: str, config: Config | str, seed: int) -> StoredRun | None:
         """The recorded run of a config (or config key) on a task with a seed, or ``None``."""
@@ -389,7 +475,12 @@ class CurveStore:
         conn.execute("BEGIN")
         try:
             tasks = pd.read_sql_query("SELECT * FROM tasks ORDER BY task_key", conn)
-            runs = pd.read_sql_query("SELECT * FROM runs ORDER BY task_key, config_key, seed", conn)
+            # Named columns: a version-1 store also has runs.status.
+            runs = pd.read_sql_query(
+                "SELECT task_key, config_key, seed, max_epochs, config_json, diverged FROM runs "
+                "ORDER BY task_key, config_key, seed",
+                conn,
+            )
             epochs = pd.read_sql_query("SELECT * FROM epochs ORDER BY task_key, config_key, seed, epoch", conn)
         finally:
             conn.execute("COMMIT")
@@ -398,7 +489,7 @@ class CurveStore:
         configs = pd.DataFrame([json.loads(c) for c in runs["config_json"]], index=runs.index)
         runs_flat = pd.concat([runs.drop(columns=["config_json"]), configs], axis=1)
         runs_flat["diverged"] = runs_flat["diverged"].astype(bool)
-        curves = epochs.merge(runs_flat.drop(columns=["status"]), on=["task_key", "config_key", "seed"]).merge(
+        curves = epochs.merge(runs_flat, on=["task_key", "config_key", "seed"]).merge(
             tasks[["task_key", "dataset", "family", "n_train", "n_classes"]], on="task_key"
         )
         curves["val_score"] = [normalised_score(a, int(k)) for a, k in zip(curves["val_accuracy"], curves["n_classes"])]

@@ -1,7 +1,8 @@
-"""rlhpo collect: the config sample, the settings, resuming, and surviving Ctrl-C and SIGKILL."""
+"""rlhpo collect: the config sample, the settings, resuming, surviving Ctrl-C and SIGKILL, one collect per store."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import sqlite3
@@ -15,6 +16,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
+import rlhpo.tasks
 from rlhpo.cli import main
 from rlhpo.collect import (
     CollectSettings,
@@ -145,6 +147,83 @@ def test_the_cli_collects_and_exports(tmp_path):
     assert (tmp_path / "out" / "curves.parquet").is_file()
     result = runner.invoke(main, ["store", "export", "--store", str(tmp_path / "no.sqlite"), "--out", "x"])
     assert result.exit_code != 0 and "does not exist" in result.output
+
+
+def test_collect_into_a_file_that_is_no_curve_store_is_refused_by_name(tmp_path):
+    instances = tmp_path / "collect.yaml"
+    instances.write_text(yaml.safe_dump({"instances": [{"datasets": ["digits"], "n_train": [150]}], "configs": 2}))
+    readme = tmp_path / "README.md"
+    readme.write_text("# notes\n")
+    result = CliRunner().invoke(main, ["collect", "--instances", str(instances), "--store", str(readme)])
+    assert result.exit_code == 1, result.output
+    assert "README.md' is not an rlhpo curve store (SQLite): file is not a database" in result.output
+    assert "Traceback" not in result.output
+    assert readme.read_text() == "# notes\n" and sorted(p.name for p in tmp_path.iterdir()) == [
+        "README.md",
+        "collect.yaml",
+    ]
+
+
+def test_runs_go_under_the_task_as_loaded(tmp_path, monkeypatch):
+    # A loader whose data.task says the size it got: both tasks ask for more rows than digits
+    # holds, so both are one task as loaded, recorded (and trained) once, under its real size.
+    real = rlhpo.tasks.load_task
+
+    def load_task(task: Task, data_dir: str | None = None) -> rlhpo.tasks.TaskData:
+        data = real(task, data_dir=data_dir)
+        return dataclasses.replace(data, task=task.replace(n_train=int(data.x_train.shape[0])))
+
+    monkeypatch.setattr(rlhpo.tasks, "load_task", load_task)
+    settings = CollectSettings(instances=[InstanceGroup(datasets=["digits"], n_train=[5000, 9000])], configs=2)
+    path = tmp_path / "s.sqlite"
+    first = collect(settings, path, executor=InlineExecutor(), progress=False)
+    assert (first.tasks, first.trained, first.failed) == (1, 2, [])
+    rows = load_task(Task("digits")).x_train.shape[0]
+    store = CurveStore(path)
+    assert [r.key for r in store.tasks(with_runs=True)] == [f"digits/default/n{rows}/call/s0"]
+    assert store.tasks()[0].n_train == rows
+    again = collect(settings, path, executor=InlineExecutor(), progress=False)
+    assert (again.trained, again.skipped) == (0, 2)
+
+
+# ------------------------------------------------------------ one per store
+
+
+HOLD_LOCK = """
+import sys, time
+from rlhpo.store import CurveStore
+with CurveStore(sys.argv[1]).exclusive():
+    print("held", flush=True)
+    time.sleep(600)
+"""
+
+
+def test_a_second_collect_on_one_store_is_refused_and_the_lock_dies_with_its_holder(tmp_path):
+    instances = tmp_path / "collect.yaml"
+    instances.write_text(yaml.safe_dump({"instances": [{"datasets": ["digits"], "n_train": [150]}], "configs": 2}))
+    settings = load_collect_settings(instances)
+    path = tmp_path / "s.sqlite"
+    refused = rf"in use by another `rlhpo collect` \(PID {os.getpid()}, .*s\.sqlite\.lock\); wait for it to finish"
+    with CurveStore(path) as held, held.exclusive():
+        with pytest.raises(RlhpoError, match=refused):
+            collect(settings, path, executor=InlineExecutor(), progress=False)
+        assert held.count() == {"tasks": 0, "runs": 0, "epochs": 0}  # it planned and trained nothing
+
+    # Another process holds it: the CLI says so in one line; once the holder is killed, it is free.
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        cmd = ["collect", "--instances", str(instances), "--store", str(path), "--workers", "1"]
+        result = CliRunner().invoke(main, cmd)
+        assert result.exit_code == 1 and f"another `rlhpo collect` (PID {holder.pid}," in result.output
+        assert "or pass another --store" in result.output and "Traceback" not in result.output
+    finally:
+        holder.kill()
+        holder.wait(30)
+        holder.stdout.close()
+    assert holder.returncode == -signal.SIGKILL
+    done = collect(settings, path, executor=InlineExecutor(), progress=False)
+    assert (done.trained, done.failed) == (2, [])
 
 
 # ------------------------------------------------------- interrupt and resume

@@ -1,26 +1,34 @@
-"""The curve store: round trips, fidelities, divergence, concurrent writers, export."""
+"""The curve store: round trips, fidelities, divergence, concurrent writers, export, old and foreign files."""
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 import multiprocessing
+import shutil
 import sqlite3
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pandas as pd
 import pytest
 
+import rlhpo
 from rlhpo.collect import space_filling_configs
 from rlhpo.errors import RlhpoError
 from rlhpo.space import Config, load_search_space
 from rlhpo.store import CurveStore, TaskRecord
+from rlhpo.tasks import load_task
 from rlhpo.tasks.features import META_FEATURES
 from rlhpo.tasks.task import Task
 from rlhpo.training import Curve, EpochRecord
 
 SPACE = load_search_space()
 TASK = Task("digits", family="mlp", n_train=200)
+SHIPPED = Path(rlhpo.__file__).parent / "assets" / "meta_dataset.sqlite"
 
 
 def record(task: Task = TASK) -> TaskRecord:
@@ -93,11 +101,126 @@ def test_a_missing_or_foreign_store_opened_for_reading_is_a_clear_error(tmp_path
     with pytest.raises(RlhpoError, match="does not exist.*rlhpo collect"):
         CurveStore(tmp_path / "nope.sqlite", readonly=True)
     (tmp_path / "text.sqlite").write_text("not a database, just some text" * 10)
-    with pytest.raises(RlhpoError, match="is not a curve store"):
+    with pytest.raises(RlhpoError, match=r"is not an rlhpo curve store \(SQLite\): file is not a database"):
         CurveStore(tmp_path / "text.sqlite", readonly=True).count()
     sqlite3.connect(tmp_path / "other.sqlite").execute("CREATE TABLE t (x)").connection.close()
-    with pytest.raises(RlhpoError, match="is not a curve store of this rlhpo"):
+    with pytest.raises(RlhpoError, match=r"is not an rlhpo curve store .*something else \(tables t\)"):
         CurveStore(tmp_path / "other.sqlite", readonly=True).count()
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.mark.parametrize("readonly", [False, True])
+def test_a_file_that_is_no_curve_store_is_refused_by_name_and_left_as_it_was(tmp_path, readonly):
+    text = tmp_path / "README.md"
+    text.write_text("# rlhpo\n\nMeta-learned hyperparameter tuning.\n")
+    truncated = tmp_path / "truncated.sqlite"
+    truncated.write_bytes(SHIPPED.read_bytes()[: SHIPPED.stat().st_size // 2])  # a download cut short
+    other = tmp_path / "other.sqlite"
+    sqlite3.connect(other).execute("CREATE TABLE places (url)").connection.close()
+    for path, why in [
+        (text, "file is not a database"),
+        (truncated, "database disk image is malformed"),
+        (other, r"it is an SQLite database of something else \(tables places\)"),
+    ]:
+        before = _digest(path)
+        with pytest.raises(RlhpoError, match=rf"{path.name}' is not an rlhpo curve store \(SQLite\): {why}\. Pass"):
+            CurveStore(path, readonly=readonly).count()
+        assert _digest(path) == before  # nothing written into someone else's file
+        assert not Path(f"{path}-wal").exists()
+
+
+def _old_store(path: Path) -> None:
+    """A store as rlhpo wrote it at schema version 1, with ``runs.status``: one task, one run."""
+    conn = sqlite3.connect(path)
+    conn.executescript(
+        """
+        CREATE TABLE tasks (task_key TEXT PRIMARY KEY, dataset TEXT NOT NULL, family TEXT NOT NULL,
+            n_train INTEGER NOT NULL, n_classes INTEGER NOT NULL, meta_json TEXT NOT NULL, task_json TEXT NOT NULL);
+        CREATE TABLE runs (task_key TEXT NOT NULL REFERENCES tasks(task_key), config_key TEXT NOT NULL,
+            seed INTEGER NOT NULL, max_epochs INTEGER NOT NULL, config_json TEXT NOT NULL,
+            diverged INTEGER NOT NULL, status TEXT NOT NULL, PRIMARY KEY (task_key, config_key, seed));
+        CREATE TABLE epochs (task_key TEXT NOT NULL, config_key TEXT NOT NULL, seed INTEGER NOT NULL,
+            epoch INTEGER NOT NULL, train_loss REAL NOT NULL, val_loss REAL NOT NULL, val_accuracy REAL NOT NULL,
+            val_macro_f1 REAL NOT NULL, seconds REAL NOT NULL, PRIMARY KEY (task_key, config_key, seed, epoch));
+        PRAGMA user_version=1;
+        """
+    )
+    conn.close()
+    # Rows as version 1 wrote them, through this rlhpo's JSON encoders (unchanged since).
+    rec = record()
+    with sqlite3.connect(path) as conn:
+        conn.execute(
+            "INSERT INTO tasks VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (rec.key, "digits", "mlp", 160, 10, json.dumps(rec.meta_features), json.dumps(dataclasses.asdict(TASK))),
+        )
+        config = SPACE.default.with_epochs(9)
+        conn.execute(
+            "INSERT INTO runs VALUES (?, ?, 0, 9, ?, 0, 'complete')",
+            (TASK.key(), config.key(), json.dumps(config.to_dict())),
+        )
+        conn.executemany(
+            "INSERT INTO epochs VALUES (?, ?, 0, ?, ?, ?, ?, ?, ?)",
+            [
+                (TASK.key(), config.key(), e.epoch, e.train_loss, e.val_loss, e.val_accuracy, e.val_macro_f1, e.seconds)
+                for e in curve(9).epochs
+            ],
+        )
+    conn.close()
+
+
+def test_a_version_1_store_with_runs_status_reads_as_it_is_and_upgrades_when_written(tmp_path):
+    path = tmp_path / "old.sqlite"
+    _old_store(path)
+    before = _digest(path)
+    old = CurveStore(path, readonly=True)
+    assert old.tasks() == [record()]
+    assert old.get_run(TASK.key(), SPACE.default, 0).curve == curve(9)
+    assert len(pd.read_parquet(old.export(tmp_path / "export")["runs"])) == 1
+    old.close()
+    assert _digest(path) == before  # reading changes nothing
+
+    store = CurveStore(path)
+    assert store.put_run(TASK.key(), configs(2)[1], 0, curve(9))
+    assert store.count() == {"tasks": 1, "runs": 2, "epochs": 18}
+    assert store.get_run(TASK.key(), SPACE.default, 0).curve == curve(9)
+    assert not store.put_run(TASK.key(), SPACE.default, 0, curve(9))  # still keyed: the first writer wins
+    columns = [r[1] for r in store.conn.execute("PRAGMA table_info(runs)")]
+    assert "status" not in columns and store.conn.execute("PRAGMA user_version").fetchone()[0] == 2
+    store.close()
+
+
+def test_the_shipped_meta_dataset_still_opens_and_reads(tmp_path):
+    before = _digest(SHIPPED)
+    with CurveStore(SHIPPED, readonly=True) as store:
+        records = store.tasks(with_runs=True)
+        assert records and all(set(r.meta_features) == set(META_FEATURES) for r in records)
+        runs = store.runs(records[0].key, 0)
+        assert runs and all(r.curve.epochs for r in runs)
+        assert store.count()["runs"] >= len(runs)
+        curves = pd.read_parquet(store.export(tmp_path / "export")["curves"])
+        counts = store.count()
+        assert len(curves) == counts["epochs"]
+    assert _digest(SHIPPED) == before
+    copy = tmp_path / "copy.sqlite"
+    shutil.copy(SHIPPED, copy)
+    with CurveStore(copy) as writable:  # opened for writing: upgraded, every row kept
+        assert writable.count() == counts and writable.runs(records[0].key, 0) == runs
+
+
+def test_a_task_record_describes_the_data_as_loaded():
+    data = load_task(Task("digits", n_train=120))
+    rec = TaskRecord.from_data(data)
+    assert (rec.task, rec.family, rec.n_train, rec.n_classes) == (data.task, "mlp", 120, 10)
+    assert list(rec.meta_features) == list(META_FEATURES)
+    # Asked for more rows than digits holds: a loader whose data.task says the size it got makes
+    # the record say, and be keyed by, that size.
+    data = load_task(Task("digits", n_train=5000))
+    rows = data.x_train.shape[0]
+    got = TaskRecord.from_data(dataclasses.replace(data, task=data.task.replace(n_train=rows)))
+    assert got.n_train == rows < 5000 and got.key == f"digits/default/n{rows}/call/s0"
 
 
 def test_the_store_uses_wal_and_records_tasks_with_their_meta_features(store, tmp_path):
