@@ -12,23 +12,26 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import ClassVar
 
+import gymnasium as gym
 import numpy as np
 
-from rlhpo.space import SearchSpace
+from rlhpo.envs.hpo_env import HPOEnv, StepResult
+from rlhpo.space import Config, SearchSpace
+from rlhpo.tasks.task import Task
 
 
 @dataclass
 class TuneResult:
-    """One tuning episode: its trials (the env's step ``info``, plain JSON) and the incumbent."""
+    """One tuning episode: its trials (the env's step results) and the incumbent."""
 
     method: str
     task: str
     seed: int
     budget_epochs: int
-    trials: list[dict[str, Any]] = field(default_factory=list)
-    incumbent_config: dict[str, Any] | None = None
+    trials: list[StepResult] = field(default_factory=list)
+    incumbent_config: Config | None = None
     incumbent_score: float = 0.0
     epochs_used: int = 0
     tuning_seconds: float = 0.0  # wall time of the episode, the tuner's own time included
@@ -39,41 +42,46 @@ class Tuner(ABC):
     """Proposes configs for one episode at a time.
 
     Subclasses set ``name`` and implement :meth:`propose`; :meth:`start` is called after each
-    ``reset`` and :meth:`observe` after each step. All randomness comes from ``seed``.
+    ``reset`` and :meth:`observe` after each step. All randomness comes from ``seed``. What the
+    episode knows (the budget left, whether a config would repeat a trial) is the env's: a tuner
+    asks ``self.env`` rather than keeping a copy.
     """
 
     name: ClassVar[str]
+    env: HPOEnv
+    space: SearchSpace
 
-    def start(self, space: SearchSpace, reset_info: dict[str, Any], seed: int) -> None:
-        """Begin an episode on the task described by ``reset_info``."""
-        self.space = space
+    def start(self, env: HPOEnv, seed: int) -> None:
+        """Begin an episode of ``env`` (just reset, unwrapped)."""
+        self.env = env
+        self.space = env.space
         self.rng = np.random.default_rng(seed)
 
     @abstractmethod
     def propose(self, obs: np.ndarray) -> np.ndarray | None:
         """The next action (choice indices), or ``None`` to stop before the budget is spent."""
 
-    def observe(self, action: np.ndarray, info: dict[str, Any]) -> None:  # noqa: B027 (optional hook)
-        """Learn from the step that ``action`` led to (its ``info``)."""
+    def observe(self, action: np.ndarray, result: StepResult) -> None:  # noqa: B027 (optional hook)
+        """Learn from the step that ``action`` led to."""
 
 
 def run_tuner(
     tuner: Tuner,
-    env: Any,
+    env: gym.Env,
     seed: int,
-    task: Any = None,
-    on_step: Callable[[dict[str, Any]], None] | None = None,
+    task: Task | str | None = None,
+    on_step: Callable[[StepResult], None] | None = None,
 ) -> TuneResult:
-    """Play one episode of ``tuner`` on ``env`` (an HPOEnv) and return what it found.
+    """Play one episode of ``tuner`` on ``env`` (an HPOEnv, possibly wrapped) and return what it found.
 
-    ``on_step`` is called with each step's ``info`` as soon as the trial is done (its time counts
+    ``on_step`` is called with each step's result as soon as the trial is done (its time counts
     in ``tuning_seconds``, not in ``policy_seconds``).
     """
     started = time.perf_counter()
     obs, reset_info = env.reset(seed=seed, options={"task": task} if task is not None else None)
     policy_seconds = 0.0
     t = time.perf_counter()
-    tuner.start(env.unwrapped.space, reset_info, seed)
+    tuner.start(env.unwrapped, seed)
     policy_seconds += time.perf_counter() - t
     result = TuneResult(
         method=tuner.name, task=reset_info["task"], seed=seed, budget_epochs=env.unwrapped.budget_epochs
@@ -86,15 +94,16 @@ def run_tuner(
         if action is None:
             break
         obs, _, terminated, truncated, info = env.step(action)
+        step: StepResult = info["result"]
         t = time.perf_counter()
-        tuner.observe(np.asarray(action), info)
+        tuner.observe(np.asarray(action), step)
         policy_seconds += time.perf_counter() - t
-        result.trials.append(info)
-        result.incumbent_score = info["incumbent"]
-        result.incumbent_config = info["incumbent_config"]
-        result.epochs_used = info["budget_used"]
+        result.trials.append(step)
+        result.incumbent_score = step.incumbent
+        result.incumbent_config = step.incumbent_config
+        result.epochs_used = step.budget_used
         if on_step is not None:
-            on_step(info)
+            on_step(step)
         terminated = terminated or truncated
     result.tuning_seconds = time.perf_counter() - started
     result.policy_seconds = policy_seconds
@@ -106,8 +115,8 @@ class DefaultTuner(Tuner):
 
     name = "default"
 
-    def start(self, space: SearchSpace, reset_info: dict[str, Any], seed: int) -> None:
-        super().start(space, reset_info, seed)
+    def start(self, env: HPOEnv, seed: int) -> None:
+        super().start(env, seed)
         self._done = False
 
     def propose(self, obs: np.ndarray) -> np.ndarray | None:

@@ -115,6 +115,18 @@ def speedup_text(s: Any) -> str:
     return f"{s['ratio']:.2f}× ({s['budget_fte']:.1f} FTE)"
 
 
+def _speedup_note(report: dict[str, Any], settings: BenchSettings) -> str:
+    """What the speedup column means here, or why it is empty."""
+    ref = report["reference_budget"]
+    if REFERENCE_METHOD not in settings.methods:
+        return f"Speedup: not measured ({REFERENCE_METHOD} did not play)."
+    if ref not in report["budgets"]:
+        return f"Speedup: not measured (its reference budget, {ref:g} FTE, was not run)."
+    if settings.backend != "recorded":
+        return "Speedup: not measured (a live bench has no anytime curves)."
+    return f"Speedup: the budget a method needs to reach {REFERENCE_METHOD}'s regret at {ref:g} FTE, over {ref:g}."
+
+
 def markdown(report: dict[str, Any], settings: BenchSettings, run_dir: Path) -> str:
     budgets = report["budgets"]
     lines = [
@@ -124,8 +136,7 @@ def markdown(report: dict[str, Any], settings: BenchSettings, run_dir: Path) -> 
         "equivalents (FTE: times the largest epochs choice). Regret: best known full-fidelity score of the task less "
         "that of the incumbent config (normalised accuracy); mean ± standard error over tasks and seeds. "
         f"Area: mean regret over log-budget from {budgets[0]:g} to {budgets[-1]:g} FTE (anytime curves at the "
-        f"largest budget). Speedup: the budget a method needs to reach {REFERENCE_METHOD}'s regret at "
-        f"{report['reference_budget']:g} FTE, over {report['reference_budget']:g}.",
+        f"largest budget). {_speedup_note(report, settings)}",
         "",
         "| method | "
         + " | ".join(f"regret @ {b:g}" for b in budgets)
@@ -168,7 +179,7 @@ def plot(report: dict[str, Any], settings: BenchSettings, path: Path) -> None:
             ax.errorbar(
                 bs,
                 [e["regret"][b][0] for b in bs],
-                yerr=[e["regret"][b][1] for b in bs],
+                yerr=[e["regret"][b][1] or 0.0 for b in bs],  # one seed: no error bar
                 marker="o",
                 capsize=3,
                 label=m,
@@ -182,3 +193,15 @@ def plot(report: dict[str, Any], settings: BenchSettings, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def console_lines(summary: dict[str, Any]) -> list[str]:
+    """What ``rlhpo bench`` prints once it is done: regret at the reference budget, area and rank per method."""
+    report, budgets = summary["report"], summary["report"]["budgets"]
+    b = report["reference_budget"] if report["reference_budget"] in budgets else max(budgets)
+    lines = [f"{'method':<14} {'regret @ ' + format(b, 'g') + ' FTE':<18} {'area':<16} {'mean rank':<9}"]
+    for m, e in report["methods"].items():
+        rank = "-" if e["mean_rank"] is None else f"{e['mean_rank']:.2f}"
+        lines.append(f"{m:<14} {pm(e['regret'].get(b)):<18} {pm(e.get('area')):<16} {rank:<9}")
+    lines.append(f"bench folder {summary['run_dir']} ({CSV_FILE}, bench.md, {PLOT_FILE})")
+    return lines

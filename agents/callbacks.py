@@ -13,6 +13,7 @@ from stable_baselines3.common.callbacks import BaseCallback, CheckpointCallback
 from stable_baselines3.common.logger import HParam
 
 from rlhpo.agents.evaluate import FullFidelity
+from rlhpo.envs.hpo_env import StepResult
 
 CHECKPOINT_PREFIX = "ppo"
 EPISODES_ATTRIBUTE = "hpo_episodes"  # a model attribute, so SB3 saves it with the model
@@ -22,7 +23,7 @@ _CHECKPOINT = re.compile(rf"^{CHECKPOINT_PREFIX}_(\d+)_steps\.zip$")
 class HPOEpisodeMetrics(BaseCallback):
     """At each episode end, adds the episode's figures to SB3's logger under ``hpo/``.
 
-    Per episode (from the last step's ``info``): ``hpo/incumbent_score``, ``hpo/epochs_spent``,
+    Per episode (from the last step's result): ``hpo/incumbent_score``, ``hpo/epochs_spent``,
     ``hpo/trials``, ``hpo/divergences`` (trials that diverged), and ``hpo/regret`` where the
     store knows the incumbent's full-fidelity score. They are recorded with ``record_mean``,
     so SB3 writes, with its own ``rollout/`` scalars at the end of each rollout, their mean over
@@ -50,20 +51,21 @@ class HPOEpisodeMetrics(BaseCallback):
 
     def _on_step(self) -> bool:
         for i, (info, done) in enumerate(zip(self.locals["infos"], self.locals["dones"])):
-            self._divergences[i] += bool(info.get("diverged"))
+            result: StepResult = info["result"]
+            self._divergences[i] += bool(result.diverged)
             if done:
-                self._episode_end(info, int(self._divergences[i]))
+                self._episode_end(result, int(self._divergences[i]))
                 self._divergences[i] = 0
         return True
 
-    def _episode_end(self, info: dict[str, Any], divergences: int) -> None:
+    def _episode_end(self, result: StepResult, divergences: int) -> None:
         self.episodes += 1
-        self.logger.record_mean("hpo/incumbent_score", info["incumbent"])
-        self.logger.record_mean("hpo/epochs_spent", info["budget_used"])
-        self.logger.record_mean("hpo/trials", info["step"])
+        self.logger.record_mean("hpo/incumbent_score", result.incumbent)
+        self.logger.record_mean("hpo/epochs_spent", result.budget_used)
+        self.logger.record_mean("hpo/trials", result.step)
         self.logger.record_mean("hpo/divergences", divergences)
         if self.oracle is not None:
-            regret = self.oracle.regret(info["task"], info["incumbent_config"])
+            regret = self.oracle.regret(result.task, result.incumbent_config)
             if regret is not None:
                 self.logger.record_mean("hpo/regret", regret)
         self.logger.record("hpo/episodes", self.episodes)

@@ -12,13 +12,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from rlhpo.agents.base import Tuner
 from rlhpo.agents.evaluate import FullFidelity
 from rlhpo.envs.backends import RecordedBackend
+from rlhpo.envs.hpo_env import HPOEnv
 from rlhpo.errors import RlhpoError
 from rlhpo.space import Config, SearchSpace
 from rlhpo.store import CurveStore
@@ -66,8 +66,8 @@ class LearnedListTuner(Tuner):
         tasks = [t.key() for t in backend.default_tasks()]
         return cls(learn_list(FullFidelity(backend.store, space, train_seed), tasks))
 
-    def start(self, space: SearchSpace, reset_info: dict[str, Any], seed: int) -> None:
-        super().start(space, reset_info, seed)
+    def start(self, env: HPOEnv, seed: int) -> None:
+        super().start(env, seed)
         self._next = 0
 
     def propose(self, obs: np.ndarray) -> np.ndarray:

@@ -13,12 +13,11 @@ and a categorical for the optimizer.
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 import optuna
 
 from rlhpo.agents.base import Tuner
+from rlhpo.envs.hpo_env import HPOEnv, StepResult
 from rlhpo.space import HYPERPARAMETERS, SearchSpace
 
 CATEGORICAL = ("optimizer",)  # unordered choices; the others are ordered
@@ -45,8 +44,8 @@ class TPETuner(Tuner):
 
     name = "tpe"
 
-    def start(self, space: SearchSpace, reset_info: dict[str, Any], seed: int) -> None:
-        super().start(space, reset_info, seed)
+    def start(self, env: HPOEnv, seed: int) -> None:
+        super().start(env, seed)
         self.study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=seed))
         self._trial: optuna.Trial | None = None
 
@@ -54,9 +53,9 @@ class TPETuner(Tuner):
         self._trial = self.study.ask()
         return _ask_indices(self._trial, self.space, self.space.max_epochs)
 
-    def observe(self, action: np.ndarray, info: dict[str, Any]) -> None:
+    def observe(self, action: np.ndarray, result: StepResult) -> None:
         assert self._trial is not None
-        self.study.tell(self._trial, info["score"])
+        self.study.tell(self._trial, result.score)
 
 
 class HyperbandTuner(Tuner):
@@ -64,9 +63,9 @@ class HyperbandTuner(Tuner):
 
     name = "tpe_hyperband"
 
-    def start(self, space: SearchSpace, reset_info: dict[str, Any], seed: int) -> None:
-        super().start(space, reset_info, seed)
-        self.rungs = sorted(space.choices["epochs"])
+    def start(self, env: HPOEnv, seed: int) -> None:
+        super().start(env, seed)
+        self.rungs = sorted(self.space.choices["epochs"])
         pruner = optuna.pruners.HyperbandPruner(
             min_resource=self.rungs[0], max_resource=self.rungs[-1], reduction_factor=REDUCTION_FACTOR
         )
@@ -93,20 +92,20 @@ class HyperbandTuner(Tuner):
             self._action[HYPERPARAMETERS.index("epochs")] = self.space.choices["epochs"].index(nxt)
         return self._action
 
-    def observe(self, action: np.ndarray, info: dict[str, Any]) -> None:
+    def observe(self, action: np.ndarray, result: StepResult) -> None:
         trial = self._trial
         assert trial is not None
-        if self._epochs and info["resumed_from"] != self._epochs:
+        if self._epochs and result.resumed_from != self._epochs:
             # The continuation did not fit the budget (the env ran a fresh short trial): stop here.
             self.study.tell(trial, self._score)
         else:
-            self._epochs, self._score = info["epochs"], info["score"]
-            trial.report(info["score"], step=info["epochs"])
-            if not (info["epochs"] >= self.rungs[-1] or info["diverged"] or trial.should_prune()):
+            self._epochs, self._score = result.epochs, result.score
+            trial.report(result.score, step=result.epochs)
+            if not (result.epochs >= self.rungs[-1] or result.diverged or trial.should_prune()):
                 return  # goes on to the next rung
-            pruned = info["epochs"] < self.rungs[-1] and not info["diverged"]
+            pruned = result.epochs < self.rungs[-1] and not result.diverged
             if pruned:
                 self.study.tell(trial, state=optuna.trial.TrialState.PRUNED)
             else:
-                self.study.tell(trial, info["score"])
+                self.study.tell(trial, result.score)
         self._trial, self._epochs = None, 0

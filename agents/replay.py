@@ -18,12 +18,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rlhpo.agents.ppo import ROLLOUTS_FILE
-from rlhpo.agents.settings import space_from_dict
 from rlhpo.envs.hpo_env import HPOEnv
+from rlhpo.envs.recorder import ROLLOUTS_FILE
 from rlhpo.envs.reward import RewardSettings
 from rlhpo.errors import RlhpoError
-from rlhpo.space import HYPERPARAMETERS
+from rlhpo.runs import config_text
+from rlhpo.space import HYPERPARAMETERS, SearchSpace
 from rlhpo.store import task_from_json
 from rlhpo.tasks.features import FAMILIES
 from rlhpo.tasks.task import MODALITIES
@@ -110,21 +110,12 @@ def read_rollouts(run_dir: str | Path) -> Rollouts:
 # ------------------------------------------------------------------ summaries
 
 
-def short_config(config: dict[str, Any]) -> str:
-    """A config in one short line, e.g. ``lr=0.001 bs=32 ep=9 do=0.5 adam wd=0.0001 L3x64``."""
-    c = config
-    return (
-        f"lr={c['learning_rate']:g} bs={c['batch_size']} ep={c['epochs']} do={c['dropout']:g} "
-        f"{c['optimizer']} wd={c['weight_decay']:g} L{c['num_layers']}x{c['units']}"
-    )
-
-
 def episode_rows(episode: Episode) -> list[dict[str, Any]]:
-    """The table of one episode: step, config, epochs paid, score, reward, incumbent."""
+    """The table of one episode: step, config (with the epochs asked), epochs paid, score, reward, incumbent."""
     return [
         {
             "step": s.get("step"),
-            "config": short_config(s["config"]),
+            "config": config_text(s["config"]),
             "epochs": (s.get("curve") or {}).get("epochs_paid"),
             "score": (s.get("curve") or {}).get("score"),
             "reward": s.get("reward"),
@@ -145,19 +136,42 @@ def choice_counts(rollouts: Rollouts) -> dict[str, dict[str, Counter]]:
     return {h: dict(groups) for h, groups in out.items()}
 
 
-def final_scores(rollouts: Rollouts) -> list[dict[str, Any]]:
-    """Per episode: task, seed, final incumbent, epochs spent, trials."""
-    return [
-        {
-            "episode": ep.index,
-            "task": ep.task,
-            "seed": ep.seed,
-            "incumbent": ep.steps[-1].get("incumbent") if ep.steps else None,
-            "epochs": ep.steps[-1].get("budget_used") if ep.steps else 0,
-            "trials": len(ep.steps),
-        }
-        for ep in rollouts.episodes
-    ]
+def report_lines(rollouts: Rollouts, episodes: list[Episode], with_choices: bool) -> list[str]:
+    """What ``rlhpo replay`` prints: each episode's table, then (``with_choices``) the choices by task group."""
+    lines = []
+    for ep in episodes:
+        lines.append(f"episode {ep.index}  task {ep.task}  seed {ep.seed}")
+        lines.append(f"  {'step':>4}  {'config':<48} {'epochs':>6} {'score':>7} {'reward':>7} {'incumbent':>9}")
+        for r in episode_rows(ep):
+            score = "-" if r["score"] is None else f"{r['score']:.4f}"
+            lines.append(
+                f"  {r['step']:>4}  {r['config']:<48} {r['epochs']:>6} {score:>7} {r['reward']:>7.4f} "
+                f"{r['incumbent']:>9.4f}"
+            )
+    if with_choices:
+        lines.append("choices by task modality/family (share of trials):")
+        for h, groups in choice_counts(rollouts).items():
+            for group, counts in sorted(groups.items()):
+                total = sum(counts.values())
+                shares = ", ".join(f"{v} {n / total:.0%}" for v, n in counts.most_common())
+                lines.append(f"  {h:<14} {group:<18} {shares}")
+    return lines
+
+
+def verify_lines(checks: list[StepCheck]) -> list[str]:
+    """What ``rlhpo replay --verify`` prints: a line per step, then the verdict."""
+    lines = []
+    for c in checks:
+        status = (
+            "match"
+            if c.ok
+            else "MISMATCH " + "; ".join(f"{k}: recorded {a!r}, replayed {b!r}" for k, (a, b) in c.differences.items())
+        )
+        lines.append(f"verify episode {c.episode} step {c.step}: {status}")
+    bad = sum(not c.ok for c in checks)
+    n_eps = len({c.episode for c in checks})
+    lines.append(f"verified {len(checks)} steps of {n_eps} episodes: " + ("all match" if not bad else f"{bad} differ"))
+    return lines
 
 
 # ----------------------------------------------------------------------- plot
@@ -212,7 +226,7 @@ def plot(rollouts: Rollouts, out: str | Path, episodes: list[Episode] | None = N
 
 
 def _choice_matrix(rollouts: Rollouts, episodes: list[Episode]) -> dict[str, dict[Any, int]]:
-    space = space_from_dict(rollouts.header["space"]) if "space" in rollouts.header else None
+    space = SearchSpace.from_dict(rollouts.header["space"]) if "space" in rollouts.header else None
     out: dict[str, dict[Any, int]] = {}
     for h in HYPERPARAMETERS:
         seen = Counter(s["config"][h] for ep in episodes for s in ep.steps)
@@ -250,6 +264,8 @@ def verify(rollouts: Rollouts, episode: int | None = None, data_dir: str | Path 
     if not header:
         raise RlhpoError(f"{str(rollouts.path)!r} has no header line, so its environment cannot be rebuilt.")
     episodes = [rollouts.episode(episode)] if episode is not None else rollouts.episodes
+    if not any(ep.steps for ep in episodes):
+        raise RlhpoError(f"{str(rollouts.path)!r} holds no recorded step: there is nothing to verify.")
     env = _fresh_env(header, data_dir)
     checks = []
     try:
@@ -263,7 +279,7 @@ def verify(rollouts: Rollouts, episode: int | None = None, data_dir: str | Path 
 def _fresh_env(header: dict[str, Any], data_dir: str | Path | None) -> HPOEnv:
     try:
         backend = header["backend"]
-        space = space_from_dict(header["space"])
+        space = SearchSpace.from_dict(header["space"])
         common = {
             "space": space,
             "budget_epochs": int(header["budget_epochs"]),
@@ -300,7 +316,12 @@ def _replay_episode(env: HPOEnv, header: dict[str, Any], ep: Episode) -> list[St
     checks = []
     for line in ep.steps:
         _, reward, _, _, info = env.step(line["action"])
-        replayed = {"reward": reward, **info, "curve": {"epochs_paid": info["paid_epochs"], "score": info["score"]}}
+        result = info["result"]
+        replayed = {
+            "reward": reward,
+            **result.to_dict(),
+            "curve": {"epochs_paid": result.paid_epochs, "score": result.score},
+        }
         differences = {}
         for name, where in CHECKED.items():
             want, got = _get(line, where), _get(replayed, where)

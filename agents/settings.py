@@ -1,9 +1,7 @@
-"""Settings of ``rlhpo train-agent`` (``configs/train_agent.yaml``), read once into frozen dataclasses.
+"""Settings of ``rlhpo train-agent`` (``configs/train_agent.yaml``) and ``rlhpo bench``, as frozen dataclasses.
 
 An unknown key is an error that names the valid keys and the closest one; a value of the wrong
-type or range is an error that names the key and the value. Also here: where the shipped
-artefacts live (``rlhpo/assets/``) and the search space as plain JSON, which policies and
-rollout files carry so that an action always decodes in the space it was chosen in.
+type or range is an error that names the key and the value.
 """
 
 from __future__ import annotations
@@ -11,22 +9,16 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from rlhpo.envs import BACKENDS
 from rlhpo.envs.reward import RewardSettings
-from rlhpo.errors import RlhpoError
-from rlhpo.settings import from_dict, read_yaml, shipped_config
-from rlhpo.space import HYPERPARAMETERS, Config, SearchSpace, load_search_space
+from rlhpo.errors import RlhpoError, unknown
+from rlhpo.settings import SHIPPED_STORE, from_dict, read_yaml, shipped_file
+from rlhpo.space import DEFAULT_BUDGET_FTE, SearchSpace, load_search_space
 
-SHIPPED_POLICY = "policy.zip"
-SHIPPED_STORE = "meta_dataset.sqlite"
-
-
-def shipped_asset(name: str) -> Path:
-    """Path of a file shipped in the package's ``assets`` folder (``rlhpo/assets/``)."""
-    return Path(str(resources.files("rlhpo.assets").joinpath(name)))
+METHODS = ("ppo", "default", "random", "tpe", "tpe_hyperband", "top_k", "learned_list")  # the tuners, by name
 
 
 @dataclass(frozen=True)
@@ -83,7 +75,7 @@ class TrainAgentSettings:
     space: str | None = None  # search-space YAML; None: the shipped configs/search_space.yaml
     train_seed: int = 0  # training seed of the recorded runs that answer
     exclude_datasets: tuple[str, ...] = ("ag_news",)  # held out: never met in meta-training
-    budget_fte: float = 3.0  # budget of an episode, in full-training equivalents
+    budget_fte: float = DEFAULT_BUDGET_FTE  # budget of an episode, in full-training equivalents
     meta_features: bool = True  # the policy sees the task's meta-features; False: zeros, it acts on curves alone
     config_fraction: float = 0.5  # share of a task's recorded configs each episode may be answered from
     total_steps: int = 200_000  # environment steps (all envs together)
@@ -116,7 +108,7 @@ class TrainAgentSettings:
 
     def store_path(self) -> Path:
         """The curve store meta-training reads: ``store``, else the shipped meta-dataset."""
-        path = Path(self.store) if self.store else shipped_asset(SHIPPED_STORE)
+        path = Path(self.store) if self.store else shipped_file(SHIPPED_STORE)
         if not path.is_file():
             where = f"store {self.store!r} of the settings" if self.store else f"shipped meta-dataset {str(path)!r}"
             raise RlhpoError(
@@ -128,23 +120,11 @@ class TrainAgentSettings:
         return load_search_space(self.space)
 
     def budget_epochs(self, space: SearchSpace) -> int:
-        return budget_epochs(self.budget_fte, space)
+        return space.budget_epochs(self.budget_fte)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain values (lists, not tuples): what ``config.yaml`` holds and :func:`settings_from_dict` reads."""
         return _plain(dataclasses.asdict(self))
-
-
-def budget_epochs(budget_fte: float, space: SearchSpace) -> int:
-    """A budget in full-training equivalents as epochs; at least the smallest epochs choice."""
-    epochs = round(budget_fte * space.max_epochs)
-    smallest = min(space.choices["epochs"])
-    if not math.isfinite(budget_fte) or epochs < smallest:
-        raise RlhpoError(
-            f"A budget of {budget_fte} FTE is {epochs} epochs, less than the smallest trial ({smallest} epochs); "
-            f"give at least {smallest / space.max_epochs:.3g} FTE."
-        )
-    return epochs
 
 
 def settings_from_dict(data: dict[str, Any], where: str) -> TrainAgentSettings:
@@ -162,28 +142,7 @@ def settings_from_dict(data: dict[str, Any], where: str) -> TrainAgentSettings:
 def load_train_agent_settings(path: str | Path | None = None) -> TrainAgentSettings:
     """Read the settings of ``rlhpo train-agent`` (the shipped ``configs/train_agent.yaml`` by default)."""
     where = str(path or "configs/train_agent.yaml")
-    return settings_from_dict(read_yaml(path or shipped_config("train_agent.yaml")), where)
-
-
-# ------------------------------------------------------------ the space as JSON
-
-
-def space_to_dict(space: SearchSpace) -> dict[str, Any]:
-    """The search space as plain JSON values (floats round-trip exactly)."""
-    return {"choices": {h: list(space.choices[h]) for h in HYPERPARAMETERS}, "default": space.default.to_dict()}
-
-
-def space_from_dict(data: dict[str, Any]) -> SearchSpace:
-    """The inverse of :func:`space_to_dict`."""
-    try:
-        choices = {h: tuple(data["choices"][h]) for h in HYPERPARAMETERS}
-        space = SearchSpace(choices=choices, default=Config(**data["default"]))
-        space.indices(space.default)
-    except (KeyError, TypeError) as e:
-        raise RlhpoError(
-            f"A recorded search space must list the choices of {', '.join(HYPERPARAMETERS)}: {e}"
-        ) from None
-    return space
+    return settings_from_dict(read_yaml(path or shipped_file("configs/train_agent.yaml")), where)
 
 
 # ------------------------------------------------------------------- checks
@@ -216,3 +175,66 @@ def _plain(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [_plain(v) for v in value]
     return value
+
+
+# ------------------------------------------------------------------- bench
+
+
+def _help(text: str) -> dict[str, str]:
+    return {"help": text}
+
+
+@dataclass(frozen=True)
+class BenchSettings:
+    """What ``rlhpo bench`` runs; each field is also its command-line option (``--first-seed`` ...)."""
+
+    tasks: tuple[str, ...] = field(
+        default=("ag_news",), metadata=_help("Datasets (or, recorded, task keys of the store).")
+    )
+    methods: tuple[str, ...] = field(default=METHODS, metadata=_help(f"Tuners, of: {', '.join(METHODS)}."))
+    budgets: tuple[float, ...] = field(
+        default=(1.0, 3.0, 10.0, 30.0), metadata=_help("Budgets in full-training equivalents (FTE).")
+    )
+    seeds: int = field(default=5, metadata=_help("Episodes per task, method and budget."))
+    first_seed: int = field(default=10000, metadata=_help("The first evaluation seed."))
+    backend: str = field(
+        default="recorded",
+        metadata={"help": "recorded: trials looked up in --store; live: trained.", "choices": BACKENDS},
+    )
+    store: str | None = field(default=None, metadata=_help("Recorded curves (default: the shipped meta-dataset)."))
+    policy: str | None = field(default=None, metadata=_help("policy.zip or train-agent run folder (default: shipped)."))
+    space: str | None = field(default=None, metadata=_help("Search-space YAML (default: the policy's space)."))
+    train_seed: int = field(default=0, metadata=_help("Training seed of every trial."))
+    reference_budget: float = field(
+        default=DEFAULT_BUDGET_FTE, metadata=_help("The budget (FTE) the speedup is measured at.")
+    )
+    family: str | None = field(
+        default=None, metadata={"help": "Live: the model family (default: the dataset's).", "flag": "--model"}
+    )
+    n_train: int | None = field(default=None, metadata=_help("Live: training examples (default: all)."))
+    data_dir: str | None = field(
+        default=None,
+        metadata={
+            "help": "Live: folder of <name>/{train,test}.parquet (default: $RLHPO_DATA_DIR).",
+            "envvar": "RLHPO_DATA_DIR",
+        },
+    )
+    device: str = field(default="cpu", metadata=_help("Live: torch device, e.g. cuda."))
+
+    def __post_init__(self) -> None:
+        if self.backend not in BACKENDS:
+            raise unknown("backend", self.backend, BACKENDS)
+        for m in self.methods:
+            if m not in METHODS:
+                raise unknown("method", m, METHODS)
+        if not self.tasks or not self.methods or not self.budgets or self.seeds < 1:
+            raise RlhpoError("bench needs at least one task, method and budget, and --seeds of at least 1.")
+        if any(not (b > 0 and math.isfinite(b)) for b in self.budgets):
+            raise RlhpoError(f"Budgets must be positive numbers of full-training equivalents, but got {self.budgets}.")
+
+    @property
+    def seed_list(self) -> list[int]:
+        return list(range(self.first_seed, self.first_seed + self.seeds))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}

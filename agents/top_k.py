@@ -8,12 +8,11 @@ configs are then continued to the largest epochs choice; the env charges only th
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 
 from rlhpo.agents.base import Tuner
-from rlhpo.space import HYPERPARAMETERS, SearchSpace
+from rlhpo.envs.hpo_env import HPOEnv, StepResult
+from rlhpo.space import HYPERPARAMETERS
 
 SCREENING_DRAWS = 100  # draws per screened config to find one not screened yet
 
@@ -23,10 +22,10 @@ class TopKTuner(Tuner):
 
     name = "top_k"
 
-    def start(self, space: SearchSpace, reset_info: dict[str, Any], seed: int) -> None:
-        super().start(space, reset_info, seed)
-        budget = int(reset_info["budget_epochs"])
-        low, high = min(space.choices["epochs"]), space.max_epochs
+    def start(self, env: HPOEnv, seed: int) -> None:
+        super().start(env, seed)
+        budget = env.budget_epochs
+        low, high = min(self.space.choices["epochs"]), self.space.max_epochs
         self.k = max(1, budget // (3 * high)) if budget >= high else 0
         n_screen = max(1, (budget - self.k * (high - low)) // low)
         self.queue = [self._with_epochs(a, low) for a in self._distinct_actions(n_screen)]
@@ -40,9 +39,9 @@ class TopKTuner(Tuner):
             self.queue = [self._with_epochs(a, self.space.max_epochs) for _, _, a in best]
         return self.queue.pop(0) if self.queue else None
 
-    def observe(self, action: np.ndarray, info: dict[str, Any]) -> None:
+    def observe(self, action: np.ndarray, result: StepResult) -> None:
         if self._phase == "screen":
-            self.screened.append((info["score"], len(self.screened), np.asarray(action)))
+            self.screened.append((result.score, len(self.screened), np.asarray(action)))
 
     def _distinct_actions(self, n: int) -> list[np.ndarray]:
         seen: set[tuple[int, ...]] = set()

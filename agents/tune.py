@@ -1,44 +1,73 @@
-"""``rlhpo tune``: tune one task live with the PPO policy, then retrain the incumbent at full fidelity.
+"""``rlhpo tune``: tune one task live with the PPO policy, then train the chosen config at full fidelity.
 
 One live episode on a live :class:`~rlhpo.envs.hpo_env.HPOEnv` whose curve store sits in the
 run folder (``store.sqlite``: every trial's curve), wrapped in a
 :class:`~rlhpo.envs.recorder.RolloutRecorder` (``rollouts.jsonl``, with a header that lets
 ``rlhpo replay --verify`` rebuild the env). Each trial's curve goes to TensorBoard under
 ``trials/`` at steps counted in epochs spent, with ``hpo/`` scalars at the end of each trial;
-the final full-fidelity training goes under ``final/``. The task seed, every trial's training
-seed and the episode seed are all ``seed``.
+the final full-fidelity training goes under ``final/``, and the settings with the final test
+figures to the HParams tab. The task seed, every trial's training seed and the episode seed are
+all ``seed``.
+
+Scores are normalised validation accuracy: ``(acc − 1/k) / (1 − 1/k)`` for ``k`` classes, so 0
+is chance and 1 is perfect on every task.
+
+An interrupted tune (Ctrl-C) leaves a summary marked ``interrupted``; ``tune(resume=RUN_DIR)``
+plays the same episode again in that folder. Every trial finished before the interruption is in
+the folder's store, so it is answered from there at once, and the policy, which is deterministic,
+proposes the same trials again: the tune ends as an uninterrupted one would.
+
+When the chosen config's best trial already ran at full fidelity (with the same seed, as every
+trial does) and the backend still holds its model, the final training is that trial: its model
+is tested instead of training the same thing again (``summary["reused_trial"]``).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
+import shlex
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from stable_baselines3.common.logger import HParam
+
 from rlhpo.agents.base import TuneResult, run_tuner
-from rlhpo.agents.ppo import ROLLOUTS_FILE, PPOTuner, write_rollouts_header
+from rlhpo.agents.policy import PPOTuner
 from rlhpo.agents.sb3_logging import tensorboard_logger
-from rlhpo.agents.settings import budget_epochs, space_to_dict
-from rlhpo.envs.hpo_env import HPOEnv
-from rlhpo.envs.recorder import RolloutRecorder
+from rlhpo.envs.backends import LiveBackend
+from rlhpo.envs.hpo_env import HPOEnv, StepResult
+from rlhpo.envs.recorder import ROLLOUTS_FILE, RolloutRecorder, write_rollouts_header
 from rlhpo.envs.reward import RewardSettings
 from rlhpo.errors import RlhpoError
-from rlhpo.runs import MetricLogger, log_curve, make_run_dir, result_summary, write_run_files, write_summary
-from rlhpo.space import Config, SearchSpace, load_search_space
-from rlhpo.tasks.task import Task
-from rlhpo.training import Curve, EpochRecord
+from rlhpo.runs import (
+    MetricLogger,
+    config_text,
+    interruptible,
+    log_curve,
+    make_run_dir,
+    result_summary,
+    test_metrics_line,
+    write_run_files,
+    write_summary,
+)
+from rlhpo.settings import read_yaml
+from rlhpo.space import DEFAULT_BUDGET_FTE, SearchSpace, load_search_space
+from rlhpo.tasks import Task, load_task
+from rlhpo.training import Curve, resolve_device, reusable, train_final
 
 log = logging.getLogger(__name__)
 
 STORE_FILE = "store.sqlite"
-DEFAULT_BUDGET_FTE = 3.0
+SCORE_NOTE = "score: validation accuracy rescaled so that chance is 0 and perfect is 1"
 
 
 def tune(
-    task: Task,
+    task: Task | None = None,
     *,
     budget_fte: float = DEFAULT_BUDGET_FTE,
     policy: str | Path | None = None,
@@ -49,8 +78,9 @@ def tune(
     runs_dir: str | Path | None = None,
     argv: list[str] | None = None,
     on_trial: Callable[[dict[str, Any]], None] | None = None,
+    resume: str | Path | None = None,
 ) -> dict[str, Any]:
-    """Tune ``task`` with the policy within ``budget_fte`` full trainings, then retrain the incumbent.
+    """Tune ``task`` with the policy within ``budget_fte`` full trainings, then train the chosen config.
 
     Args:
         task: the task (its seed also seeds the trials' training and the episode).
@@ -60,62 +90,78 @@ def tune(
             space saved with the policy (else the shipped one).
         seed: task seed, training seed of every trial and of the final training, episode seed.
         on_trial: called with each trial's record (see ``trials`` in the summary) as it finishes.
+        resume: the run folder of an interrupted tune: it is continued with its own settings
+            (``task`` and the options above are then left out).
 
     Returns:
         The summary (also in the run folder's ``summary.json``): the keys of ``rlhpo train
         --json`` for the final training of the chosen config, plus ``trials``, ``tuning_epochs``,
-        ``tuning_seconds``, ``policy_seconds``, ``budget_epochs`` and ``retrain_seconds``.
+        ``tuning_seconds``, ``policy_seconds``, ``budget_epochs``, ``retrain_seconds`` and
+        ``reused_trial``.
     """
     started = time.perf_counter()
+    if resume is not None:
+        if task is not None:
+            raise RlhpoError("--resume continues a tune with its own settings; leave the task out.")
+        run_dir, settings = _resume_settings(Path(resume), argv)
+        task = Task(**settings["task"])
+        budget_fte, policy, space = settings["budget_fte"], settings["policy"], settings["space"]
+        seed, device, data_dir = settings["seed"], settings["device"], settings["data_dir"]
+    elif task is None:
+        raise RlhpoError("tune needs a task, or resume=RUN_DIR.")
     tuner = PPOTuner.load(policy)
     search_space = _space(tuner, space)
-    budget = budget_epochs(budget_fte, search_space)
-    data = _load(task, data_dir)  # a bad task fails here, before a run folder exists
-    run_dir = make_run_dir("tune", task.dataset, seed, runs_dir)
-    settings = {
-        "task": dataclasses.asdict(task),
-        "budget_fte": budget_fte,
-        "budget_epochs": budget,
-        "policy": str(tuner.path),
-        "space": str(space) if space else None,
-        "seed": seed,
-        "device": device,
-        "data_dir": str(data_dir) if data_dir else None,
-    }
-    write_run_files(run_dir, settings, argv)
+    budget = search_space.budget_epochs(budget_fte)
+    resolve_device(device)
+    data = load_task(task, data_dir=data_dir)  # a bad task fails here, before a run folder exists
+    task = data.task
+    if resume is None:
+        run_dir = make_run_dir("tune", task.dataset, seed, runs_dir)
+        settings = {
+            "task": dataclasses.asdict(task),
+            "budget_fte": budget_fte,
+            "budget_epochs": budget,
+            "policy": str(tuner.path),
+            "space": str(space) if space else None,
+            "seed": seed,
+            "device": device,
+            "data_dir": str(data_dir) if data_dir else None,
+        }
+        write_run_files(run_dir, settings, argv)
     reward = RewardSettings()
-    env = HPOEnv(
-        "live",
-        run_dir / STORE_FILE,
-        tasks=[task],
-        space=search_space,
-        budget_epochs=budget,
-        train_seed=seed,
-        reward=reward,
-        data_dir=data_dir,
-        device=device,
+    backend = LiveBackend(
+        run_dir / STORE_FILE, search_space, train_seed=seed, data_dir=data_dir, device=device, loaded=[data]
     )
+    env = HPOEnv(backend, space=search_space, budget_epochs=budget, train_seed=seed, reward=reward)
     header = {
         **settings,
         "command": "tune",
         "method": tuner.name,
         "backend": "live",
         "store": str(run_dir / STORE_FILE),
-        "space": space_to_dict(search_space),
+        "space": search_space.to_dict(),
         "train_seed": seed,
         "reward": dataclasses.asdict(reward),
     }
     logger = tensorboard_logger(run_dir)
-    result, trials = _episode(tuner, env, task, seed, run_dir, header, logger, on_trial)
-
-    config = Config(**result.incumbent_config).with_epochs(search_space.max_epochs)
-    retrain_started = time.perf_counter()
-    curve = _retrain(data, config, seed, device)
-    retrain_seconds = time.perf_counter() - retrain_started
+    resume_hint = f"rlhpo tune --resume {run_dir}"
+    logged = _steps_recorded(run_dir / ROLLOUTS_FILE) if resume is not None else 0
+    with interruptible(run_dir, "tune", resume_hint):
+        result, trials = _episode(tuner, env, task, seed, run_dir, header, logger, on_trial, logged)
+        incumbent = result.incumbent_config
+        assert incumbent is not None
+        config = incumbent.with_epochs(search_space.max_epochs)
+        held = backend.held_run(task, config)
+        reused = incumbent.epochs == config.epochs and held is not None and reusable(held, config)
+        retrain_started = time.perf_counter()
+        curve = train_final(data, config, seed=seed, device=device, reuse=held if reused else None)
+        retrain_seconds = time.perf_counter() - retrain_started
     log_curve(logger, curve, prefix="final/", step_offset=result.epochs_used)
+    _log_hparams(logger, settings, curve, result.epochs_used)
     logger.close()
+    env.close()
     summary = {
-        **result_summary(task, data, config, curve, epochs=config.epochs, seed=seed, device=device),
+        **result_summary(task, data, config, curve, seed=seed, device=device),
         "seconds": time.perf_counter() - started,
         "run_dir": str(run_dir),
         "policy": str(tuner.path),
@@ -123,10 +169,13 @@ def tune(
         "budget_epochs": budget,
         "trials": trials,
         "incumbent_score": result.incumbent_score,
+        "incumbent_epochs": incumbent.epochs,
         "tuning_epochs": result.epochs_used,
         "tuning_seconds": result.tuning_seconds,
         "policy_seconds": result.policy_seconds,
         "retrain_seconds": retrain_seconds,
+        "reused_trial": reused,
+        "next": [f"rlhpo replay {run_dir} --verify", f"tensorboard --logdir {run_dir}"],
     }
     write_summary(run_dir, summary)
     return summary
@@ -141,14 +190,19 @@ def _episode(
     header: dict[str, Any],
     logger: MetricLogger,
     on_trial: Callable[[dict[str, Any]], None] | None,
+    logged: int,
 ) -> tuple[TuneResult, list[dict[str, Any]]]:
-    """Play the live episode, recording it (rollouts.jsonl, TensorBoard) and reporting each trial."""
+    """Play the live episode, recording it (rollouts.jsonl, TensorBoard) and reporting each trial.
+
+    The first ``logged`` trials are in TensorBoard already (a resumed tune): they are not logged again.
+    """
     trials: list[dict[str, Any]] = []
 
-    def on_step(info: dict[str, Any]) -> None:
-        record = trial_record(info)
+    def on_step(step: StepResult) -> None:
+        record = trial_record(step)
         trials.append(record)
-        _log_trial(logger, info)
+        if step.step > logged:
+            _log_trial(logger, step)
         if on_trial is not None:
             on_trial(record)
 
@@ -163,22 +217,22 @@ def _episode(
     return result, trials
 
 
-def trial_record(info: dict[str, Any]) -> dict[str, Any]:
-    """One trial as ``tune`` reports it, from the env's step ``info``."""
-    last = info["curve"][-1] if info["curve"] else None
+def trial_record(step: StepResult) -> dict[str, Any]:
+    """One trial as ``tune`` reports it."""
+    last = step.curve[-1] if step.curve else None
     return {
-        "step": info["step"],
-        "config": info["answered_config"],  # as trained: its epochs are those trained to
-        "epochs": info["epochs"],
-        "paid_epochs": info["paid_epochs"],  # fewer when the trial continued an earlier one
-        "score": info["score"],
-        "val_accuracy": last["val_accuracy"] if last else None,
-        "val_macro_f1": last["val_macro_f1"] if last else None,
-        "val_loss": last["val_loss"] if last else None,
-        "diverged": info["diverged"],
-        "seconds": info["seconds"],
-        "incumbent": info["incumbent"],
-        "budget_used": info["budget_used"],
+        "step": step.step,
+        "config": step.answered_config.to_dict(),  # as trained: its epochs are those trained to
+        "epochs": step.epochs,
+        "paid_epochs": step.paid_epochs,  # fewer when the trial continued an earlier one
+        "score": step.score,
+        "val_accuracy": last.val_accuracy if last else None,
+        "val_macro_f1": last.val_macro_f1 if last else None,
+        "val_loss": last.val_loss if last else None,
+        "diverged": step.diverged,
+        "seconds": step.seconds,
+        "incumbent": step.incumbent,
+        "budget_used": step.budget_used,
     }
 
 
@@ -194,27 +248,75 @@ def _space(tuner: PPOTuner, path: str | Path | None) -> SearchSpace:
     return space
 
 
-def _log_trial(logger: MetricLogger, info: dict[str, Any]) -> None:
+def _log_trial(logger: MetricLogger, step: StepResult) -> None:
     """The trial's curve at steps counted in epochs spent, then the hpo/ scalars after it."""
-    new = info["curve"][info["resumed_from"] :]  # a continued trial logs only its new epochs
-    start = info["budget_used"] - info["paid_epochs"] - info["resumed_from"]
-    curve = Curve(epochs=[EpochRecord(**e) for e in new], diverged=info["diverged"])
-    log_curve(logger, curve, prefix="trials/", step_offset=start)
-    logger.record("hpo/score", info["score"])
-    logger.record("hpo/incumbent_score", info["incumbent"])
-    logger.record("hpo/epochs_spent", info["budget_used"])
-    logger.record("hpo/diverged", int(info["diverged"]))
-    logger.dump(step=info["budget_used"])
+    new = step.curve[step.resumed_from :]  # a continued trial logs only its new epochs
+    start = step.budget_used - step.paid_epochs - step.resumed_from
+    log_curve(logger, Curve(epochs=list(new), diverged=step.diverged), prefix="trials/", step_offset=start)
+    logger.record("hpo/score", step.score)
+    logger.record("hpo/incumbent_score", step.incumbent)
+    logger.record("hpo/epochs_spent", step.budget_used)
+    logger.record("hpo/diverged", int(step.diverged))
+    logger.dump(step=step.budget_used)
 
 
-def _load(task: Task, data_dir: str | Path | None) -> Any:
-    from rlhpo.tasks import load_task
+def _log_hparams(logger: MetricLogger, settings: dict[str, Any], curve: Curve, step: int) -> None:
+    """The tune's settings in TensorBoard's HParams tab, judged by the final training's test figures."""
+    hparams = {k: v if isinstance(v, bool | int | float | str) else json.dumps(v) for k, v in settings.items()}
+    metrics = {"hparam/test_accuracy": 0.0, "hparam/test_macro_f1": 0.0}
+    logger.record("hparams", HParam(hparams, metrics), exclude=("stdout", "log", "json", "csv"))
+    if curve.test is not None:
+        logger.record("hparam/test_accuracy", curve.test.accuracy)
+        logger.record("hparam/test_macro_f1", curve.test.macro_f1)
+    logger.dump(step=step)
 
-    return load_task(task, data_dir=data_dir)
+
+def _resume_settings(run_dir: Path, argv: list[str] | None) -> tuple[Path, dict[str, Any]]:
+    """The settings of the interrupted tune in ``run_dir`` (its ``config.yaml``)."""
+    config = run_dir / "config.yaml"
+    if not config.is_file() or not (run_dir / STORE_FILE).is_file():
+        raise RlhpoError(f"{str(run_dir)!r} is not the run folder of a tune: it lacks config.yaml or {STORE_FILE}.")
+    summary = run_dir / "summary.json"
+    if summary.is_file() and json.loads(summary.read_text()).get("status", "complete") == "complete":
+        raise RlhpoError(f"The tune in {str(run_dir)!r} is complete; there is nothing to resume.")
+    with (run_dir / "command.txt").open("a") as f:
+        f.write(shlex.join(argv if argv is not None else sys.argv) + "\n")
+    return run_dir, read_yaml(config)
 
 
-def _retrain(data: Any, config: Config, seed: int, device: str) -> Curve:
-    from rlhpo.training import train
+def _steps_recorded(rollouts: Path) -> int:
+    """How many steps an interrupted tune's rollouts file holds (its trials are in TensorBoard already)."""
+    from rlhpo.agents.replay import read_rollouts
 
-    log.info("retraining %s at %d epochs", config, config.epochs)
-    return train(data, config, seed=seed, device=device, evaluate_test=True)
+    if not rollouts.is_file():
+        return 0
+    return sum(len(ep.steps) for ep in read_rollouts(rollouts).episodes)
+
+
+def trial_line(t: dict[str, Any]) -> str:
+    """One finished trial, as ``rlhpo tune`` shows it while it runs (the config with the epochs trained)."""
+    acc = "-" if t["val_accuracy"] is None else f"{t['val_accuracy']:.4f}"
+    paid = "" if t["paid_epochs"] == t["epochs"] else f" (continued: {t['paid_epochs']} new)"
+    return (
+        f"trial {t['step']:>2}  {config_text(t['config'])}  {t['epochs']} epochs{paid}  val_acc {acc}  "
+        f"score {t['score']:.4f}  {t['seconds']:.1f}s{'  diverged' if t['diverged'] else ''}  "
+        f"incumbent {t['incumbent']:.4f}"
+    )
+
+
+def report_lines(s: dict[str, Any]) -> list[str]:
+    """What ``rlhpo tune`` prints once it is done."""
+    final = (
+        "reused the best trial's model (it ran at full fidelity with this seed)"
+        if s["reused_trial"]
+        else (f"trained for {s['config']['epochs']} epochs in {s['retrain_seconds']:.1f}s")
+    )
+    return [
+        f"task {s['task_key']} ({s['model']}, {s['source']})",
+        f"chosen config {config_text(s['config'])}: its best trial ran {s['incumbent_epochs']} epochs "
+        f"(score {s['incumbent_score']:.4f}); final training {final}",
+        test_metrics_line(s),
+        f"tuning {s['tuning_epochs']}/{s['budget_epochs']} epochs in {s['tuning_seconds']:.1f}s "
+        f"(policy {s['policy_seconds']:.2f}s); run folder {s['run_dir']}",
+        "next: " + "; ".join(s["next"]),
+    ]

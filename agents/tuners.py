@@ -8,19 +8,12 @@ from pathlib import Path
 from rlhpo.agents.base import DefaultTuner, RandomTuner, Tuner
 from rlhpo.agents.learned_list import LearnedListTuner
 from rlhpo.agents.optuna_tuners import HyperbandTuner, TPETuner
-from rlhpo.agents.ppo import PPOTuner
+from rlhpo.agents.policy import PPOTuner
+from rlhpo.agents.settings import METHODS
 from rlhpo.agents.top_k import TopKTuner
 from rlhpo.errors import unknown
 from rlhpo.space import SearchSpace
 from rlhpo.store import CurveStore
-
-METHODS = ("ppo", "default", "random", "tpe", "tpe_hyperband", "top_k", "learned_list")
-
-
-def policy_exclusions(tuner: PPOTuner) -> tuple[str, ...]:
-    """The datasets the policy never saw in meta-training (its ``exclude_datasets``)."""
-    settings = (getattr(tuner.model, "rlhpo", None) or {}).get("settings") or {}
-    return tuple(settings.get("exclude_datasets") or ())
 
 
 def make_tuners(

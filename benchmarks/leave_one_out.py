@@ -32,9 +32,8 @@ import torch
 from rlhpo.agents.bench import BenchSettings, read_csv, run_bench
 from rlhpo.agents.bench_report import plot, speedup_text, summarise
 from rlhpo.agents.evaluate import mean_se, pm
-from rlhpo.agents.ppo import train_agent
-from rlhpo.agents.settings import load_train_agent_settings
-from rlhpo.agents.tuners import METHODS
+from rlhpo.agents.meta_train import train_agent
+from rlhpo.agents.settings import METHODS, load_train_agent_settings
 from rlhpo.store import CurveStore
 
 

@@ -26,9 +26,8 @@ from typing import Any
 
 import torch
 
-from rlhpo.agents.replay import short_config
-from rlhpo.agents.sb3_logging import tensorboard_logger
 from rlhpo.agents.tune import tune
+from rlhpo.runs import config_text as short_config
 from rlhpo.runs import train_run
 from rlhpo.space import load_search_space
 from rlhpo.tasks import Task, load_task
@@ -51,7 +50,6 @@ def run_task(name: str, args: argparse.Namespace) -> dict[str, Any]:
         seed=args.seed,
         data_dir=args.data_dir,
         runs_dir=args.runs_dir,
-        make_logger=tensorboard_logger,
     )
     print(f"{name}: tuning at {args.budget} FTE", flush=True)
     tuned = tune(

@@ -9,8 +9,9 @@ imports it first.
 from gymnasium.envs.registration import register, registry
 
 ENV_ID = "rlhpo/HPO-v0"
+BACKENDS = ("live", "recorded")  # where HPOEnv's trials come from (rlhpo.envs.backends)
 
 if ENV_ID not in registry:
     register(id=ENV_ID, entry_point="rlhpo.envs.hpo_env:HPOEnv")
 
-__all__ = ["ENV_ID"]
+__all__ = ["BACKENDS", "ENV_ID"]

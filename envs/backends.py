@@ -21,19 +21,22 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 import numpy as np
 
+from rlhpo.envs import BACKENDS
 from rlhpo.errors import RlhpoError, closest, unknown
+from rlhpo.metrics import normalised_scores
+from rlhpo.settings import SHIPPED_STORE, shipped_file
 from rlhpo.space import HYPERPARAMETERS, Config, SearchSpace
 from rlhpo.store import CurveStore, StoredRun, TaskRecord
-from rlhpo.tasks.task import Task
-from rlhpo.training import Curve
+from rlhpo.tasks.loader import LoadedTasks
+from rlhpo.tasks.task import Task, TaskData
+from rlhpo.training import Curve, EpochRecord
 
 log = logging.getLogger(__name__)
 
-BACKENDS = ("live", "recorded")
 RESUMABLE_RUNS = 8  # end states the live backend keeps, to continue trials (a small model each)
 _EPOCHS_DIM = HYPERPARAMETERS.index("epochs")
 
@@ -43,8 +46,9 @@ class Trial:
     """One trial's answer: the curve of ``config`` trained for ``epochs``.
 
     ``scores`` holds the normalised validation accuracy of each completed epoch; ``curve`` the
-    completed epochs as JSON dicts. ``config`` is the config whose curve this is: the one asked,
-    or (recorded backend) the nearest recorded one, ``distance`` away in the normalised encoding.
+    completed epochs. ``config`` is the config whose curve this is, at the epochs trained: the
+    one asked, or (recorded backend) the nearest recorded one, ``distance`` away in the
+    normalised encoding.
     """
 
     config: Config
@@ -53,11 +57,10 @@ class Trial:
     train_loss: float  # of the last completed epoch; 0 when none
     val_loss: float
     diverged: bool
-    curve: list[dict[str, float]]
+    curve: tuple[EpochRecord, ...]
     seconds: float  # training seconds of the epochs after ``resume_from`` (what this trial cost), as recorded
     exact: bool
     distance: float
-    trained: bool  # trained by this step (live), rather than answered from the store
 
 
 class Backend(Protocol):
@@ -84,26 +87,9 @@ class Backend(Protocol):
         ...
 
 
-def normalised_scores(accuracy: np.ndarray, n_classes: int) -> np.ndarray:
-    """``(acc − 1/k) / (1 − 1/k)`` elementwise: the per-task score of :mod:`rlhpo.metrics`."""
-    chance = 1.0 / n_classes
-    return (np.asarray(accuracy, dtype=np.float64) - chance) / (1.0 - chance)
-
-
 def config_vector(space: SearchSpace, config: Config) -> np.ndarray:
     """The normalised encoding without epochs: what identifies a recorded run."""
     return np.delete(space.encode(config).astype(np.float64), _EPOCHS_DIM)
-
-
-def _epoch_dict(e: Any) -> dict[str, float]:
-    return {
-        "epoch": int(e.epoch),
-        "train_loss": float(e.train_loss),
-        "val_loss": float(e.val_loss),
-        "val_accuracy": float(e.val_accuracy),
-        "val_macro_f1": float(e.val_macro_f1),
-        "seconds": float(e.seconds),
-    }
 
 
 def trial_from_curve(
@@ -114,7 +100,6 @@ def trial_from_curve(
     *,
     exact: bool,
     distance: float,
-    trained: bool,
     resume_from: int = 0,
 ) -> Trial:
     last = curve.epochs[-1] if curve.epochs else None
@@ -125,21 +110,19 @@ def trial_from_curve(
         train_loss=float(last.train_loss) if last else 0.0,
         val_loss=float(last.val_loss) if last else 0.0,
         diverged=curve.diverged,
-        curve=[_epoch_dict(e) for e in curve.epochs],
+        curve=tuple(curve.epochs),
         seconds=float(sum(e.seconds for e in curve.epochs[resume_from:])),
         exact=exact,
         distance=distance,
-        trained=trained,
     )
 
 
 def _store_of(store: CurveStore | str | Path | None, readonly: bool) -> CurveStore:
+    """The store given; when none is: the shipped meta-dataset (read-only) or a new one in memory."""
     if isinstance(store, CurveStore):
         return store
     if store is None:
-        if readonly:
-            raise RlhpoError("The recorded backend needs a curve store: pass store=<path> (made by `rlhpo collect`).")
-        return CurveStore(":memory:")
+        return CurveStore(shipped_file(SHIPPED_STORE), readonly=True) if readonly else CurveStore(":memory:")
     return CurveStore(store, readonly=readonly)
 
 
@@ -156,6 +139,7 @@ class LiveBackend:
         train_seed: the training seed of every trial.
         data_dir: where local datasets are (see :func:`rlhpo.tasks.load_task`).
         device: the torch device to train on.
+        loaded: tasks the caller has loaded already (their data is used, not loaded again).
     """
 
     name = "live"
@@ -169,6 +153,7 @@ class LiveBackend:
         train_seed: int = 0,
         data_dir: str | Path | None = None,
         device: str = "cpu",
+        loaded: Sequence[TaskData] = (),
     ) -> None:
         self.store = _store_of(store, readonly=False)
         self.store.count()  # open (and create) it now: a bad path fails here, not mid-episode
@@ -177,7 +162,7 @@ class LiveBackend:
         self.train_seed = train_seed
         self.data_dir = data_dir
         self.device = device
-        self._data: dict[str, Any] = {}  # task key -> TaskData
+        self._loaded = LoadedTasks(data_dir, loaded=loaded)
         self._resumable: OrderedDict[tuple[str, str], Curve] = OrderedDict()  # last runs, with their state
         self.trained = 0  # trials this backend trained (the others were found in the store)
         self._records: dict[str, TaskRecord] = {}
@@ -190,13 +175,17 @@ class LiveBackend:
             raise RlhpoError("The live backend needs tasks: pass tasks=[Task(...)] or options={'task': Task(...)}.")
         return self.tasks
 
-    def _load(self, task: Task) -> Any:
-        from rlhpo.tasks import load_task
+    def data(self, task: Task) -> TaskData:
+        """The task's data, loaded once and kept (:class:`~rlhpo.tasks.LoadedTasks`)."""
+        return self._loaded.get(task)
 
-        key = task.key()
-        if key not in self._data:
-            self._data[key] = load_task(task, data_dir=self.data_dir)
-        return self._data[key]
+    def held_run(self, task: Task, config: Config) -> Curve | None:
+        """The curve, with its trained model, of the last run of ``config`` on ``task``, if still held.
+
+        The backend keeps the end state of its last few trainings (to continue trials); a caller
+        that wants the model of a trial it just ran (``tune``'s final evaluation) finds it here.
+        """
+        return self._resumable.get((task.key(), config.key()))
 
     def describe(self, task: Task | str) -> TaskRecord:
         if isinstance(task, str):
@@ -208,17 +197,9 @@ class LiveBackend:
         if key not in self._records:
             record = self.store.task(key)
             if record is None:
-                from rlhpo.tasks import meta_features
-
-                data = self._load(task)
-                record = TaskRecord(
-                    task=task,
-                    family=data.family,
-                    n_train=int(data.x_train.shape[0]),
-                    n_classes=data.n_classes,
-                    meta_features={k: float(v) for k, v in meta_features(data).items()},
-                )
-                self.store.put_task(record)
+                record = TaskRecord.from_data(self.data(task))  # its task has the real size (see load_task)
+                if self.store.task(record.key) is None:
+                    self.store.put_task(record)
             self._records[key] = record
         return self._records[key]
 
@@ -226,7 +207,7 @@ class LiveBackend:
         from rlhpo.training import train
 
         record = self.describe(task)
-        key = task.key()
+        key = record.key
         stored = self.store.get_run(key, config, self.train_seed)
         if stored is not None and stored.horizon >= epochs:
             return trial_from_curve(
@@ -236,7 +217,6 @@ class LiveBackend:
                 record.n_classes,
                 exact=True,
                 distance=0.0,
-                trained=False,
                 resume_from=resume_from,
             )
         # Continue the last run of this config if it is still held and not longer than asked.
@@ -246,7 +226,7 @@ class LiveBackend:
             previous = None
         done = len(previous.epochs) if previous is not None else 0
         curve = train(
-            self._load(task),
+            self.data(task),
             config,
             epochs=epochs,
             seed=self.train_seed,
@@ -269,7 +249,6 @@ class LiveBackend:
             record.n_classes,
             exact=True,
             distance=0.0,
-            trained=True,
             resume_from=done,
         )
 
@@ -299,7 +278,7 @@ class _RunTable:
             self.val_loss[i, :n] = [e.val_loss for e in r.curve.epochs]
             self.cum_seconds[i, 1 : n + 1] = np.cumsum([e.seconds for e in r.curve.epochs])
         self.scores = normalised_scores(acc, n_classes)
-        self.epoch_dicts = [[_epoch_dict(e) for e in r.curve.epochs] for r in runs]
+        self.epochs = [tuple(r.curve.epochs) for r in runs]
         self._configs_at: dict[tuple[int, int], Config] = {}
 
     def config_at(self, i: int, epochs: int) -> Config:
@@ -313,7 +292,8 @@ class RecordedBackend:
     """Answers every trial from the store; a config not recorded gets the nearest recorded one.
 
     Args:
-        store: the curve store made by ``rlhpo collect`` (a path or a :class:`CurveStore`).
+        store: the curve store made by ``rlhpo collect`` (a path or a :class:`CurveStore`);
+            ``None``: the meta-dataset shipped with the package.
         space: the search space the actions decode in.
         train_seed: the training seed whose runs answer (``rlhpo collect``'s ``train_seed``).
         exclude_datasets: datasets left out of the default task list (leave-one-dataset-out).
@@ -414,11 +394,10 @@ class RecordedBackend:
             train_loss=float(table.train_loss[i, n - 1]) if n else 0.0,
             val_loss=float(table.val_loss[i, n - 1]) if n else 0.0,
             diverged=bool(table.diverged[i]) and n < epochs,
-            curve=table.epoch_dicts[i][:n],
+            curve=table.epochs[i][:n],
             seconds=float(table.cum_seconds[i, n] - table.cum_seconds[i, min(resume_from, n)]),
             exact=exact,
             distance=distance,
-            trained=False,
         )
 
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -14,10 +16,11 @@ from gymnasium import spaces
 from rlhpo.envs.backends import Backend, Trial, make_backend
 from rlhpo.envs.reward import RewardSettings, relative_compute, step_reward
 from rlhpo.errors import RlhpoError
-from rlhpo.space import HYPERPARAMETERS, SearchSpace, load_search_space
+from rlhpo.space import HYPERPARAMETERS, Config, SearchSpace, load_search_space
 from rlhpo.store import CurveStore, TaskRecord
 from rlhpo.tasks.features import META_FEATURES
 from rlhpo.tasks.task import Task
+from rlhpo.training import EpochRecord
 
 # The observation, in order (see the table in HPOEnv's docstring).
 BUDGET_FEATURES = ("budget_used", "budget_remaining", "steps", "incumbent_score")
@@ -65,6 +68,89 @@ def trial_score(trial: Trial) -> float:
     return _clip(float(trial.scores[-1])) if len(trial.scores) else 0.0
 
 
+@dataclass(frozen=True)
+class StepResult:
+    """What one HPOEnv step did (``info["result"]``): the trial, its score, and the budget after it."""
+
+    task: str  # the task key
+    step: int  # 1 for the episode's first step
+    action: tuple[int, ...]
+    config: Config  # as asked
+    trial: Trial  # the answer: ``trial.config`` is the config whose curve answered, at the epochs trained
+    resumed_from: int  # epochs of the same config trained earlier in the episode that this trial continued
+    score: float
+    incumbent: float
+    incumbent_config: Config | None  # the best trial's config (at the epochs it was trained to)
+    budget_used: int
+    budget_remaining: int
+    cost_fte: float  # paid epochs in full trainings
+    compute_fte: float  # paid epochs in full trainings of the default config's compute
+    backend: str
+
+    @property
+    def epochs(self) -> int:
+        """Epochs the trial was trained to."""
+        return self.trial.epochs
+
+    @property
+    def paid_epochs(self) -> int:
+        """Epochs this step paid (fewer than ``epochs`` when it continued an earlier trial)."""
+        return self.trial.epochs - self.resumed_from
+
+    @property
+    def answered_config(self) -> Config:
+        return self.trial.config
+
+    @property
+    def curve(self) -> tuple[EpochRecord, ...]:
+        return self.trial.curve
+
+    @property
+    def diverged(self) -> bool:
+        return self.trial.diverged
+
+    @property
+    def seconds(self) -> float:
+        """Recorded training seconds of the paid epochs."""
+        return self.trial.seconds
+
+    @property
+    def exact(self) -> bool:
+        """Whether the config asked answered (not a nearest recorded one)."""
+        return self.trial.exact
+
+    @property
+    def distance(self) -> float:
+        """How far the answering config is from the one asked (0 when exact)."""
+        return self.trial.distance
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON values (what rollout files and summaries hold)."""
+        return {
+            "task": self.task,
+            "step": self.step,
+            "action": list(self.action),
+            "config": self.config.to_dict(),
+            "epochs": self.epochs,
+            "resumed_from": self.resumed_from,
+            "paid_epochs": self.paid_epochs,
+            "answered_config": self.answered_config.to_dict(),
+            "exact": self.exact,
+            "distance": self.distance,
+            "curve": [dataclasses.asdict(e) for e in self.curve],
+            "diverged": self.diverged,
+            "score": self.score,
+            "incumbent": self.incumbent,
+            "incumbent_config": self.incumbent_config.to_dict() if self.incumbent_config else None,
+            "budget_used": self.budget_used,
+            "budget_remaining": self.budget_remaining,
+            "cost_fte": self.cost_fte,
+            "compute_fte": self.compute_fte,
+            "seconds": self.seconds,
+            "backend": self.backend,
+        }
+
+
 def _clip(x: float, lo: float = -1.0, hi: float = 1.0) -> float:
     return lo if x < lo else hi if x > hi else x
 
@@ -90,8 +176,8 @@ class HPOEnv(gym.Env[np.ndarray, np.ndarray]):
     `epochs` is the fidelity of the trial: the shipped space offers 1, 3 and 9 epochs.
 
     A config already trained this episode (same choices but `epochs`) and asked for more epochs
-    is *continued*: the step pays only the extra epochs (`info["resumed_from"]`,
-    `info["paid_epochs"]`), as a multi-fidelity tuner (top-k, Hyperband) expects. Its curve is
+    is *continued*: the step pays only the extra epochs (`info["result"].resumed_from`,
+    `.paid_epochs`), as a multi-fidelity tuner (top-k, Hyperband) expects. Its curve is
     the one a single longer run gives.
 
     ## Observation Space
@@ -123,7 +209,7 @@ class HPOEnv(gym.Env[np.ndarray, np.ndarray]):
     paid_epochs / max_epochs − distance_penalty × distance − divergence_penalty × diverged`,
     where `compute` is the asked config's per-epoch compute relative to the space's default
     config (`rlhpo.envs.reward.relative_compute`: num_layers × units²) and `distance` is
-    `info["distance"]` (0 for a trained trial), with the weights of
+    `info["result"].distance` (0 for a trained trial), with the weights of
     `rlhpo.envs.reward.RewardSettings` (defaults 0.01, 0.002, 0.05 and 0.1; the module says
     why). The incumbent starts at 0, so the undiscounted return is the final incumbent score
     less the costs. A trial's score is its normalised validation accuracy at its last completed
@@ -140,7 +226,7 @@ class HPOEnv(gym.Env[np.ndarray, np.ndarray]):
 
     1. Termination: the budget is spent (fewer epochs remain than the smallest epochs choice).
     A step whose epochs exceed the remaining budget trains for the largest epochs choice that
-    fits; `info["epochs"]` says how far it trained and `info["paid_epochs"]` what it paid. There is
+    fits; `info["result"].epochs` says how far it trained and `.paid_epochs` what it paid. There is
     no truncation: every step pays at least one epoch, so an episode has at most `budget_epochs`
     steps.
 
@@ -160,7 +246,7 @@ class HPOEnv(gym.Env[np.ndarray, np.ndarray]):
     | `store`            | path or `CurveStore` | `None`          | curve store; `None` (live only): in memory  |
     | `tasks`            | `Task`s/keys, sampler| see below       | the tasks episodes draw from                |
     | `space`            | `SearchSpace`, path  | shipped space   | the search space                            |
-    | `budget_epochs`    | `int`                | 3 × max epochs  | the budget of an episode, in epochs         |
+    | `budget_epochs`    | `int`                | 3 FTE in epochs | the budget of an episode, in epochs         |
     | `train_seed`       | `int`                | `0`             | training seed of every trial (recorded runs |
     |                    |                      |                 | must have been trained with it)             |
     | `reward`           | `RewardSettings`     | defaults        | reward weights                              |
@@ -171,20 +257,24 @@ class HPOEnv(gym.Env[np.ndarray, np.ndarray]):
     `tasks` defaults to `[Task("digits")]` (live) or every task recorded in the store for
     `train_seed` (recorded), less `exclude_datasets`.
 
-    `info` holds plain JSON values. After `reset`: `task`, `dataset`, `family`, `n_classes`,
-    `meta_features`, `budget_epochs`, `backend`. After `step`: `task`, `step`, `action`,
-    `config` (as asked), `epochs` (trained to), `resumed_from`, `paid_epochs`, `answered_config`,
-    `exact`, `distance`,
-    `curve` (one dict per completed epoch), `diverged`, `score`, `incumbent`,
-    `incumbent_config` (the best trial's config; `None` before any trial), `budget_used`,
-    `budget_remaining`, `cost_fte` (paid), `compute_fte` (paid epochs in full trainings of the
-    default config's compute), `seconds` (of the paid epochs), `backend`. They depend
-    only on the seed, the actions and the recorded curves (`seconds` are the recorded training
-    seconds), never on whether this step trained or found its curve in the store.
+    After `reset`, `info` holds plain JSON values: `task`, `dataset`, `family`, `n_classes`,
+    `meta_features`, `budget_epochs`, `backend`. After `step`, `info["result"]` is a frozen
+    `StepResult`: the step's number and action, the config as asked, the backend's `Trial` (the
+    config whose curve answered, at the epochs trained; the curve as `EpochRecord`s; whether the
+    answer was exact and how far it was), `resumed_from`, the trial's score, the incumbent and
+    its config, the budget used and remaining, and its cost in full trainings (`cost_fte`) and in
+    full trainings of the default config's compute (`compute_fte`). `StepResult.to_dict()` gives
+    plain JSON for files (what `RolloutRecorder` writes). All of it depends only on the seed, the
+    actions and the recorded curves (`seconds` are the recorded training seconds), never on
+    whether this step trained or found its curve in the store.
+
+    A tuner asks the env, not its own bookkeeping, whether an action would only repeat what the
+    episode already knows: `is_repeat(config)`.
 
     ## Version History
 
-    * v0: Initial version.
+    * v0: Initial version. Later in v0 (same MDP): the step's `info` became a typed `StepResult`
+      (`info["result"]`) instead of a dict of JSON values.
     """
 
     metadata = {"render_modes": []}
@@ -212,7 +302,7 @@ class HPOEnv(gym.Env[np.ndarray, np.ndarray]):
         epochs_choices = sorted(self.space.choices["epochs"])
         self._epochs_choices = epochs_choices
         self.max_epochs = self.space.max_epochs
-        self.budget_epochs = 3 * self.max_epochs if budget_epochs is None else int(budget_epochs)
+        self.budget_epochs = self.space.budget_epochs() if budget_epochs is None else int(budget_epochs)
         if self.budget_epochs < epochs_choices[0]:
             raise RlhpoError(
                 f"budget_epochs must be at least the smallest epochs choice {epochs_choices[0]}, "
@@ -260,9 +350,10 @@ class HPOEnv(gym.Env[np.ndarray, np.ndarray]):
         self._steps = 0
         self._incumbent = 0.0
         self._best_score = -math.inf
-        self._incumbent_config: dict[str, Any] | None = None
+        self._incumbent_config: Config | None = None
         self._last: Trial | None = None
         self._trained: dict[str, int] = {}  # config key (epochs left out) -> most epochs trained this episode
+        self._known: dict[str, int] = {}  # the same, for the configs asked and the configs that answered
         self._done = True
 
     # ------------------------------------------------------------------ API
@@ -287,6 +378,7 @@ class HPOEnv(gym.Env[np.ndarray, np.ndarray]):
         self._incumbent_config = None
         self._last = None
         self._trained = {}
+        self._known = {}
         self._done = False
         return self._get_obs(), self._reset_info()
 
@@ -298,11 +390,13 @@ class HPOEnv(gym.Env[np.ndarray, np.ndarray]):
         paid = epochs - resume_from
         trial = self.backend.run(self._record.task, config, epochs, resume_from=resume_from)
         self._trained[config.key()] = max(epochs, self._trained.get(config.key(), 0))
+        for known in (config, trial.config):  # a recorded answer makes the answering config known too
+            self._known[known.key()] = max(epochs, self._known.get(known.key(), 0))
         score = trial_score(trial)
         before = self._incumbent
         if score > self._best_score:  # the incumbent config is the best trial's, even below chance
             self._best_score = score
-            self._incumbent_config = _config_dict(trial.config)
+            self._incumbent_config = trial.config
         self._incumbent = max(self._incumbent, score)
         compute = relative_compute(config, self.space.default)
         reward = step_reward(
@@ -320,13 +414,26 @@ class HPOEnv(gym.Env[np.ndarray, np.ndarray]):
         self._last = trial
         terminated = self.budget_epochs - self._used < self._epochs_choices[0]
         self._done = terminated
-        info = self._step_info(action, config, trial, score, resume_from, compute)
-        return self._get_obs(), float(reward), terminated, False, info
+        result = self._step_result(action, config, trial, score, resume_from, compute)
+        return self._get_obs(), float(reward), terminated, False, {"result": result}
 
-    def _fidelity(self, config: Any) -> tuple[int, int]:
-        return fidelity(
-            self._epochs_choices, config.epochs, self._trained.get(config.key(), 0), self.budget_epochs - self._used
-        )
+    @property
+    def budget_remaining(self) -> int:
+        """Epochs left in the episode's budget."""
+        return self.budget_epochs - self._used
+
+    def is_repeat(self, config: Config) -> bool:
+        """Whether asking ``config`` now would tell nothing new: the episode already knows its curve that far.
+
+        It does when the config, or a config whose recorded curve answered an earlier step, has
+        been seen to at least the epochs this step would train (HPOEnv's :func:`fidelity` rule).
+        """
+        done = self._known.get(config.key(), 0)
+        epochs, _ = fidelity(self._epochs_choices, config.epochs, done, self.budget_remaining)
+        return epochs <= done
+
+    def _fidelity(self, config: Config) -> tuple[int, int]:
+        return fidelity(self._epochs_choices, config.epochs, self._trained.get(config.key(), 0), self.budget_remaining)
 
     def close(self) -> None:
         self.backend.close()
@@ -375,35 +482,24 @@ class HPOEnv(gym.Env[np.ndarray, np.ndarray]):
             "backend": self.backend.name,
         }
 
-    def _step_info(
-        self, action: Any, config: Any, trial: Trial, score: float, resume_from: int, compute: float
-    ) -> dict[str, Any]:
+    def _step_result(
+        self, action: Any, config: Config, trial: Trial, score: float, resume_from: int, compute: float
+    ) -> StepResult:
         assert self._record is not None
         fte = (trial.epochs - resume_from) / self.max_epochs
-        return {
-            "task": self._record.key,
-            "step": self._steps,
-            "action": [int(a) for a in np.asarray(action).reshape(-1)],
-            "config": _config_dict(config),
-            "epochs": trial.epochs,
-            "resumed_from": resume_from,
-            "paid_epochs": trial.epochs - resume_from,
-            "answered_config": _config_dict(trial.config),
-            "exact": trial.exact,
-            "distance": trial.distance,
-            "curve": [dict(e) for e in trial.curve],  # copies: the recorded backend keeps its own
-            "diverged": trial.diverged,
-            "score": score,
-            "incumbent": self._incumbent,
-            "incumbent_config": dict(self._incumbent_config) if self._incumbent_config else None,
-            "budget_used": self._used,
-            "budget_remaining": self.budget_epochs - self._used,
-            "cost_fte": fte,
-            "compute_fte": compute * fte,
-            "seconds": trial.seconds,
-            "backend": self.backend.name,
-        }
-
-
-def _config_dict(config: Any) -> dict[str, Any]:
-    return {h: getattr(config, h) for h in HYPERPARAMETERS}
+        return StepResult(
+            task=self._record.key,
+            step=self._steps,
+            action=tuple(int(a) for a in np.asarray(action).reshape(-1)),
+            config=config,
+            trial=trial,
+            resumed_from=resume_from,
+            score=score,
+            incumbent=self._incumbent,
+            incumbent_config=self._incumbent_config,
+            budget_used=self._used,
+            budget_remaining=self.budget_remaining,
+            cost_fte=fte,
+            compute_fte=compute * fte,
+            backend=self.backend.name,
+        )

@@ -1,9 +1,11 @@
 """RolloutRecorder: append every step of an environment to ``rollouts.jsonl``.
 
 One JSON object per line, append-only and flushed per step (like Optuna's journal storage), so
-a run killed at any moment leaves every completed step readable. A line holds the episode and
-step numbers, the episode's reset seed, the task and its meta-features, the action, the decoded
-config, a summary of the trial's curve, the reward and the incumbent.
+a run killed at any moment leaves every completed step readable. The file starts with a header
+line, ``{"header": {...}}`` (:func:`write_rollouts_header`): what a replay needs to rebuild the
+environment. Each step line holds the episode and step numbers, the episode's reset seed, the
+task and its meta-features, the action, the decoded config, a summary of the trial's curve, the
+reward and the incumbent.
 """
 
 from __future__ import annotations
@@ -15,21 +17,29 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
+from rlhpo.envs.hpo_env import StepResult
 
-def curve_summary(info: dict[str, Any]) -> dict[str, Any]:
+ROLLOUTS_FILE = "rollouts.jsonl"
+
+
+def write_rollouts_header(path: Path, header: dict[str, Any]) -> None:
+    """Start a rollouts file afresh with its header line: what a replay needs to rebuild the env."""
+    path.write_text(json.dumps({"header": header}) + "\n")
+
+
+def curve_summary(result: StepResult) -> dict[str, Any]:
     """The headline of a step's curve: epochs completed and paid, final and best accuracy, divergence, cost."""
-    curve = info.get("curve") or []
-    accs = [e["val_accuracy"] for e in curve]
+    accs = [e.val_accuracy for e in result.curve]
     return {
-        "epochs_completed": len(curve),
-        "epochs_paid": info.get("paid_epochs", info.get("epochs")),
+        "epochs_completed": len(result.curve),
+        "epochs_paid": result.paid_epochs,
         "final_val_accuracy": accs[-1] if accs else None,
         "best_val_accuracy": max(accs) if accs else None,
-        "final_val_loss": curve[-1]["val_loss"] if curve else None,
-        "diverged": info.get("diverged"),
-        "score": info.get("score"),
-        "seconds": info.get("seconds"),
-        "compute_fte": info.get("compute_fte"),
+        "final_val_loss": result.curve[-1].val_loss if result.curve else None,
+        "diverged": result.diverged,
+        "score": result.score,
+        "seconds": result.seconds,
+        "compute_fte": result.compute_fte,
     }
 
 
@@ -59,22 +69,23 @@ class RolloutRecorder(gym.Wrapper):
 
     def step(self, action: Any) -> tuple[Any, float, bool, bool, dict]:
         obs, reward, terminated, truncated, info = self.env.step(action)
+        result: StepResult = info["result"]
         line = {
             "episode": self._episode,
             "seed": self._seed,  # the reset seed: with the actions, what a replay needs
-            "step": info.get("step"),
-            "task": info.get("task"),
+            "step": result.step,
+            "task": result.task,
             "meta_features": self._reset_info.get("meta_features"),
             "action": np.asarray(action).reshape(-1).tolist(),
-            "config": info.get("config"),
-            "answered_config": info.get("answered_config"),
-            "exact": info.get("exact"),
-            "distance": info.get("distance"),
-            "curve": curve_summary(info),
+            "config": result.config.to_dict(),
+            "answered_config": result.answered_config.to_dict(),
+            "exact": result.trial.exact,
+            "distance": result.trial.distance,
+            "curve": curve_summary(result),
             "reward": float(reward),
-            "incumbent": info.get("incumbent"),
-            "incumbent_config": info.get("incumbent_config"),
-            "budget_used": info.get("budget_used"),
+            "incumbent": result.incumbent,
+            "incumbent_config": result.incumbent_config.to_dict() if result.incumbent_config else None,
+            "budget_used": result.budget_used,
             "terminated": bool(terminated),
             "truncated": bool(truncated),
         }

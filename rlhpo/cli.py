@@ -1,27 +1,56 @@
-"""The ``rlhpo`` command line. Each command parses, calls one library function, echoes the result."""
+"""The ``rlhpo`` command line. Each command parses, calls one library function, prints its result.
+
+Shared options and the one output path (:func:`~rlhpo.cli_options.emit`: report lines or
+``--json``) are in :mod:`rlhpo.cli_options`; the report lines are built in the modules that
+made the result. An :class:`~rlhpo.errors.RlhpoError` is one line and exit 1 (``--debug`` shows
+the traceback); Ctrl-C is exit 130, with the run folder and how to continue when there is one.
+"""
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import logging
 import os
-import time
 from pathlib import Path
 from typing import Any
 
 import click
 
-from rlhpo.errors import RlhpoError
+from rlhpo.agents.settings import BenchSettings
+from rlhpo.cli_options import (
+    data_dir_option,
+    device_option,
+    emit,
+    json_option,
+    make_task,
+    policy_option,
+    runs_dir_option,
+    seed_option,
+    settings_from,
+    settings_options,
+    space_option,
+    task_options,
+)
+from rlhpo.errors import RlhpoError, RunInterrupted
+from rlhpo.space import DEFAULT_BUDGET_FTE
 
 log = logging.getLogger(__name__)
 
+INTERRUPTED = 130  # the shell's exit status for Ctrl-C
+
 
 class _Group(click.Group):
-    """Shows an :class:`RlhpoError` as one line and a non-zero exit; ``--debug`` shows the traceback."""
+    """Shows an :class:`RlhpoError` as one line and a non-zero exit; Ctrl-C exits 130."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except RunInterrupted as e:
+            click.echo(str(e), err=True)
+            ctx.exit(INTERRUPTED)
+        except (KeyboardInterrupt, click.exceptions.Abort):
+            click.echo("interrupted", err=True)
+            ctx.exit(INTERRUPTED)
         except RlhpoError as e:
             if ctx.obj and ctx.obj.get("debug"):
                 raise
@@ -38,44 +67,6 @@ def main(ctx: click.Context, debug: bool) -> None:
     logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
 
-def data_dir_option(f: Any) -> Any:
-    return click.option(
-        "--data-dir",
-        type=click.Path(file_okay=False, path_type=Path),
-        envvar="RLHPO_DATA_DIR",
-        help="Folder with <name>/{train,test}.parquet (default: $RLHPO_DATA_DIR, then the hub, then bundled data).",
-    )(f)
-
-
-def task_options(f: Any) -> Any:
-    """Options that name a task: the dataset, its model family, subsample and columns."""
-    for opt in reversed(
-        [
-            click.option(
-                "--task",
-                "dataset",
-                default="digits",
-                show_default=True,
-                help="Built-in task, hub dataset name, or local folder of parquet/CSV files.",
-            ),
-            click.option("--model", "family", default=None, help="Model family (cnn, mlp, gru, lstm, transformer)."),
-            click.option("--n-train", type=click.IntRange(min=2), default=None, help="Subsample the training set."),
-            click.option("--text-column", default=None, help="Text column of a user dataset."),
-            click.option("--image-column", default=None, help="Image column of a user dataset."),
-            click.option("--label-column", default=None, help="Label column of a user dataset."),
-            data_dir_option,
-        ]
-    ):
-        f = opt(f)
-    return f
-
-
-def make_task(dataset: str, family: str | None, n_train: int | None, seed: int, **columns: str | None) -> Any:
-    from rlhpo.tasks import Task
-
-    return Task(dataset=dataset, family=family, n_train=n_train, seed=seed, **columns)
-
-
 @main.command("tasks")
 @data_dir_option
 def tasks_cmd(data_dir: Path | None) -> None:
@@ -86,6 +77,9 @@ def tasks_cmd(data_dir: Path | None) -> None:
     click.echo(f"{'task':<10} {'modality':<8} {'model':<6} {'available':<9} source")
     for r in rows:
         click.echo(f"{r.name:<10} {r.modality:<8} {r.family:<6} {'yes' if r.available else 'no':<9} {r.source}")
+    hints = dict.fromkeys(r.hint for r in rows if not r.available and r.hint)
+    for hint in hints:
+        click.echo(hint)
 
 
 def parse_sets(values: tuple[str, ...]) -> dict[str, str]:
@@ -104,29 +98,12 @@ def parse_sets(values: tuple[str, ...]) -> dict[str, str]:
     "--set", "sets", multiple=True, metavar="NAME=VALUE", help="Override one hyperparameter of the default config."
 )
 @click.option("--epochs", type=click.IntRange(min=1), default=None, help="Epochs to train (default: the config's).")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--device", default="cpu", show_default=True, help="torch device, e.g. cuda.")
-@click.option(
-    "--space",
-    "space_path",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    help="Search-space YAML (default: the shipped configs/search_space.yaml).",
-)
-@click.option(
-    "--runs-dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=None,
-    help="Where run folders go (default: $RLHPO_RUNS_DIR or ./runs).",
-)
-@click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object on stdout.")
+@seed_option
+@device_option
+@space_option("the shipped configs/search_space.yaml")
+@runs_dir_option
+@json_option
 def train_cmd(
-    dataset: str,
-    family: str | None,
-    n_train: int | None,
-    text_column: str | None,
-    image_column: str | None,
-    label_column: str | None,
     data_dir: Path | None,
     sets: tuple[str, ...],
     epochs: int | None,
@@ -135,54 +112,25 @@ def train_cmd(
     space_path: Path | None,
     runs_dir: Path | None,
     as_json: bool,
+    **task: Any,
 ) -> None:
     """Train one config on one task and report its curve and test metrics."""
-    from rlhpo.agents.sb3_logging import tensorboard_logger
-    from rlhpo.runs import train_run
+    from rlhpo.runs import epoch_line, train_report_lines, train_run
     from rlhpo.space import load_search_space
 
     space = load_search_space(space_path)
     config = space.override(space.default, parse_sets(sets))
-    task = make_task(
-        dataset, family, n_train, seed, text_column=text_column, image_column=image_column, label_column=label_column
-    )
-
-    def on_epoch(e: Any) -> None:
-        click.echo(
-            f"epoch {e.epoch:>3}  train_loss {e.train_loss:.4f}  val_loss {e.val_loss:.4f}  "
-            f"val_acc {e.val_accuracy:.4f}  val_f1 {e.val_macro_f1:.4f}  {e.seconds:.1f}s",
-            err=True,
-        )
-
-    started = time.perf_counter()
     summary = train_run(
-        task,
+        make_task(seed, **task),
         config,
         epochs=epochs,
         seed=seed,
         device=device,
         data_dir=data_dir,
         runs_dir=runs_dir,
-        make_logger=tensorboard_logger,
-        on_epoch=on_epoch,
+        on_epoch=lambda e: click.echo(epoch_line(e), err=True),
     )
-    if as_json:
-        click.echo(json.dumps(summary))
-        return
-    click.echo(f"task {summary['task']} ({summary['model']}, {summary['source']}), config {summary['config']}")
-    echo_test_metrics(summary)
-    click.echo(f"{time.perf_counter() - started:.1f}s; run folder {summary['run_dir']}")
-
-
-def echo_test_metrics(summary: dict[str, Any]) -> None:
-    """The final training's test accuracy, macro-F1 and validation loss (``train`` and ``tune``)."""
-    if summary["diverged"]:
-        click.echo(f"diverged after {len(summary['curve'])} completed epochs")
-    val_loss = "-" if summary["val_loss"] is None else f"{summary['val_loss']:.4f}"
-    click.echo(
-        f"test accuracy {summary['test_accuracy']:.4f}  "
-        f"test macro-F1 {summary['test_macro_f1']:.4f}  val loss {val_loss}"
-    )
+    emit(summary, as_json, train_report_lines(summary))
 
 
 @main.command("collect")
@@ -224,8 +172,6 @@ def collect_cmd(
     data_dir: Path | None,
 ) -> None:
     """Record the curves of a space-filling sample of configs on every task instance (resumable)."""
-    import dataclasses
-
     from rlhpo.collect import collect, load_collect_settings
 
     settings = load_collect_settings(instances_path)
@@ -237,8 +183,7 @@ def collect_cmd(
     try:
         result = collect(settings, store_path, workers=workers, datasets=names, data_dir=data_dir)
     except KeyboardInterrupt:
-        click.echo(f"interrupted: {store_path} keeps every finished run; run the same command to resume", err=True)
-        raise SystemExit(130) from None
+        raise RunInterrupted(store_path, "run the same command again (finished runs are kept)", "store") from None
     click.echo(
         f"{result.tasks} tasks, {result.runs} runs: trained {result.trained}, already recorded "
         f"{result.skipped}, failed {len(result.failed)} in {result.seconds:.0f}s; store {result.store}"
@@ -254,14 +199,18 @@ def store_group() -> None:
     """Inspect and export a curve store."""
 
 
-@store_group.command("export")
-@click.option(
+store_option = click.option(
     "--store",
     "store_path",
     type=click.Path(dir_okay=False, path_type=Path),
     default=Path("runs/store.sqlite"),
     show_default=True,
+    help="The curve store (SQLite).",
 )
+
+
+@store_group.command("export")
+@store_option
 @click.option(
     "--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True, help="Folder for the files."
 )
@@ -274,13 +223,7 @@ def store_export_cmd(store_path: Path, out_dir: Path) -> None:
 
 
 @store_group.command("info")
-@click.option(
-    "--store",
-    "store_path",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=Path("runs/store.sqlite"),
-    show_default=True,
-)
+@store_option
 def store_info_cmd(store_path: Path) -> None:
     """Count the tasks, runs and epochs in the store."""
     from rlhpo.store import CurveStore
@@ -288,24 +231,6 @@ def store_info_cmd(store_path: Path) -> None:
     with CurveStore(store_path, readonly=True) as store:
         counts = store.count()
     click.echo(f"{store_path}: {counts['tasks']} tasks, {counts['runs']} runs, {counts['epochs']} epochs")
-
-
-def _runs_dir_option(f: Any) -> Any:
-    return click.option(
-        "--runs-dir",
-        type=click.Path(file_okay=False, path_type=Path),
-        default=None,
-        help="Where run folders go (default: $RLHPO_RUNS_DIR or ./runs).",
-    )(f)
-
-
-def _policy_option(f: Any) -> Any:
-    return click.option(
-        "--policy",
-        type=click.Path(path_type=Path),
-        default=None,
-        help="policy.zip (or a train-agent run folder) (default: the shipped policy).",
-    )(f)
 
 
 @main.command("train-agent")
@@ -327,8 +252,8 @@ def _policy_option(f: Any) -> Any:
 @click.option(
     "--total-steps", type=click.IntRange(min=1), default=None, help="Environment steps (default: the config's)."
 )
-@_runs_dir_option
-@click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object on stdout.")
+@runs_dir_option
+@json_option
 def train_agent_cmd(
     config_path: Path | None,
     run_name: str | None,
@@ -339,8 +264,7 @@ def train_agent_cmd(
     as_json: bool,
 ) -> None:
     """Meta-train the PPO tuner on recorded curves, then evaluate it against the default config and random search."""
-    from rlhpo.agents.evaluate import pm
-    from rlhpo.agents.ppo import train_agent
+    from rlhpo.agents.meta_train import report_lines, train_agent
     from rlhpo.agents.settings import load_train_agent_settings
 
     if resume is not None and (config_path is not None or run_name is not None):
@@ -351,24 +275,7 @@ def train_agent_cmd(
     summary = train_agent(
         settings, resume=resume, run_name=run_name, seed=seed, total_steps=total_steps, runs_dir=runs_dir
     )
-    if as_json:
-        click.echo(json.dumps(summary))
-        return
-    ev = summary["evaluation"]
-    click.echo(
-        f"trained {summary['num_timesteps']} steps in {summary['train_seconds']:.1f}s on "
-        f"{len(summary['train_tasks'])} tasks; policy {summary['policy']}"
-    )
-    click.echo(f"evaluation at {ev['budget_epochs']} epochs, {len(ev['seeds'])} seeds per task (normalised scores):")
-    click.echo(f"{'tasks':<8} {'method':<8} {'incumbent':<15} {'full fidelity':<15} {'regret':<15}")
-    for group, result in ev["groups"].items():
-        for method, row in result["methods"].items():
-            click.echo(
-                f"{group:<8} {method:<8} {pm((row['incumbent_score'], row['incumbent_score_se'])):<15} "
-                f"{pm((row['full_fidelity_score'], row['full_fidelity_score_se'])):<15} "
-                f"{pm((row['regret'], row['regret_se'])):<15}"
-            )
-    click.echo(f"run folder {summary['run_dir']}")
+    emit(summary, as_json, report_lines(summary))
 
 
 @main.command("tune")
@@ -377,56 +284,41 @@ def train_agent_cmd(
     "--budget",
     "budget_fte",
     type=click.FloatRange(min=0, min_open=True),
-    default=3.0,
+    default=DEFAULT_BUDGET_FTE,
     show_default=True,
     help="Tuning budget in full-training equivalents (x the largest epochs choice).",
 )
-@_policy_option
+@policy_option
+@space_option("the one the policy was trained in")
+@seed_option
+@device_option
 @click.option(
-    "--space",
-    "space_path",
-    type=click.Path(dir_okay=False, path_type=Path),
+    "--resume",
+    type=click.Path(file_okay=False, exists=True, path_type=Path),
     default=None,
-    help="Search-space YAML (default: the one the policy was trained in).",
+    help="Continue the interrupted tune in this run folder, with its own settings (other options are ignored).",
 )
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--device", default="cpu", show_default=True, help="torch device, e.g. cuda.")
-@_runs_dir_option
-@click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object on stdout.")
+@runs_dir_option
+@json_option
 def tune_cmd(
-    dataset: str,
-    family: str | None,
-    n_train: int | None,
-    text_column: str | None,
-    image_column: str | None,
-    label_column: str | None,
     data_dir: Path | None,
     budget_fte: float,
     policy: Path | None,
     space_path: Path | None,
     seed: int,
     device: str,
+    resume: Path | None,
     runs_dir: Path | None,
     as_json: bool,
+    **task: Any,
 ) -> None:
-    """Tune a task with the meta-trained policy, then retrain the best config and report its test metrics."""
-    from rlhpo.agents.replay import short_config
-    from rlhpo.agents.tune import tune
+    """Tune a task with the meta-trained policy, then train the chosen config at full fidelity and test it."""
+    from rlhpo.agents.tune import SCORE_NOTE, report_lines, trial_line, tune
 
-    task = make_task(
-        dataset, family, n_train, seed, text_column=text_column, image_column=image_column, label_column=label_column
-    )
-
-    def on_trial(t: dict[str, Any]) -> None:
-        acc = "-" if t["val_accuracy"] is None else f"{t['val_accuracy']:.4f}"
-        click.echo(
-            f"trial {t['step']:>2}  {short_config(t['config'])}  {t['epochs']} epochs  val_acc {acc}  "
-            f"{t['seconds']:.1f}s{'  diverged' if t['diverged'] else ''}  incumbent {t['incumbent']:.4f}",
-            err=True,
-        )
-
-    s = tune(
-        task,
+    if not as_json:
+        click.echo(SCORE_NOTE, err=True)
+    summary = tune(
+        None if resume is not None else make_task(seed, **task),
         budget_fte=budget_fte,
         policy=policy,
         space=space_path,
@@ -434,71 +326,14 @@ def tune_cmd(
         data_dir=data_dir,
         device=device,
         runs_dir=runs_dir,
-        on_trial=on_trial,
+        on_trial=lambda t: click.echo(trial_line(t), err=True),
+        resume=resume,
     )
-    if as_json:
-        click.echo(json.dumps(s))
-        return
-    click.echo(f"task {s['task']} ({s['model']}, {s['source']}); chosen config {short_config(s['config'])}")
-    echo_test_metrics(s)
-    click.echo(
-        f"tuning {s['tuning_epochs']}/{s['budget_epochs']} epochs in {s['tuning_seconds']:.1f}s "
-        f"(policy {s['policy_seconds']:.2f}s), final training {s['retrain_seconds']:.1f}s; run folder {s['run_dir']}"
-    )
-
-
-def _csv_list(kind: str, convert: Any = str) -> Any:
-    def parse(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
-        if value is None:
-            return None
-        try:
-            items = tuple(convert(v.strip()) for v in value.split(",") if v.strip())
-        except ValueError:
-            raise click.BadParameter(f"expected comma-separated {kind}, got {value!r}") from None
-        if not items:
-            raise click.BadParameter(f"expected at least one {kind}")
-        return items
-
-    return parse
+    emit(summary, as_json, report_lines(summary))
 
 
 @main.command("bench")
-@click.option(
-    "--tasks",
-    default="ag_news",
-    show_default=True,
-    callback=_csv_list("tasks"),
-    help="Comma-separated datasets (or, recorded, task keys of the store).",
-)
-@click.option(
-    "--methods",
-    default=None,
-    callback=_csv_list("methods"),
-    help="Comma-separated tuners (default: all: ppo, default, random, tpe, tpe_hyperband, top_k, learned_list).",
-)
-@click.option(
-    "--budgets",
-    default="1,3,10,30",
-    show_default=True,
-    callback=_csv_list("budgets", float),
-    help="Comma-separated budgets in full-training equivalents.",
-)
-@click.option(
-    "--seeds", type=click.IntRange(min=1), default=5, show_default=True, help="Episodes per task, method, budget."
-)
-@click.option("--first-seed", type=int, default=10000, show_default=True, help="The first evaluation seed.")
-@click.option("--backend", type=click.Choice(["recorded", "live"]), default="recorded", show_default=True)
-@click.option(
-    "--store",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    help="Recorded curves (default: the shipped meta-dataset).",
-)
-@_policy_option
-@click.option("--model", "family", default=None, help="Live: model family (default: the dataset's).")
-@click.option("--n-train", type=click.IntRange(min=2), default=None, help="Live: training examples (default: all).")
-@data_dir_option
-@click.option("--device", default="cpu", show_default=True, help="Live: torch device, e.g. cuda.")
+@settings_options(BenchSettings)
 @click.option(
     "--out",
     "out_dir",
@@ -506,57 +341,20 @@ def _csv_list(kind: str, convert: Any = str) -> Any:
     default=None,
     help="Bench folder (default: a new run folder); an interrupted bench there resumes.",
 )
-@click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object on stdout.")
-def bench_cmd(
-    tasks: tuple[str, ...],
-    methods: tuple[str, ...] | None,
-    budgets: tuple[float, ...],
-    seeds: int,
-    first_seed: int,
-    backend: str,
-    store: Path | None,
-    policy: Path | None,
-    family: str | None,
-    n_train: int | None,
-    data_dir: Path | None,
-    device: str,
-    out_dir: Path | None,
-    as_json: bool,
-) -> None:
+@json_option
+def bench_cmd(out_dir: Path | None, as_json: bool, **options: Any) -> None:
     """Compare the tuners on held-out tasks at equal budgets: CSV, Markdown table and anytime plot."""
     import optuna
     from tqdm import tqdm
 
-    from rlhpo.agents.bench import BenchSettings, run_bench
-    from rlhpo.agents.evaluate import pm
-    from rlhpo.agents.tuners import METHODS
+    from rlhpo.agents.bench import run_bench
+    from rlhpo.agents.bench_report import console_lines
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # one line per Optuna trial otherwise
-    settings = BenchSettings(
-        tasks=tasks,
-        methods=methods or METHODS,
-        budgets=budgets,
-        seeds=seeds,
-        first_seed=first_seed,
-        backend=backend,
-        store=str(store) if store else None,
-        policy=str(policy) if policy else None,
-        family=family,
-        n_train=n_train,
-        data_dir=str(data_dir) if data_dir else None,
-        device=device,
-    )
+    settings = settings_from(BenchSettings, options)
     with tqdm(desc="bench episodes", unit="ep", disable=as_json) as bar:
         summary = run_bench(settings, out_dir, progress=lambda row: bar.update(1))
-    if as_json:
-        click.echo(json.dumps(summary))
-        return
-    report = summary["report"]
-    b = settings.reference_budget if settings.reference_budget in budgets else max(budgets)
-    click.echo(f"{'method':<14} {'regret @ ' + format(b, 'g') + ' FTE':<18} {'area':<16} {'mean rank':<9}")
-    for m, e in report["methods"].items():
-        click.echo(f"{m:<14} {pm(e['regret'].get(b)):<18} {pm(e.get('area')):<16} {e['mean_rank'] or 0:<9.2f}")
-    click.echo(f"bench folder {summary['run_dir']} (bench.csv, bench.md, bench.png)")
+    emit(summary, as_json, console_lines(summary))
 
 
 @main.command("replay")
@@ -571,38 +369,13 @@ def replay_cmd(run_dir: Path, episode: int | None, plot_path: Path | None, verif
 
     rollouts = replay.read_rollouts(run_dir)
     episodes = [rollouts.episode(episode)] if episode is not None else rollouts.episodes
-    for ep in episodes:
-        click.echo(f"episode {ep.index}  task {ep.task}  seed {ep.seed}")
-        click.echo(f"  {'step':>4}  {'config':<48} {'epochs':>6} {'score':>7} {'reward':>7} {'incumbent':>9}")
-        for r in replay.episode_rows(ep):
-            score = "-" if r["score"] is None else f"{r['score']:.4f}"
-            click.echo(
-                f"  {r['step']:>4}  {r['config']:<48} {r['epochs']:>6} {score:>7} {r['reward']:>7.4f} "
-                f"{r['incumbent']:>9.4f}"
-            )
-    if episode is None:
-        click.echo("choices by task modality/family (share of trials):")
-        for h, groups in replay.choice_counts(rollouts).items():
-            for group, counts in sorted(groups.items()):
-                total = sum(counts.values())
-                shares = ", ".join(f"{v} {n / total:.0%}" for v, n in counts.most_common())
-                click.echo(f"  {h:<14} {group:<18} {shares}")
+    for line in replay.report_lines(rollouts, episodes, with_choices=episode is None):
+        click.echo(line)
     if plot_path is not None:
         click.echo(f"plot {replay.plot(rollouts, plot_path, episodes)}")
     if verify:
         checks = replay.verify(rollouts, episode=episode, data_dir=data_dir)
-        for c in checks:
-            status = (
-                "match"
-                if c.ok
-                else "MISMATCH "
-                + "; ".join(f"{k}: recorded {a!r}, replayed {b!r}" for k, (a, b) in c.differences.items())
-            )
-            click.echo(f"verify episode {c.episode} step {c.step}: {status}")
-        bad = sum(not c.ok for c in checks)
-        n_eps = len({c.episode for c in checks})
-        click.echo(
-            f"verified {len(checks)} steps of {n_eps} episodes: " + ("all match" if not bad else f"{bad} differ")
-        )
-        if bad:
+        for line in replay.verify_lines(checks):
+            click.echo(line)
+        if not all(c.ok for c in checks):
             raise SystemExit(1)

@@ -22,19 +22,19 @@ import sys
 import threading
 import time
 import traceback
-from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Protocol, TypeVar
 
 import numpy as np
 
 from rlhpo.errors import RlhpoError
-from rlhpo.settings import from_dict, read_yaml, shipped_config
+from rlhpo.settings import from_dict, read_yaml, shipped_file
 from rlhpo.space import HYPERPARAMETERS, Config, SearchSpace, load_search_space
 from rlhpo.store import CurveStore, TaskRecord
-from rlhpo.tasks.task import Task
+from rlhpo.tasks.loader import LoadedTasks
+from rlhpo.tasks.task import Task, TaskData
 from rlhpo.training import Curve
 
 log = logging.getLogger(__name__)
@@ -112,7 +112,7 @@ class CollectSettings:
 def load_collect_settings(path: str | Path | None = None) -> CollectSettings:
     """Read the collect settings (the shipped ``configs/collect.yaml`` by default)."""
     where = str(path or "configs/collect.yaml")
-    data = read_yaml(path or shipped_config("collect.yaml"))
+    data = read_yaml(path or shipped_file("configs/collect.yaml"))
     groups = data.get("instances")
     if not isinstance(groups, list) or not groups:
         raise RlhpoError(f"{where} needs 'instances': a list of groups with datasets, n_train, families, seeds.")
@@ -279,21 +279,13 @@ class WorkResult:
     error: str | None = None
 
 
-_DATA_CACHE: OrderedDict[Task, Any] = OrderedDict()
-_DATA_CACHE_SIZE = 16  # loaded tasks kept per worker: items go round-robin over the tasks
+_LOADED: dict[str | None, LoadedTasks] = {}  # this worker process's loaded tasks, by data folder
 
 
-def _load(task: Task, data_dir: str | None) -> Any:
-    from rlhpo.tasks import load_task
-
-    if task in _DATA_CACHE:
-        _DATA_CACHE.move_to_end(task)
-        return _DATA_CACHE[task]
-    data = load_task(task, data_dir=data_dir)
-    _DATA_CACHE[task] = data
-    while len(_DATA_CACHE) > _DATA_CACHE_SIZE:
-        _DATA_CACHE.popitem(last=False)
-    return data
+def _load(task: Task, data_dir: str | None) -> TaskData:
+    if data_dir not in _LOADED:
+        _LOADED[data_dir] = LoadedTasks(data_dir)  # items go round-robin over the tasks: it keeps 16
+    return _LOADED[data_dir].get(task)
 
 
 def train_item(item: WorkItem) -> WorkResult:

@@ -63,3 +63,9 @@ def normalised_score(accuracy: float, n_classes: int) -> float:
     """(accuracy − chance) / (1 − chance): 0 at chance, 1 when perfect, the same scale on every task."""
     chance = chance_accuracy(n_classes)
     return (accuracy - chance) / (1.0 - chance)
+
+
+def normalised_scores(accuracy: ArrayLike, n_classes: int) -> np.ndarray:
+    """:func:`normalised_score` elementwise, as float64."""
+    chance = chance_accuracy(n_classes)
+    return (np.asarray(accuracy, dtype=np.float64) - chance) / (1.0 - chance)

@@ -25,9 +25,20 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def shipped_config(name: str) -> Path:
-    """Path of a YAML file shipped in the package's ``configs`` folder (``rlhpo.configs``)."""
-    return Path(str(resources.files("rlhpo.configs").joinpath(name)))
+# Files shipped inside the package, as ``<folder>/<name>`` under ``rlhpo/`` (see :func:`shipped_file`).
+SHIPPED_SPACE = "configs/search_space.yaml"
+SHIPPED_STORE = "assets/meta_dataset.sqlite"  # the meta-dataset the shipped policy was trained on
+SHIPPED_POLICY = "assets/policy.zip"
+
+
+def shipped_file(path: str) -> Path:
+    """Where a file shipped with the package is, e.g. ``shipped_file("configs/collect.yaml")``.
+
+    ``configs/`` and ``assets/`` are packages of their own (``rlhpo.configs``, ``rlhpo.assets``),
+    so they are found the same way in a wheel and in an editable install.
+    """
+    folder, _, name = path.partition("/")
+    return Path(str(resources.files(f"rlhpo.{folder}").joinpath(name)))
 
 
 def check_keys(where: str, data: dict[str, Any], valid: list[str]) -> None:

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from rlhpo.errors import RlhpoError, unknown
-from rlhpo.settings import check_keys, read_yaml, shipped_config
+from rlhpo.settings import SHIPPED_SPACE, check_keys, read_yaml, shipped_file
 
 HYPERPARAMETERS = (
     "learning_rate",
@@ -32,6 +32,7 @@ HYPERPARAMETERS = (
     "units",
 )
 OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop")
+DEFAULT_BUDGET_FTE = 3.0  # a tuning budget of three full trainings: what tune, bench and meta-training use by default
 # Choices spread on a log scale are encoded by their log, so 1e-4..1e-1 is evenly spaced.
 _LOG_SCALE = {"learning_rate", "batch_size", "epochs", "units"}
 
@@ -91,6 +92,35 @@ class SearchSpace:
 
     def size(self) -> int:
         return math.prod(self.nvec)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The space as plain JSON values (floats round-trip exactly): what policy and rollout files carry,
+        so that an action always decodes in the space it was chosen in."""
+        return {"choices": {h: list(self.choices[h]) for h in HYPERPARAMETERS}, "default": self.default.to_dict()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SearchSpace:
+        """The inverse of :meth:`to_dict`."""
+        try:
+            choices = {h: tuple(data["choices"][h]) for h in HYPERPARAMETERS}
+            space = cls(choices=choices, default=Config(**data["default"]))
+            space.indices(space.default)
+        except (KeyError, TypeError) as e:
+            raise RlhpoError(
+                f"A recorded search space must list the choices of {', '.join(HYPERPARAMETERS)}: {e}"
+            ) from None
+        return space
+
+    def budget_epochs(self, budget_fte: float = DEFAULT_BUDGET_FTE) -> int:
+        """A budget in full-training equivalents (FTE) as epochs; at least the smallest epochs choice."""
+        epochs = round(budget_fte * self.max_epochs) if math.isfinite(budget_fte) else 0
+        smallest = min(self.choices["epochs"])
+        if epochs < smallest:
+            raise RlhpoError(
+                f"A budget of {budget_fte} FTE is {epochs} epochs, less than the smallest trial ({smallest} epochs); "
+                f"give at least {smallest / self.max_epochs:.3g} FTE."
+            )
+        return epochs
 
     def decode(self, indices: Any) -> Config:
         """Config for one choice index per hyperparameter (an environment action)."""
@@ -159,7 +189,7 @@ class SearchSpace:
 def load_search_space(path: str | Path | None = None) -> SearchSpace:
     """Read and validate a search-space YAML (the shipped one by default)."""
     where = str(path or "configs/search_space.yaml")
-    data = read_yaml(path or shipped_config("search_space.yaml"))
+    data = read_yaml(path or shipped_file(SHIPPED_SPACE))
     check_keys(where, data, ["choices", "default"])
     raw = data.get("choices")
     if not isinstance(raw, dict):

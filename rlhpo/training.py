@@ -152,6 +152,33 @@ def train(
         return _run(data, config, n_epochs, seed, dev, evaluate_test, on_epoch, resume, keep_state)
 
 
+def train_final(
+    data: TaskData,
+    config: Config,
+    *,
+    seed: int = 0,
+    device: str = "cpu",
+    reuse: Curve | None = None,
+    on_epoch: Callable[[EpochRecord], None] | None = None,
+) -> Curve:
+    """The final training of a chosen config: trained for ``config.epochs``, then tested on the test split.
+
+    ``reuse`` is a curve of this very training (same data, config and seed) that is
+    :func:`reusable`: the test metrics come from its model, with no training again.
+    """
+    if reuse is not None:
+        if not reusable(reuse, config):
+            raise RlhpoError(f"The curve given to reuse is not a finished run of {config} with its model kept.")
+        test = _test_metrics(reuse.state.model, data, resolve_device(device), diverged=False)  # type: ignore[union-attr]
+        return Curve(epochs=list(reuse.epochs), diverged=False, test=test)
+    return train(data, config, seed=seed, device=device, evaluate_test=True, on_epoch=on_epoch)
+
+
+def reusable(curve: Curve, config: Config) -> bool:
+    """Whether ``curve`` can stand for the final training of ``config``: all its epochs, with the model kept."""
+    return curve.state is not None and not curve.diverged and len(curve.epochs) == config.epochs
+
+
 def resolve_device(device: str | torch.device) -> torch.device:
     """The torch device for a string, or an RlhpoError if it is not usable here."""
     try:

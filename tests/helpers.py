@@ -104,7 +104,7 @@ def tiny_settings(tmp_path_factory: pytest.TempPathFactory, **changes: object) -
 
 def tiny_policy_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The run folder of one tiny ``train-agent`` run (its policy.zip, rollouts.jsonl, ...)."""
-    from rlhpo.agents.ppo import train_agent
+    from rlhpo.agents.meta_train import train_agent
 
     runs = _tiny_dir(tmp_path_factory) / "runs"
     run_dir = runs / "policy"

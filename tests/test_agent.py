@@ -16,8 +16,9 @@ from click.testing import CliRunner
 from helpers import one_torch_thread  # noqa: F401 (an autouse fixture)
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from rlhpo.agents.ppo import PPOTuner, most_likely_first, train_agent
-from rlhpo.agents.settings import SHIPPED_STORE, load_train_agent_settings, shipped_asset
+from rlhpo.agents.meta_train import train_agent
+from rlhpo.agents.policy import PPOTuner, most_likely_first
+from rlhpo.agents.settings import load_train_agent_settings
 from rlhpo.cli import main
 from rlhpo.envs.hpo_env import HPOEnv
 from rlhpo.errors import RlhpoError
@@ -98,8 +99,8 @@ def test_train_agent_writes_the_run_folder_and_a_loadable_policy(policy_run, tmp
     space = load_search_space(helpers.tiny_space_path(tmp_path_factory))
     assert tuner.policy_space == space  # the policy carries the space its actions index
     env = HPOEnv("recorded", helpers.tiny_store(tmp_path_factory), space=space, budget_epochs=6)
-    obs, info = env.reset(seed=0)
-    tuner.start(space, info, seed=0)
+    obs, _ = env.reset(seed=0)
+    tuner.start(env, seed=0)
     action = tuner.propose(obs)
     assert env.action_space.contains(action)
     assert np.array_equal(tuner.propose(obs), action)  # deterministic
@@ -222,7 +223,7 @@ def test_the_policy_never_repeats_a_trial_while_untried_ones_remain(policy_run, 
     env = HPOEnv("recorded", helpers.tiny_store(tmp_path_factory), space=space, budget_epochs=8)
     for seed in range(3):
         result = run_tuner(tuner, env, seed, task=helpers.DIGITS.key())
-        trials = [tuple(sorted(t["answered_config"].items())) + (t["epochs"],) for t in result.trials]
+        trials = [(t.answered_config.key(), t.epochs) for t in result.trials]
         assert len(trials) == len(set(trials)), trials
 
 
@@ -240,14 +241,13 @@ def test_the_shipped_policy_spends_its_budget_on_new_trials():
     from rlhpo.agents.base import run_tuner
 
     tuner = PPOTuner.load()
-    env = HPOEnv("recorded", shipped_asset(SHIPPED_STORE))
+    env = HPOEnv("recorded")  # the shipped meta-dataset
     for task in env.backend.default_tasks():
         result = run_tuner(tuner, env, 10_000, task=task.key())
         seen: dict[tuple, int] = {}
         for t in result.trials:
-            key = tuple(sorted((h, v) for h, v in t["config"].items() if h != "epochs"))
-            assert seen.get(key, 0) < t["epochs"], (task.key(), t["config"])
-            seen[key] = t["epochs"]
+            assert seen.get(t.config.key(), 0) < t.epochs, (task.key(), t.config)
+            seen[t.config.key()] = t.epochs
 
 
 @pytest.mark.needs_data  # the tiny store records trec
@@ -255,13 +255,13 @@ def test_a_policy_without_meta_features_cannot_tell_tasks_apart(tmp_path_factory
     settings = helpers.tiny_settings(tmp_path_factory, meta_features=False, total_steps=128)
     summary = train_agent(settings, run_name="blind", runs_dir=tmp_path, progress=False)
     tuner = PPOTuner.load(summary["run_dir"])
-    assert tuner.meta_features is False
+    assert tuner.info.meta_features is False
     space = load_search_space(helpers.tiny_space_path(tmp_path_factory))
     env = HPOEnv("recorded", helpers.tiny_store(tmp_path_factory), space=space, budget_epochs=6)
     firsts = []
     for task in (helpers.DIGITS.key(), helpers.TREC.key()):
-        obs, info = env.reset(seed=0, options={"task": task})
-        tuner.start(space, info, 0)
+        obs, _ = env.reset(seed=0, options={"task": task})
+        tuner.start(env, 0)
         firsts.append(tuple(tuner.propose(obs)))
     assert obs[:3].any()  # the env does show meta-features; the tuner hides them
     assert firsts[0] == firsts[1]

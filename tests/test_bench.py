@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import csv
 import json
-from pathlib import Path
 
 import helpers
 import pytest
 from click.testing import CliRunner
 from helpers import one_torch_thread  # noqa: F401 (an autouse fixture)
 
-from rlhpo.agents.base import TuneResult
-from rlhpo.agents.bench import COLUMNS, BenchSettings, _Judge, read_csv, run_bench
-from rlhpo.agents.evaluate import FullFidelity
+from rlhpo.agents.bench import COLUMNS, BenchSettings, read_csv, run_bench
+from rlhpo.agents.evaluate import FullFidelity, RecordedJudge
 from rlhpo.cli import main
 from rlhpo.errors import RlhpoError
 from rlhpo.space import load_search_space
@@ -84,18 +82,26 @@ def test_regret_is_never_negative_and_full_fidelity_methods_improve_with_budget(
 
 def test_the_best_known_config_has_zero_regret(tiny):
     space = load_search_space(tiny["space"])
-    settings = BenchSettings(tasks=("trec",), **tiny)
-    judge = _Judge(settings, space, Path(tiny["store"]))
     task = helpers.TREC
     oracle = FullFidelity(CurveStore(tiny["store"], readonly=True), space, 0)
+    judge = RecordedJudge(oracle)
     scores = oracle.scores(task.key())
     best = max(scores, key=scores.get)
-    result = TuneResult("x", task.key(), 0, 3, incumbent_config=oracle.configs[best].to_dict(), epochs_used=3)
-    row = judge.row(task, result, 1.0, 3, True)
-    assert row["regret"] == 0.0 and row["full_fidelity_score"] == max(scores.values())
+    judged = judge.judge(task, oracle.configs[best])
+    assert judged["regret"] == 0.0 and judged["full_fidelity_score"] == max(scores.values())
     worst = min(scores, key=scores.get)
-    result.incumbent_config = oracle.configs[worst].to_dict()
-    assert judge.row(task, result, 1.0, 3, True)["regret"] == pytest.approx(max(scores.values()) - min(scores.values()))
+    assert judge.judge(task, oracle.configs[worst])["regret"] == pytest.approx(
+        max(scores.values()) - min(scores.values())
+    )
+
+
+def test_the_report_says_what_was_not_measured(tiny, tmp_path):
+    settings = BenchSettings(tasks=("trec",), methods=("ppo", "random"), budgets=(0.4,), seeds=1, **tiny)
+    run_bench(settings, tmp_path)
+    table = (tmp_path / "bench.md").read_text()
+    assert "± n/a" in table and "± 0.000" not in table  # one seed: the standard error is unknown
+    assert "Speedup: not measured (its reference budget, 3 FTE, was not run)" in table
+    assert "reach ppo's regret at 3 FTE" not in table
 
 
 def test_an_interrupted_bench_resumes_where_it_stopped(tiny, tmp_path):

@@ -1,6 +1,8 @@
 """The command line, through click's CliRunner: what a user types and sees."""
 
 import json
+import subprocess
+import sys
 
 import helpers
 import pytest
@@ -51,6 +53,7 @@ def test_train_json_writes_summary_and_run_folder(run, tmp_path, data_dir):
     assert summary.keys() >= helpers.TRAIN_JSON_KEYS
     assert summary["task"] == "trec" and summary["model"] == "gru" and summary["config"]["units"] == 32
     assert [e["epoch"] for e in summary["curve"]] == [1, 2]
+    assert summary["config"]["epochs"] == 2  # the config reported is the one trained
     assert 0.0 <= summary["test_accuracy"] <= 1.0 and summary["diverged"] is False
     run_dir = tmp_path / "runs" / summary["run_dir"].split("/")[-1]
     assert run_dir.name.endswith("__train__trec__s0")
@@ -111,3 +114,37 @@ def test_wrong_label_column_lists_the_columns(run, tmp_path, data_dir):
 def test_debug_shows_the_traceback(tmp_path):
     result = CliRunner().invoke(main, ["--debug", "train", "--task", "nope"])
     assert isinstance(result.exception, RlhpoError)
+
+
+def test_tasks_says_how_to_make_an_unavailable_dataset_available(run, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    result = run("tasks", "--data-dir", str(tmp_path))
+    assert result.exit_code == 0, result.output
+    assert " no " in result.output and "--data-dir" in result.output  # the hint, once
+    assert " yes " in result.output.splitlines()[[r.split()[0] for r in result.output.splitlines()].index("digits")]
+
+
+def test_train_prints_the_config_it_trained_and_what_to_run_next(run):
+    result = run("train", "--task", "digits", "--n-train", "200", "--epochs", "2", "--set", "units=32")
+    assert result.exit_code == 0, result.output
+    assert "ep=2" in result.stdout and "ep=9" not in result.stdout
+    assert result.stdout.strip().splitlines()[-1].startswith("next: tensorboard --logdir")
+    assert result.stderr.count("epoch ") == 2  # progress, one line per epoch
+
+
+@pytest.mark.parametrize("device", ["cuda", "npu"])
+def test_train_on_a_device_that_is_not_there_leaves_no_run_folder(run, tmp_path, device):
+    result = run("train", "--task", "digits", "--n-train", "200", "--device", device)
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert not (tmp_path / "runs").exists()
+
+
+def test_train_writes_tensorboard_without_importing_stable_baselines3(tmp_path):
+    code = (
+        "import sys; from rlhpo.cli import main; "
+        "main(['train', '--task', 'digits', '--n-train', '200', '--epochs', '1', '--runs-dir', sys.argv[1]], "
+        "standalone_mode=False); print('stable_baselines3' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, check=True)
+    assert out.stdout.split()[-1] == "False"
+    assert list(tmp_path.glob("*/events.out.tfevents.*"))

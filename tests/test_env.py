@@ -46,14 +46,20 @@ def recorded(store: str, **kwargs) -> HPOEnv:
     return HPOEnv("recorded", store, **kwargs)
 
 
+def step(env: gym.Env, action) -> tuple:
+    """``env.step`` with the step's typed result in place of its ``info``."""
+    obs, reward, terminated, truncated, result = env.step(action)
+    return obs, reward, terminated, truncated, result["result"]
+
+
 def rollout(env: gym.Env, seed: int, steps: int = 50) -> list:
     out = []
     obs, info = env.reset(seed=seed)
     env.action_space.seed(seed)
     out.append((obs.tolist(), info))
     for _ in range(steps):
-        obs, reward, terminated, truncated, info = env.step(env.action_space.sample())
-        out.append((obs.tolist(), reward, terminated, truncated, info))
+        obs, reward, terminated, truncated, info = step(env, env.action_space.sample())
+        out.append((obs.tolist(), reward, terminated, truncated, info.to_dict()))
         if terminated or truncated:
             break
     return out
@@ -70,6 +76,25 @@ def test_recorded_env_passes_both_checkers(recorded_store):
 def test_live_env_passes_both_checkers(tmp_path):
     gym_check_env(HPOEnv("live", tmp_path / "s.sqlite", tasks=[TASK], budget_epochs=4), skip_render_check=True)
     sb3_check_env(HPOEnv("live", tmp_path / "s.sqlite", tasks=[TASK], budget_epochs=4), warn=True)
+
+
+def test_a_recorded_env_without_a_store_plays_the_shipped_meta_dataset():
+    env = gym.make(rlhpo.envs.ENV_ID, backend="recorded")
+    _, info = env.reset(seed=0)
+    assert info["backend"] == "recorded" and "/" in info["task"]
+    _, _, _, _, step_info = env.step(env.action_space.sample())
+    assert step_info["result"].curve  # answered from the shipped store's recorded curves
+
+
+def test_the_env_says_which_configs_would_repeat_a_trial(recorded_store):
+    env = recorded(recorded_store, budget_epochs=30)
+    env.reset(seed=0, options={"task": TASK.key()})
+    three = SPACE.default.with_epochs(3)
+    assert not env.is_repeat(three)
+    step(env, SPACE.indices(three))
+    assert env.is_repeat(three) and env.is_repeat(SPACE.default.with_epochs(1))  # known that far already
+    assert not env.is_repeat(SPACE.default)  # 9 epochs would continue it
+    assert env.budget_remaining == 27
 
 
 def test_gymnasium_make_builds_the_registered_env(recorded_store):
@@ -109,12 +134,13 @@ def test_the_recorded_backend_reproduces_a_live_step_exactly(tmp_path):
         SPACE.indices(SPACE.sample(np.random.default_rng(5)).with_epochs(3)),
     ]
     live = HPOEnv("live", path, tasks=[TASK], budget_epochs=20)
-    live_steps = [live.reset(seed=0, options={"task": TASK})] + [live.step(a) for a in actions]
+    live_steps = [live.reset(seed=0, options={"task": TASK})] + [step(live, a) for a in actions]
     replay = HPOEnv("recorded", path, budget_epochs=20)
-    replay_steps = [replay.reset(seed=0, options={"task": TASK})] + [replay.step(a) for a in actions]
+    replay_steps = [replay.reset(seed=0, options={"task": TASK})] + [step(replay, a) for a in actions]
     assert live.backend.trained == 2  # the 3-epoch default was answered from its 9-epoch run
     for got, want in zip(replay_steps, live_steps):
-        info_got, info_want = dict(got[-1]), dict(want[-1])
+        plain = [x if isinstance(x, dict) else x.to_dict() for x in (got[-1], want[-1])]
+        info_got, info_want = plain
         info_got.pop("backend"), info_want.pop("backend")
         assert np.array_equal(got[0], want[0])
         assert got[1:-1] == want[1:-1]
@@ -155,13 +181,13 @@ def test_the_observation_stays_in_the_space_after_divergence_and_extreme_curves(
     assert env.observation_space.contains(obs)
     penalty = RewardSettings().divergence_penalty
     for c in cs + cs[:2]:
-        obs, reward, _, _, info = env.step(SPACE.indices(c))
+        obs, reward, _, _, info = step(env, SPACE.indices(c))
         assert env.observation_space.contains(obs), dict(zip(OBSERVATION_NAMES, obs))
         assert obs.dtype == np.float32 and np.isfinite(obs).all()
-        json.dumps(info)
-        if info["diverged"]:
+        json.dumps(info.to_dict())
+        if info.diverged:
             assert obs[-1] == 1.0 and reward <= -penalty
-    assert info["incumbent"] == 1.0
+    assert info.incumbent == 1.0
 
 
 def test_live_divergence_is_observed_and_penalised_not_raised(monkeypatch, tmp_path):
@@ -170,8 +196,8 @@ def test_live_divergence_is_observed_and_penalised_not_raised(monkeypatch, tmp_p
     monkeypatch.setattr(rlhpo.training, "train", lambda *a, **k: Curve([], diverged=True))
     env = HPOEnv("live", tmp_path / "s.sqlite", tasks=[TASK])
     env.reset(seed=0)
-    obs, reward, terminated, _, info = env.step(SPACE.indices(SPACE.default))
-    assert info["diverged"] and info["score"] == 0.0 and not terminated
+    obs, reward, terminated, _, info = step(env, SPACE.indices(SPACE.default))
+    assert info.diverged and info.score == 0.0 and not terminated
     assert env.observation_space.contains(obs) and obs[-1] == 1.0
     assert reward == pytest.approx(-0.01 - 0.002 - 0.1)  # the default config: relative compute 1
 
@@ -182,10 +208,10 @@ def test_the_budget_ends_the_episode_and_a_step_pays_what_fits(recorded_store):
     nine = SPACE.indices(SPACE.default)  # asks for 9 epochs
     paid, terminated = [], False
     while not terminated:
-        obs, _, terminated, truncated, info = env.step(nine)
-        paid.append(info["paid_epochs"])
+        obs, _, terminated, truncated, info = step(env, nine)
+        paid.append(info.paid_epochs)
         assert not truncated
-    assert paid == [3, 1, 1] and info["budget_remaining"] == 0
+    assert paid == [3, 1, 1] and info.budget_remaining == 0
     assert obs[len(META_FEATURES)] == 1.0 and obs[len(META_FEATURES) + 1] == 0.0
     with pytest.raises(RlhpoError, match="call reset"):
         env.step(nine)
@@ -205,18 +231,18 @@ def test_the_reward_is_the_incumbent_gain_less_the_epochs_and_compute_costs(reco
     incumbent = 0.0
     rng = np.random.default_rng(0)
     for _ in range(6):
-        _, reward, _, _, info = env.step(
-            env.action_space.sample() if rng.random() < 0.5 else SPACE.indices(SPACE.default)
+        _, reward, _, _, info = step(
+            env, env.action_space.sample() if rng.random() < 0.5 else SPACE.indices(SPACE.default)
         )
-        assert info["incumbent"] == max(incumbent, info["score"])
-        c = info["config"]
-        compute = c["num_layers"] * c["units"] ** 2 / (3 * 64**2)  # over the default config's 3 x 64
-        fte = info["paid_epochs"] / 9
-        assert info["compute_fte"] == pytest.approx(compute * fte)
-        penalties = 0.05 * info["distance"] + 0.1 * info["diverged"]
-        expected = info["incumbent"] - incumbent - (0.01 + 0.002 * compute) * fte - penalties
+        assert info.incumbent == max(incumbent, info.score)
+        c = info.config
+        compute = c.num_layers * c.units**2 / (3 * 64**2)  # over the default config's 3 x 64
+        fte = info.paid_epochs / 9
+        assert info.compute_fte == pytest.approx(compute * fte)
+        penalties = 0.05 * info.distance + 0.1 * info.diverged
+        expected = info.incumbent - incumbent - (0.01 + 0.002 * compute) * fte - penalties
         assert reward == pytest.approx(expected)
-        incumbent = info["incumbent"]
+        incumbent = info.incumbent
 
 
 # -------------------------------------------------------------- continuing
@@ -229,19 +255,19 @@ def _at(config: Config, epochs: int) -> np.ndarray:
 def test_a_recorded_trial_asked_for_more_epochs_continues_and_pays_only_those(recorded_store):
     env = recorded(recorded_store, budget_epochs=27)
     env.reset(seed=0, options={"task": TASK.key()})
-    _, _, _, _, one = env.step(_at(SPACE.default, 1))
-    _, reward, _, _, nine = env.step(_at(SPACE.default, 9))
-    assert (nine["epochs"], nine["resumed_from"], nine["paid_epochs"], nine["budget_used"]) == (9, 1, 8, 9)
-    assert nine["distance"] == 0.0  # the default config is recorded
-    assert reward == pytest.approx(nine["incumbent"] - one["incumbent"] - (0.01 + 0.002) * 8 / 9)
-    assert nine["seconds"] == pytest.approx(sum(e["seconds"] for e in nine["curve"][1:]))
+    _, _, _, _, one = step(env, _at(SPACE.default, 1))
+    _, reward, _, _, nine = step(env, _at(SPACE.default, 9))
+    assert (nine.epochs, nine.resumed_from, nine.paid_epochs, nine.budget_used) == (9, 1, 8, 9)
+    assert nine.distance == 0.0  # the default config is recorded
+    assert reward == pytest.approx(nine.incumbent - one.incumbent - (0.01 + 0.002) * 8 / 9)
+    assert nine.seconds == pytest.approx(sum(e.seconds for e in nine.curve[1:]))
     fresh = recorded(recorded_store, budget_epochs=27)
     fresh.reset(seed=0, options={"task": TASK.key()})
-    _, _, _, _, whole = fresh.step(_at(SPACE.default, 9))
-    assert nine["curve"] == whole["curve"] and nine["score"] == whole["score"]
+    _, _, _, _, whole = step(fresh, _at(SPACE.default, 9))
+    assert nine.curve == whole.curve and nine.score == whole.score
     # Asking again for as many epochs, or fewer, is a fresh trial that pays in full.
-    _, _, _, _, again = env.step(_at(SPACE.default, 3))
-    assert (again["resumed_from"], again["paid_epochs"]) == (0, 3)
+    _, _, _, _, again = step(env, _at(SPACE.default, 3))
+    assert (again.resumed_from, again.paid_epochs) == (0, 3)
 
 
 def test_a_live_trial_continues_from_its_kept_state(tmp_path, monkeypatch):
@@ -268,14 +294,14 @@ def test_a_live_trial_continues_from_its_kept_state(tmp_path, monkeypatch):
     env = HPOEnv("live", str(tmp_path / "a.sqlite"), tasks=[TASK], budget_epochs=9)
     env.reset(seed=0)
     env.step(_at(config, 1))
-    _, _, _, _, info = env.step(_at(config, 3))
+    _, _, _, _, info = step(env, _at(config, 3))
     assert calls[0] is None and len(calls[1].epochs) == 1  # resumed from epoch 1: only 2 and 3 are trained
-    assert (info["resumed_from"], info["paid_epochs"], info["budget_used"]) == (1, 2, 3)
+    assert (info.resumed_from, info.paid_epochs, info.budget_used) == (1, 2, 3)
     other = HPOEnv("live", str(tmp_path / "b.sqlite"), tasks=[TASK], budget_epochs=9)
     other.reset(seed=0)
-    _, _, _, _, whole = other.step(_at(config, 3))
-    drop = lambda curve: [{k: v for k, v in e.items() if k != "seconds"} for e in curve]  # noqa: E731
-    assert drop(info["curve"]) == drop(whole["curve"])
+    _, _, _, _, whole = step(other, _at(config, 3))
+    drop = lambda curve: [dataclasses.replace(e, seconds=0.0) for e in curve]  # noqa: E731
+    assert drop(info.curve) == drop(whole.curve)
 
 
 # ------------------------------------------------------------------ nearest
@@ -290,17 +316,17 @@ def test_an_unrecorded_config_gets_the_nearest_recorded_one(recorded_store):
     config = SPACE.sample(rng)
     while config.key() in recorded_keys:
         config = SPACE.sample(rng)
-    _, _, _, _, info = env.step(SPACE.indices(config))
-    assert not info["exact"] and info["distance"] > 0
+    _, _, _, _, info = step(env, SPACE.indices(config))
+    assert not info.exact and info.distance > 0
     want = np.delete(SPACE.encode(config), 2)
     dists = {
         r.config.key(): float(np.linalg.norm(np.delete(SPACE.encode(r.config), 2) - want))
         for r in store.runs(TASK.key(), 0)
     }
-    answered = Config(**info["answered_config"])
-    assert info["distance"] == pytest.approx(min(dists.values()), abs=1e-6)
+    answered = info.answered_config
+    assert info.distance == pytest.approx(min(dists.values()), abs=1e-6)
     assert dists[answered.key()] == pytest.approx(min(dists.values()), abs=1e-6)
-    assert info["answered_config"]["epochs"] == info["epochs"] == config.epochs
+    assert info.answered_config.epochs == info.epochs == config.epochs
 
 
 def test_a_subset_backend_answers_each_episode_from_a_new_subset(recorded_store):
@@ -313,12 +339,12 @@ def test_a_subset_backend_answers_each_episode_from_a_new_subset(recorded_store)
     answered = []
     for seed in range(6):
         env.reset(seed=seed, options={"task": TASK.key()})
-        answered.append({Config(**env.step(SPACE.indices(c))[4]["answered_config"]).key() for c in configs})
+        answered.append({step(env, SPACE.indices(c))[4].answered_config.key() for c in configs})
     assert all(0 < len(a) < len(configs) for a in answered)  # some recorded configs are held back
     assert len({frozenset(a) for a in answered}) > 1  # and which ones changes between episodes
     full = HPOEnv(SubsetBackend(inner, 1.0, seed=0), space=SPACE, budget_epochs=900)
     full.reset(seed=0, options={"task": TASK.key()})
-    assert all(full.step(SPACE.indices(c))[4]["exact"] for c in configs)
+    assert all(step(full, SPACE.indices(c))[4].exact for c in configs)
     with pytest.raises(RlhpoError, match=r"in \(0, 1\]"):
         SubsetBackend(inner, 0.0, seed=0)
 
@@ -343,8 +369,6 @@ def test_bad_input_gives_clear_errors(recorded_store, tmp_path):
         env.reset(options={"tsak": TASK})
     with pytest.raises(RlhpoError, match="does not exist"):
         recorded(tmp_path / "missing.sqlite")
-    with pytest.raises(RlhpoError, match="needs a curve store"):
-        HPOEnv("recorded")
     with pytest.raises(RlhpoError, match="Unknown backend 'recrded'.*Did you mean 'recorded'"):
         HPOEnv("recrded", recorded_store)
     empty = tmp_path / "empty.sqlite"

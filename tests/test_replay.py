@@ -109,6 +109,9 @@ def test_replay_errors_are_clear(agent_run, tmp_path):
     assert result.exit_code != 0 and "does not exist" in result.output
     result = cli("replay", str(agent_run), "--episode", "99")
     assert result.exit_code != 0 and "has no episode 99" in result.output
+    (tmp_path / "rollouts.jsonl").write_text(json.dumps({"header": {"backend": "recorded"}}) + "\n")
+    result = cli("replay", str(tmp_path), "--verify")
+    assert result.exit_code == 1 and "nothing to verify" in result.output and "all match" not in result.output
     (tmp_path / "rollouts.jsonl").write_text('{"header": {}}\n{not json\n')
     with pytest.raises(RlhpoError, match="line 2 is not JSON"):
         replay.read_rollouts(tmp_path)

@@ -12,7 +12,7 @@ from rlhpo.errors import RlhpoError
 from rlhpo.metrics import accuracy, macro_f1, normalised_score
 from rlhpo.space import Config
 from rlhpo.tasks import BUILTINS, FAMILIES_BY_MODALITY, Task, TaskData, load_task
-from rlhpo.training import Curve, batch_bounds, train
+from rlhpo.training import Curve, batch_bounds, reusable, train, train_final
 
 # Trains well on digits in a few epochs.
 GOOD = Config(
@@ -125,6 +125,16 @@ def test_evaluate_test_fills_test_metrics(digits):
     assert curve.test is not None and _all_finite(curve)
     assert curve.test.accuracy > 0.6
     assert 0 < curve.test.macro_f1 <= 1 and curve.test.loss > 0
+
+
+def test_the_final_training_of_a_kept_run_tests_its_model_instead_of_training_again(digits):
+    config = dataclasses.replace(GOOD, epochs=2)
+    kept = train(digits, config, keep_state=True)
+    assert reusable(kept, config) and not reusable(kept, dataclasses.replace(GOOD, epochs=3))
+    reused, fresh = train_final(digits, config, reuse=kept), train_final(digits, config)
+    assert reused.test == fresh.test and reused.epochs == kept.epochs
+    with pytest.raises(RlhpoError, match="not a finished run"):
+        train_final(digits, dataclasses.replace(GOOD, epochs=3), reuse=kept)
 
 
 def test_epochs_default_to_the_config(digits):

@@ -13,14 +13,24 @@ import pytest
 from click.testing import CliRunner
 from helpers import one_torch_thread  # noqa: F401 (an autouse fixture)
 
-from rlhpo.agents import ppo
+from rlhpo.agents import policy as policy_module
+from rlhpo.agents import tune as tune_module
 from rlhpo.agents.tune import tune
 from rlhpo.cli import main
 from rlhpo.errors import RlhpoError
-from rlhpo.settings import shipped_config
+from rlhpo.settings import SHIPPED_SPACE, shipped_file
 from rlhpo.tasks.task import Task
 
-TUNE_KEYS = {"trials", "tuning_epochs", "tuning_seconds", "policy_seconds", "budget_epochs", "retrain_seconds"}
+TUNE_KEYS = {
+    "trials",
+    "tuning_epochs",
+    "tuning_seconds",
+    "policy_seconds",
+    "budget_epochs",
+    "retrain_seconds",
+    "reused_trial",
+    "status",
+}
 
 
 @pytest.fixture(scope="module")
@@ -79,6 +89,9 @@ def test_tune_prints_a_readable_report(run, policy):
     assert result.exit_code == 0, result.output
     assert "test accuracy" in result.stdout and "chosen config lr=" in result.stdout
     assert "tuning 3/3 epochs" in result.stdout and "policy" in result.stdout
+    assert "chance is 0" in result.stderr  # the score is explained once, before the trials
+    assert "its best trial ran" in result.stdout  # the epochs tried, apart from the final training's
+    assert result.stdout.strip().splitlines()[-1].startswith("next: rlhpo replay")
 
 
 def test_tune_works_on_a_user_folder_with_column_options(policy, tmp_path, monkeypatch):
@@ -108,7 +121,7 @@ def test_a_missing_or_corrupt_policy_is_a_clear_error(run, tmp_path, monkeypatch
     result = run("tune", "--policy", str(corrupt))
     assert result.exit_code != 0 and "could not be read as a stable-baselines3 PPO policy" in result.output
     assert "Traceback" not in result.output
-    monkeypatch.setattr(ppo, "default_policy_path", lambda: tmp_path / "assets" / "policy.zip")
+    monkeypatch.setattr(policy_module, "shipped_file", lambda name: tmp_path / "assets" / "policy.zip")
     result = run("tune")
     assert result.exit_code != 0 and "shipped policy" in result.output and "rlhpo train-agent" in result.output
     assert not (tmp_path / "runs").exists()  # nothing started
@@ -122,6 +135,60 @@ def test_an_unknown_task_is_a_clear_error_and_starts_no_run(run, policy, tmp_pat
 
 def test_a_space_the_policy_was_not_trained_in_is_refused(policy, tmp_path):
     with pytest.raises(RlhpoError, match="choices per hyperparameter, but the policy was trained"):
-        tune(helpers.DIGITS, policy=policy, space=shipped_config("search_space.yaml"), runs_dir=tmp_path)
+        tune(helpers.DIGITS, policy=policy, space=shipped_file(SHIPPED_SPACE), runs_dir=tmp_path)
     with pytest.raises(RlhpoError, match="less than the smallest trial"):
         tune(helpers.DIGITS, policy=policy, budget_fte=0.1, runs_dir=tmp_path)
+
+
+def _trials(summary: dict) -> list[tuple]:
+    return [(t["config"], t["epochs"], t["paid_epochs"], t["score"], t["incumbent"]) for t in summary["trials"]]
+
+
+def test_ctrl_c_leaves_an_interrupted_run_that_resume_finishes_as_if_never_stopped(run, policy, tmp_path, monkeypatch):
+    args = ["tune", "--task", "digits", "--n-train", "200", "--budget", "2", "--policy", str(policy)]
+    whole = run(*args, "--json")
+    assert whole.exit_code == 0, whole.output
+    want = json.loads(whole.stdout.strip().splitlines()[-1])
+    assert len(want["trials"]) >= 2
+
+    real_line = tune_module.trial_line
+
+    def interrupt_at_the_second_trial(t: dict) -> str:
+        if t["step"] == 2:
+            raise KeyboardInterrupt
+        return real_line(t)
+
+    monkeypatch.setattr(tune_module, "trial_line", interrupt_at_the_second_trial)
+    stopped = run(*args, "--runs-dir", str(tmp_path / "stopped"))
+    assert stopped.exit_code == 130, stopped.output
+    run_dir = next((tmp_path / "stopped").iterdir())
+    assert f"run folder {run_dir}" in stopped.stderr and f"rlhpo tune --resume {run_dir}" in stopped.stderr
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "interrupted"
+
+    monkeypatch.setattr(tune_module, "trial_line", real_line)
+    resumed = run("tune", "--resume", str(run_dir), "--json")
+    assert resumed.exit_code == 0, resumed.output
+    got = json.loads(resumed.stdout.strip().splitlines()[-1])
+    assert got["status"] == "complete" and got["run_dir"] == str(run_dir)
+    assert _trials(got) == _trials(want)
+    for key in ("config", "test_accuracy", "test_macro_f1", "val_loss", "incumbent_score", "tuning_epochs"):
+        assert got[key] == want[key], key
+    assert len((run_dir / "rollouts.jsonl").read_text().splitlines()) == 1 + len(want["trials"])
+    again = run("tune", "--resume", str(run_dir))
+    assert again.exit_code != 0 and "complete; there is nothing to resume" in again.output
+
+
+@pytest.mark.parametrize("device", ["cuda:7", "tpu"])
+def test_a_bad_device_fails_before_a_run_folder_exists(run, policy, tmp_path, device):
+    result = run("tune", "--policy", str(policy), "--device", device)
+    assert result.exit_code == 1 and "device" in result.output.lower() and "Traceback" not in result.output
+    assert not (tmp_path / "runs").exists()
+
+
+def test_the_final_training_reuses_a_full_fidelity_best_trial(policy, tmp_path):
+    summary = tune(helpers.DIGITS, policy=policy, budget_fte=2.0, runs_dir=tmp_path)
+    full = summary["incumbent_epochs"] == summary["config"]["epochs"]
+    assert summary["reused_trial"] == full  # the best trial ran at full fidelity: its model was tested
+    best = max(summary["trials"], key=lambda t: t["score"])
+    if full:
+        assert summary["curve"][-1]["val_accuracy"] == best["val_accuracy"]

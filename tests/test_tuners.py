@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import helpers
 import numpy as np
 import pytest
@@ -12,13 +10,14 @@ from helpers import one_torch_thread  # noqa: F401 (an autouse fixture)
 from rlhpo.agents.base import Tuner, run_tuner
 from rlhpo.agents.evaluate import FullFidelity
 from rlhpo.agents.learned_list import LearnedListTuner, learn_list
-from rlhpo.agents.ppo import PPOTuner
+from rlhpo.agents.policy import PPOTuner
+from rlhpo.agents.settings import METHODS
 from rlhpo.agents.top_k import TopKTuner
-from rlhpo.agents.tuners import METHODS, make_tuners, policy_exclusions
+from rlhpo.agents.tuners import make_tuners
 from rlhpo.collect import CollectSettings, InlineExecutor, InstanceGroup, collect
 from rlhpo.envs.hpo_env import HPOEnv
 from rlhpo.errors import RlhpoError
-from rlhpo.space import Config, load_search_space
+from rlhpo.space import load_search_space
 from rlhpo.store import CurveStore
 
 # The tiny space with one learning rate that makes adam and sgd blow up for real.
@@ -45,7 +44,9 @@ def diverging(tmp_path_factory):
 
 
 def tuner_for(method: str, space, store, policy) -> Tuner:
-    return make_tuners([method], space=space, policy=policy, store=store, exclude_datasets=policy_exclusions(policy))[0]
+    return make_tuners(
+        [method], space=space, policy=policy, store=store, exclude_datasets=policy.info.exclude_datasets
+    )[0]
 
 
 def play(tuner: Tuner, space, store, budget: int, seed: int = 0, task: str = helpers.DIGITS.key()):
@@ -62,24 +63,24 @@ class TestTunerContract:
     def test_the_budget_is_never_exceeded(self, method, budget, tiny):
         space, store, policy = tiny
         result = play(tuner_for(method, space, store, policy), space, store, budget)
-        paid = [t["paid_epochs"] for t in result.trials]
+        paid = [t.paid_epochs for t in result.trials]
         assert result.trials and sum(paid) == result.epochs_used <= budget
-        assert all(p >= 1 for p in paid) and [t["budget_used"] for t in result.trials] == list(np.cumsum(paid))
+        assert all(p >= 1 for p in paid) and [t.budget_used for t in result.trials] == list(np.cumsum(paid))
 
     def test_one_seed_gives_the_same_episode(self, method, tiny):
         space, store, policy = tiny
         runs = [play(tuner_for(method, space, store, policy), space, store, 13, seed=5) for _ in range(2)]
         keep = ("action", "epochs", "paid_epochs", "score", "incumbent")
-        a, b = ([{k: t[k] for k in keep} for t in r.trials] for r in runs)
+        a, b = ([{k: getattr(t, k) for k in keep} for t in r.trials] for r in runs)
         assert a == b and runs[0].incumbent_config == runs[1].incumbent_config
 
     def test_the_incumbent_is_the_best_trial(self, method, tiny):
         space, store, policy = tiny
         result = play(tuner_for(method, space, store, policy), space, store, 13, seed=1)
-        best = max(result.trials, key=lambda t: t["score"])
+        best = max(result.trials, key=lambda t: t.score)
         # The incumbent score starts at 0 (chance); the incumbent config is the best trial's even below it.
-        assert result.incumbent_score == max(0.0, best["score"])
-        assert result.incumbent_config == best["answered_config"]
+        assert result.incumbent_score == max(0.0, best.score)
+        assert result.incumbent_config == best.answered_config
 
     def test_divergent_trials_are_survived(self, method, tiny, diverging):
         _, _, policy = tiny
@@ -91,10 +92,10 @@ class TestTunerContract:
         for result in results:
             assert np.isfinite(result.incumbent_score) and result.incumbent_config is not None
             for i, t in enumerate(result.trials):
-                if t["diverged"] and i + 1 == len(result.trials):  # the last trial: the budget or the tuner ended it
+                if t.diverged and i + 1 == len(result.trials):  # the last trial: the budget or the tuner ended it
                     assert result.epochs_used == 30 or method in ("default", "top_k")
         if method not in ("default", "ppo"):  # these two may never pick the diverging learning rate
-            assert any(t["diverged"] for r in results for t in r.trials), "no trial diverged: the test tests nothing"
+            assert any(t.diverged for r in results for t in r.trials), "no trial diverged: the test tests nothing"
 
 
 # ------------------------------------------------------------ each baseline
@@ -104,24 +105,24 @@ def test_top_k_screens_at_one_epoch_and_continues_the_best_k(tiny):
     space, store, _ = tiny
     result = play(TopKTuner(), space, store, budget=6)  # k = 1; 4 configs screened at 1 epoch, one continued
     screened, continued = result.trials[:4], result.trials[4:]
-    assert [t["epochs"] for t in screened] == [1] * 4 and len({str(t["config"]) for t in screened}) == 4
-    assert len(continued) == 1 and (continued[0]["resumed_from"], continued[0]["paid_epochs"]) == (1, 2)
-    best = max(screened, key=lambda t: t["score"])
-    assert {**continued[0]["config"], "epochs": 1} == best["config"]
+    assert [t.epochs for t in screened] == [1] * 4 and len({t.config.key() for t in screened}) == 4
+    assert len(continued) == 1 and (continued[0].resumed_from, continued[0].paid_epochs) == (1, 2)
+    best = max(screened, key=lambda t: t.score)
+    assert continued[0].config.with_epochs(1) == best.config
 
 
 def test_hyperband_continues_trials_through_the_rungs_and_prunes_some(tiny):
     space, store, _ = tiny
     result = play(make_tuners(["tpe_hyperband"], space=space)[0], space, store, budget=40)
-    continued = [t for t in result.trials if t["resumed_from"]]
-    assert continued and all((t["resumed_from"], t["epochs"]) == (1, 3) for t in continued)
-    assert len(continued) < len([t for t in result.trials if t["epochs"] == 1])  # some were pruned at rung 1
+    continued = [t for t in result.trials if t.resumed_from]
+    assert continued and all((t.resumed_from, t.epochs) == (1, 3) for t in continued)
+    assert len(continued) < len([t for t in result.trials if t.epochs == 1])  # some were pruned at rung 1
 
 
 def test_tpe_trains_at_full_fidelity(tiny):
     space, store, _ = tiny
     result = play(make_tuners(["tpe"], space=space)[0], space, store, budget=12)
-    assert [t["epochs"] for t in result.trials] == [3, 3, 3, 3]
+    assert [t.epochs for t in result.trials] == [3, 3, 3, 3]
 
 
 def test_the_learned_list_is_greedy_over_the_meta_training_tasks(tiny):
@@ -140,14 +141,14 @@ def test_the_learned_list_is_greedy_over_the_meta_training_tasks(tiny):
         assert np.mean(held) <= np.mean([min(oracle.regret(t, ranked[0]), oracle.regret(t, c)) for t in tasks]) + 1e-12
     tuner = LearnedListTuner(ranked)
     result = play(tuner, space, store, budget=9)
-    assert [Config(**t["config"]).key() for t in result.trials] == [c.key() for c in ranked[:3]]
+    assert [t.config.key() for t in result.trials] == [c.key() for c in ranked[:3]]
 
 
 def test_make_tuners_names_every_method_and_rejects_unknown_ones(tiny):
     space, store, policy = tiny
     tuners = make_tuners(METHODS, space=space, policy=policy, store=store)
     assert [t.name for t in tuners] == list(METHODS)
-    assert policy_exclusions(policy) == ("trec",)
+    assert policy.info.exclude_datasets == ("trec",)
     with pytest.raises(RlhpoError, match="Did you mean 'tpe'"):
         make_tuners(["tpee"], space=space)
 
@@ -156,4 +157,3 @@ def test_the_learned_list_needs_recorded_meta_training_tasks(tmp_path, tiny):
     space, store, _ = tiny
     with pytest.raises(RlhpoError, match="no task with recorded curves"):
         LearnedListTuner.fit(store, space, exclude_datasets=["digits", "trec"])
-    assert isinstance(Path(store), Path)

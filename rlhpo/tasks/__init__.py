@@ -6,7 +6,7 @@ many diverse tasks. Datasets come from a local folder, the Hugging Face hub, or 
 """
 
 from rlhpo.tasks.features import META_FEATURES, meta_feature_vector, meta_features
-from rlhpo.tasks.loader import DatasetStatus, list_datasets, load_task
+from rlhpo.tasks.loader import DatasetStatus, LoadedTasks, list_datasets, load_task
 from rlhpo.tasks.registry import BUILTINS, DatasetSpec, get_spec
 from rlhpo.tasks.sampler import TaskSampler
 from rlhpo.tasks.task import FAMILIES_BY_MODALITY, MODALITIES, Task, TaskData
@@ -18,6 +18,7 @@ __all__ = [
     "MODALITIES",
     "DatasetSpec",
     "DatasetStatus",
+    "LoadedTasks",
     "Task",
     "TaskData",
     "TaskSampler",

@@ -8,20 +8,18 @@ leaves a half-written file.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
 import os
 import re
-import uuid
 import zipfile
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
 
 import numpy as np
+
+from rlhpo.files import write_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -65,23 +63,6 @@ def cache_path(name: str, fingerprint: str, params: dict[str, object]) -> Path:
     return cache_dir() / f"{readable}-{digest}.npz"
 
 
-def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
-    """Write ``path`` through ``write(file)`` into a temporary file, then move it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Not tempfile.mkstemp: its files are private (0600); these get the usual umask permissions.
-    tmp = path.parent / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
-    try:
-        with open(tmp, "xb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
 def write_cached(path: Path, arrays: PreparedArrays) -> None:
     """Store ``arrays`` at ``path`` (atomically)."""
     meta = {"modality": arrays.modality, "source": arrays.source, "vocab_size": arrays.vocab_size}
@@ -95,7 +76,7 @@ def write_cached(path: Path, arrays: PreparedArrays) -> None:
     }
     if arrays.mean is not None and arrays.std is not None:
         content.update(mean=arrays.mean, std=arrays.std)
-    atomic_write(path, lambda f: np.savez(f, **content))
+    write_atomic(path, lambda f: np.savez(f, **content))
     logger.info("Cached preprocessed dataset at %s", path)
 
 

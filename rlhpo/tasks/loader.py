@@ -10,6 +10,8 @@ from __future__ import annotations
 import functools
 import logging
 import time
+from collections import OrderedDict
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +19,8 @@ import numpy as np
 import torch
 
 from rlhpo.errors import RlhpoError, unknown
-from rlhpo.tasks.cache import PreparedArrays, atomic_write, cache_dir, cache_path, read_cached, write_cached
+from rlhpo.files import write_atomic
+from rlhpo.tasks.cache import PreparedArrays, cache_dir, cache_path, read_cached, write_cached
 from rlhpo.tasks.preprocess import ColumnOverrides, prepare
 from rlhpo.tasks.registry import BUILTINS, DEFAULT_FAMILY, DatasetSpec, get_spec
 from rlhpo.tasks.sources import (
@@ -61,6 +64,38 @@ class DatasetStatus:
     source: str  # "local:<dir>", "hub:<name>" or "bundled:<package>"
     available: bool  # False: only the hub has it, and it is not cached here
     hint: str = ""  # how to make it available when it is not: the three ways, in one line
+
+
+class LoadedTasks:
+    """Loaded tasks kept in memory (the least recently used are let go): the one cache of a process.
+
+    The live backend keeps one; so does each of collect's worker processes. A task asked for
+    with more training examples than there are loads as the real size (see :func:`load_task`);
+    both keys then find it.
+    """
+
+    def __init__(self, data_dir: str | Path | None = None, size: int = 16, loaded: Iterable[TaskData] = ()) -> None:
+        self.data_dir = data_dir
+        self.size = size
+        self._data: OrderedDict[str, TaskData] = OrderedDict()
+        for data in loaded:
+            self._keep(data.task.key(), data)
+
+    def get(self, task: Task) -> TaskData:
+        """The task's data, loaded now if it is not held."""
+        key = task.key()
+        if key in self._data:
+            self._data.move_to_end(key)
+            return self._data[key]
+        data = load_task(task, data_dir=self.data_dir)
+        self._keep(data.task.key(), data)
+        self._keep(key, data)
+        return data
+
+    def _keep(self, key: str, data: TaskData) -> None:
+        self._data[key] = data
+        while len(self._data) > self.size:
+            self._data.popitem(last=False)
 
 
 def load_task(task: Task, data_dir: str | Path | None = None) -> TaskData:
@@ -233,7 +268,7 @@ def _prepared_arrays(spec: DatasetSpec, overrides: ColumnOverrides, data_dir: Pa
             continue
         arrays, tokenizer = prepare(raw, spec, overrides)
         if tokenizer is not None:
-            atomic_write(path.with_suffix(".tokenizer.json"), lambda f, t=tokenizer: f.write(t.encode()))
+            write_atomic(path.with_suffix(".tokenizer.json"), tokenizer)
         write_cached(path, arrays)
         logger.info("Preprocessed %s from %s in %.1f s", spec.name, source.name, time.perf_counter() - start)
         return arrays
