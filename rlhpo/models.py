@@ -10,6 +10,20 @@
   packing is needed, and it costs half a bidirectional RNN on CPU.
 - ``transformer`` (token ids): a randomly initialised ``transformers`` BERT encoder sized by
   the hyperparameters, mean over the non-padding positions, linear.
+- ``bow`` (token ids): fastText-style. One ``EmbeddingBag`` of ``units``-wide vectors holds the
+  ``vocab_size`` token ids and ``BOW_BUCKETS`` (2**16) hashed bigram buckets; a text is the mean of
+  the embeddings of its tokens and of its bigrams (adjacent pairs of real tokens ``a, b``, bucket
+  ``(a * 116049371 + b) mod 2**16``, fastText's multiplier), padding excluded. Then
+  ``num_layers`` × [Linear(units), ReLU, Dropout], linear. Bigram ids are computed from the
+  token ids in ``forward``, so the tasks need nothing new.
+- ``textcnn`` (token ids): Kim (2014). A ``units``-wide embedding; three parallel branches of
+  Conv1d with ``units`` channels and widths 3, 4 and 5, each followed by ReLU; each further layer
+  (``num_layers`` > 1) is one more width-3, same-padded Conv1d + ReLU on every branch. Then max
+  over time, concatenation (3 × units), dropout, linear. Every window starts at a token: the
+  embedded text gets 4 zero positions on the right, so texts shorter than 5 tokens work, and
+  positions at padding are zeroed after each layer, so padding changes no logit.
+
+Text embeddings are ``units`` wide in every text family, as in the RNNs.
 
 Weights are initialised from torch's global RNG: seed it (the trainer does) for repeatable models.
 """
@@ -20,6 +34,7 @@ import math
 from typing import TYPE_CHECKING
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from rlhpo.errors import RlhpoError, unknown
@@ -28,9 +43,12 @@ if TYPE_CHECKING:
     from rlhpo.space import Config
     from rlhpo.tasks.task import TaskData
 
-FAMILIES = ("cnn", "mlp", "gru", "lstm", "transformer")
-TEXT_FAMILIES = ("gru", "lstm", "transformer")
+FAMILIES = ("cnn", "mlp", "gru", "lstm", "transformer", "bow", "textcnn")
+TEXT_FAMILIES = ("gru", "lstm", "transformer", "bow", "textcnn")
 PAD_ID = 0
+BOW_BUCKETS = 2**16  # hashed bigram buckets of ``bow``
+BIGRAM_MULTIPLIER = 116049371  # fastText's n-gram hash multiplier
+TEXTCNN_WIDTHS = (3, 4, 5)
 
 
 def build_model(
@@ -61,6 +79,10 @@ def build_model(
         raise RlhpoError(f"Family {family!r} needs a vocabulary of at least 2 token ids, but got {vocab_size=}.")
     if family == "transformer":
         return _bert_classifier(input_shape[0], vocab_size, n_classes, num_layers, units, dropout)
+    if family == "bow":
+        return BagOfNgrams(vocab_size, n_classes, num_layers, units, dropout)
+    if family == "textcnn":
+        return TextCNN(vocab_size, n_classes, num_layers, units, dropout)
     return RNNClassifier(family, vocab_size, n_classes, num_layers, units, dropout)
 
 
@@ -132,6 +154,62 @@ class RNNClassifier(nn.Module):
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         hidden, _ = self.rnn(self.dropout(self.embed(tokens)))
         return self.head(self.dropout(masked_mean(hidden, tokens != PAD_ID)))
+
+
+def bigram_ids(tokens: torch.Tensor, vocab_size: int, buckets: int = BOW_BUCKETS) -> torch.Tensor:
+    """Ids ``vocab_size + hash(a, b)`` of the bigrams of ``tokens`` (N, L): (N, L - 1), padding 0.
+
+    A bigram is padding (0) when either of its tokens is; the others get bucket
+    ``(a * BIGRAM_MULTIPLIER + b) mod buckets``, offset past the token ids.
+    """
+    first, second = tokens[:, :-1], tokens[:, 1:]
+    ids = vocab_size + (first * BIGRAM_MULTIPLIER + second) % buckets
+    return torch.where((first != PAD_ID) & (second != PAD_ID), ids, PAD_ID)
+
+
+class BagOfNgrams(nn.Module):
+    def __init__(self, vocab_size: int, n_classes: int, num_layers: int, units: int, dropout: float):
+        super().__init__()
+        self.vocab_size = vocab_size
+        # mode="mean" leaves padding_idx entries out of the mean; an all-padding text gives zeros.
+        self.embed = nn.EmbeddingBag(vocab_size + BOW_BUCKETS, units, mode="mean", padding_idx=PAD_ID)
+        layers: list[nn.Module] = []
+        for _ in range(num_layers):
+            layers += [nn.Linear(units, units), nn.ReLU(), nn.Dropout(dropout)]
+        layers.append(nn.Linear(units, n_classes))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        bag = torch.cat([tokens, bigram_ids(tokens, self.vocab_size)], dim=1)
+        return self.net(self.embed(bag))
+
+
+class TextCNN(nn.Module):
+    def __init__(self, vocab_size: int, n_classes: int, num_layers: int, units: int, dropout: float):
+        super().__init__()
+        self.embed = nn.Embedding(vocab_size, units, padding_idx=PAD_ID)
+        self.branches = nn.ModuleList(
+            nn.ModuleList(
+                [nn.Conv1d(units, units, width)]
+                + [nn.Conv1d(units, units, 3, padding=1) for _ in range(num_layers - 1)]
+            )
+            for width in TEXTCNN_WIDTHS
+        )
+        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(len(TEXTCNN_WIDTHS) * units, n_classes))
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        length = tokens.shape[1]
+        embedded = self.embed(tokens).transpose(1, 2)  # (N, units, L)
+        mask = (tokens != PAD_ID).unsqueeze(1).to(embedded.dtype)  # (N, 1, L)
+        # (N, units, L + 4): zeros on the right, so that a window starts at every token.
+        x = F.pad(embedded * mask, (0, max(TEXTCNN_WIDTHS) - 1))
+        pooled = []
+        for convs in self.branches:
+            h = torch.relu(convs[0](x))[:, :, :length] * mask
+            for conv in convs[1:]:
+                h = torch.relu(conv(h)) * mask
+            pooled.append(h.amax(dim=2))  # h >= 0 and padding is 0: the max over the real tokens
+        return self.head(torch.cat(pooled, dim=1))
 
 
 class BertClassifier(nn.Module):

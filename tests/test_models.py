@@ -1,12 +1,17 @@
 """Model families: each builds from the hyperparameters and maps its input to logits."""
 
+import math
+from pathlib import Path
+
 import pytest
 import torch
 
 from rlhpo.errors import RlhpoError
-from rlhpo.models import FAMILIES, build_model, masked_mean, model_for
+from rlhpo.models import BOW_BUCKETS, FAMILIES, TEXT_FAMILIES, bigram_ids, build_model, masked_mean, model_for
 from rlhpo.space import Config
+from rlhpo.tasks import load_task
 from rlhpo.tasks.task import Task, TaskData
+from rlhpo.training import Curve, train
 
 SEQ_LEN, VOCAB = 12, 50
 INPUTS = {
@@ -15,7 +20,11 @@ INPUTS = {
     "gru": (SEQ_LEN,),
     "lstm": (SEQ_LEN,),
     "transformer": (SEQ_LEN,),
+    "bow": (SEQ_LEN,),
+    "textcnn": (SEQ_LEN,),
 }
+# Learns trec in a few seconds: 3 epochs of 300 examples.
+QUICK = Config(1e-2, 16, 3, 0.0, "adam", 0.0, num_layers=1, units=32)
 
 
 def _batch(family: str, n: int, gen: torch.Generator) -> torch.Tensor:
@@ -58,7 +67,7 @@ def test_size_follows_units_and_layers(family):
     assert n_params(num_layers=3) > n_params(num_layers=1)
 
 
-@pytest.mark.parametrize("family", ["gru", "lstm", "transformer"])
+@pytest.mark.parametrize("family", TEXT_FAMILIES)
 def test_text_models_ignore_padding(family):
     """Logits of a text do not depend on how much padding follows it."""
     torch.manual_seed(0)
@@ -70,6 +79,66 @@ def test_text_models_ignore_padding(family):
         padded, shorter = model(tokens), model(tokens[:, :6])  # 8 and 2 pads after the first text
     assert torch.allclose(padded, shorter, atol=1e-5)
     assert not torch.allclose(padded[0], padded[1], atol=1e-3)  # the real tokens do count
+
+
+@pytest.mark.parametrize("family", ["bow", "textcnn"])
+def test_texts_shorter_than_the_widest_window_work(family):
+    """A text of 1 or 2 tokens, unpadded, gives the logits it gets with padding."""
+    torch.manual_seed(0)
+    model = _model(family).eval()
+    padded = torch.zeros(2, SEQ_LEN, dtype=torch.long)
+    padded[0, :1], padded[1, :2] = 7, torch.tensor([5, 9])
+    with torch.inference_mode():
+        assert torch.allclose(model(padded[1:, :2]), model(padded[1:]), atol=1e-5)
+        assert torch.allclose(model(padded[:1, :1]), model(padded[:1]), atol=1e-5)
+
+
+def test_bow_sees_word_order_through_bigrams():
+    torch.manual_seed(0)
+    model = _model("bow").eval()
+    tokens = torch.tensor([[5, 9, 2, 7, 0, 0], [7, 2, 9, 5, 0, 0]])  # the same words, reversed
+    with torch.inference_mode():
+        logits = model(tokens)
+    assert not torch.allclose(logits[0], logits[1], atol=1e-4)
+
+
+def test_bigram_ids_hash_real_pairs_past_the_vocabulary():
+    tokens = torch.tensor([[3, 4, 3, 4, 0], [4, 3, 0, 0, 0]])
+    ids = bigram_ids(tokens, VOCAB)
+    assert ids.shape == (2, 4)
+    assert ids[0, 0] == ids[0, 2] != ids[0, 1]  # (3, 4) twice, (4, 3) once
+    assert ids[1, 0] == ids[0, 1]
+    assert ids[0, 3] == ids[1, 1] == ids[1, 2] == 0  # a pair with padding is padding
+    real = ids[ids != 0]
+    assert ((real >= VOCAB) & (real < VOCAB + BOW_BUCKETS)).all()
+
+
+@pytest.mark.parametrize("num_layers", [1, 3])
+def test_textcnn_stacks_a_conv_per_layer_on_each_branch(num_layers):
+    model = _model("textcnn", num_layers=num_layers, units=16)
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv1d)]
+    assert sorted(c.kernel_size[0] for c in convs) == sorted([3, 4, 5] + [3] * 3 * (num_layers - 1))
+    assert all(c.out_channels == 16 for c in convs)
+    assert model(_batch("textcnn", 3, torch.Generator().manual_seed(0))).shape == (3, 5)
+
+
+def _without_seconds(curve: Curve) -> list[dict]:
+    return [{k: v for k, v in e.items() if k != "seconds"} for e in curve.to_dict()["epochs"]]
+
+
+@pytest.mark.parametrize("family", ["bow", "textcnn"])
+def test_new_text_families_learn_trec_and_repeat(family, data_dir: Path):
+    """300 real questions, 3 epochs: better than the majority class; the same seed, the same curve."""
+    data = load_task(Task("trec", family=family, n_train=300), data_dir=data_dir)
+    curve = train(data, QUICK)
+    assert not curve.diverged and len(curve.epochs) == 3
+    assert all(math.isfinite(v) for e in _without_seconds(curve) for v in e.values())
+    majority = data.y_val.bincount().max().item() / len(data.y_val)
+    assert curve.epochs[-1].val_accuracy > 1.5 * majority  # about 0.23 on trec
+    assert curve.epochs[-1].train_loss < curve.epochs[0].train_loss
+    again = _without_seconds(train(data, QUICK, epochs=1))  # a run's first epoch does not depend on its length
+    assert again == _without_seconds(curve)[:1]
+    assert _without_seconds(train(data, QUICK, epochs=1, seed=1)) != again
 
 
 def test_cnn_skips_pooling_once_the_map_is_one_pixel():

@@ -14,7 +14,7 @@ import torch
 MODALITIES = ("image", "text", "tabular")
 FAMILIES_BY_MODALITY = {
     "image": ("cnn", "mlp"),
-    "text": ("gru", "lstm", "transformer"),
+    "text": ("gru", "lstm", "transformer", "bow", "textcnn"),
     "tabular": ("mlp",),
 }
 
