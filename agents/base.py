@@ -123,13 +123,13 @@ class DefaultTuner(Tuner):
         if self._done:
             return None
         self._done = True
-        return self.space.indices(self.space.default)
+        return self.env.default_action()
 
 
 class RandomTuner(Tuner):
-    """Uniform random search over the whole space, fidelity (epochs) included."""
+    """Uniform random search over the whole space, fidelity (epochs) included; the family among the task's."""
 
     name = "random"
 
     def propose(self, obs: np.ndarray) -> np.ndarray:
-        return np.asarray([self.rng.integers(n) for n in self.space.nvec], dtype=np.int64)
+        return self.env.sample_action(self.rng)

@@ -22,7 +22,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 from rlhpo.agents.base import TuneResult
-from rlhpo.envs.backends import LiveBackend, trial_from_curve
+from rlhpo.envs.backends import LiveBackend, runs_in_space, trial_from_curve
 from rlhpo.envs.hpo_env import trial_score
 from rlhpo.metrics import normalised_score
 from rlhpo.space import Config, SearchSpace
@@ -52,7 +52,7 @@ class FullFidelity:
             out: dict[str, float] = {}
             if record is not None:
                 epochs = self.space.max_epochs
-                for run in self.store.runs(task_key, self.train_seed):
+                for run in runs_in_space(self.store.runs(task_key, self.train_seed), self.space, record):
                     if run.horizon >= epochs:
                         trial = trial_from_curve(
                             run.at(epochs), run.config, epochs, record.n_classes, exact=True, distance=0.0

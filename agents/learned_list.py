@@ -6,10 +6,15 @@ least mean regret over the tasks; each next config is the one that most lowers t
 tasks of the best regret in the list so far. Only configs recorded on every meta-training
 task compete, so every candidate is judged on the same tasks. The tuner trains the list in
 order, each at full fidelity; past its end it draws uniformly random configs.
+
+In a space that searches the model family, the list is still learned from each task's own
+family (the family-less space: a config is compared across tasks of different modalities), and
+played with the task's own family.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -20,7 +25,7 @@ from rlhpo.agents.evaluate import FullFidelity
 from rlhpo.envs.backends import RecordedBackend
 from rlhpo.envs.hpo_env import HPOEnv
 from rlhpo.errors import RlhpoError
-from rlhpo.space import Config, SearchSpace
+from rlhpo.space import HYPERPARAMETERS, Config, SearchSpace
 from rlhpo.store import CurveStore
 
 
@@ -62,6 +67,7 @@ class LearnedListTuner(Tuner):
         exclude_datasets: Sequence[str] = (),
     ) -> LearnedListTuner:
         """Learn the list on the store's tasks less ``exclude_datasets`` (the policy's meta-training tasks)."""
+        space = dataclasses.replace(space, families=None, default_families=None)  # see the class docstring
         backend = RecordedBackend(store, space, train_seed=train_seed, exclude_datasets=exclude_datasets)
         tasks = [t.key() for t in backend.default_tasks()]
         return cls(learn_list(FullFidelity(backend.store, space, train_seed), tasks))
@@ -73,5 +79,10 @@ class LearnedListTuner(Tuner):
     def propose(self, obs: np.ndarray) -> np.ndarray:
         if self._next < len(self.configs):
             self._next += 1
-            return self.space.indices(self.configs[self._next - 1].with_epochs(self.space.max_epochs))
-        return self.space.indices(self.space.sample(self.rng).with_epochs(self.space.max_epochs))
+            config = self.configs[self._next - 1].with_epochs(self.space.max_epochs)
+            if self.space.families:
+                config = config.with_family(self.env.task_family)
+            return self.space.indices(config, self.env.modality)
+        action = self.env.sample_action(self.rng)
+        action[HYPERPARAMETERS.index("epochs")] = self.space.choices["epochs"].index(self.space.max_epochs)
+        return action

@@ -18,18 +18,25 @@ import optuna
 
 from rlhpo.agents.base import Tuner
 from rlhpo.envs.hpo_env import HPOEnv, StepResult
-from rlhpo.space import HYPERPARAMETERS, SearchSpace
+from rlhpo.space import FAMILY, HYPERPARAMETERS
 
 CATEGORICAL = ("optimizer",)  # unordered choices; the others are ordered
 REDUCTION_FACTOR = 3  # Hyperband's eta: the shipped epochs choices 1, 3, 9 are its rungs
 
 
-def _ask_indices(trial: optuna.Trial, space: SearchSpace, epochs: int) -> np.ndarray:
-    """The action of an Optuna trial: one choice index per hyperparameter, ``epochs`` as given."""
+def _ask_indices(trial: optuna.Trial, env: HPOEnv, epochs: int) -> np.ndarray:
+    """The action of an Optuna trial: one choice index per dimension, ``epochs`` as given.
+
+    The family, where searched, is a categorical over the families of the task's modality.
+    """
+    space = env.space
     out = []
-    for h, n in zip(HYPERPARAMETERS, space.nvec):
+    for h, n in zip(space.dims, space.nvec):
         if h == "epochs":
             out.append(space.choices["epochs"].index(epochs))
+        elif h == FAMILY:
+            families = list(space.family_choices(env.modality))
+            out.append(families.index(trial.suggest_categorical(h, families)))
         elif n == 1:
             out.append(0)
         elif h in CATEGORICAL:
@@ -51,7 +58,7 @@ class TPETuner(Tuner):
 
     def propose(self, obs: np.ndarray) -> np.ndarray:
         self._trial = self.study.ask()
-        return _ask_indices(self._trial, self.space, self.space.max_epochs)
+        return _ask_indices(self._trial, self.env, self.space.max_epochs)
 
     def observe(self, action: np.ndarray, result: StepResult) -> None:
         assert self._trial is not None
@@ -84,7 +91,7 @@ class HyperbandTuner(Tuner):
     def propose(self, obs: np.ndarray) -> np.ndarray:
         if self._trial is None:
             self._trial = self.study.ask()
-            self._action = _ask_indices(self._trial, self.space, self.rungs[0])
+            self._action = _ask_indices(self._trial, self.env, self.rungs[0])
         else:  # continue the running trial to the next rung
             assert self._action is not None
             nxt = next(e for e in self.rungs if e > self._epochs)

@@ -176,7 +176,7 @@ class PPOTuner(Tuner):
         return action
 
     def _is_repeat(self, action: np.ndarray) -> bool:
-        return self.env.is_repeat(self.space.decode(action))
+        return self.env.is_repeat(self.env.decode(action))
 
     def _most_likely_new(self, obs: np.ndarray, fallback: np.ndarray) -> np.ndarray:
         obs_tensor, _ = self.model.policy.obs_to_tensor(obs)

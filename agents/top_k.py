@@ -49,7 +49,7 @@ class TopKTuner(Tuner):
         for _ in range(n * SCREENING_DRAWS):
             if len(out) == n:
                 break
-            a = np.asarray([self.rng.integers(m) for m in self.space.nvec], dtype=np.int64)
+            a = self.env.sample_action(self.rng)
             key = tuple(np.delete(a, HYPERPARAMETERS.index("epochs")))
             if key not in seen:
                 seen.add(key)

@@ -15,6 +15,7 @@ this config give on this task at this many epochs?", as a :class:`Trial`.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from collections import OrderedDict
@@ -87,9 +88,27 @@ class Backend(Protocol):
         ...
 
 
-def config_vector(space: SearchSpace, config: Config) -> np.ndarray:
+def config_vector(space: SearchSpace, config: Config, modality: str | None = None) -> np.ndarray:
     """The normalised encoding without epochs: what identifies a recorded run."""
-    return np.delete(space.encode(config).astype(np.float64), _EPOCHS_DIM)
+    return np.delete(space.encode(config, modality).astype(np.float64), _EPOCHS_DIM)
+
+
+def runs_in_space(runs: Sequence[StoredRun], space: SearchSpace, record: TaskRecord) -> list[StoredRun]:
+    """The task's runs as configs of ``space``.
+
+    A run recorded before families were searched trained the task's own family: in a space with
+    a family dimension its config says so. In a space without one, only runs of the task's own
+    family answer, and their configs leave the family out (as the space's configs do).
+    """
+    if space.families:
+        return [
+            r if r.config.family else dataclasses.replace(r, config=r.config.with_family(record.family)) for r in runs
+        ]
+    return [
+        dataclasses.replace(r, config=r.config.with_family(None))
+        for r in runs
+        if r.config.family in (None, record.family)
+    ]
 
 
 def trial_from_curve(
@@ -259,11 +278,14 @@ class LiveBackend:
 class _RunTable:
     """One task's recorded runs as arrays: a step is a few array look-ups."""
 
-    def __init__(self, runs: Sequence[StoredRun], space: SearchSpace, n_classes: int) -> None:
+    def __init__(self, runs: Sequence[StoredRun], space: SearchSpace, record: TaskRecord) -> None:
+        runs = runs_in_space(runs, space, record)
+        n_classes = record.n_classes
         width = max((len(r.curve.epochs) for r in runs), default=0)
+        self.modality = record.modality
         self.configs = [r.config for r in runs]
         self.index = {r.config.key(): i for i, r in enumerate(runs)}
-        self.vectors = np.stack([config_vector(space, r.config) for r in runs])
+        self.vectors = np.stack([config_vector(space, r.config, self.modality) for r in runs])
         self.horizon = np.array([r.horizon for r in runs], dtype=np.float64)
         self.n_done = np.array([len(r.curve.epochs) for r in runs], dtype=np.int64)
         self.diverged = np.array([r.curve.diverged for r in runs], dtype=bool)
@@ -357,7 +379,7 @@ class RecordedBackend:
         if table is None:
             record = self.describe(key)
             runs = self.store.runs(key, self.train_seed)
-            table = self._tables[key] = _RunTable(runs, self.space, record.n_classes)
+            table = self._tables[key] = _RunTable(runs, self.space, record)
         return table
 
     def n_runs(self, task_key: str) -> int:
@@ -374,7 +396,7 @@ class RecordedBackend:
         if exact:
             distance = 0.0
         else:
-            d2 = np.square(table.vectors - config_vector(self.space, config)).sum(axis=1)
+            d2 = np.square(table.vectors - config_vector(self.space, config, table.modality)).sum(axis=1)
             d2[table.horizon < epochs] = np.inf
             if allowed is not None:
                 d2[~allowed] = np.inf

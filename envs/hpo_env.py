@@ -16,7 +16,7 @@ from gymnasium import spaces
 from rlhpo.envs.backends import Backend, Trial, make_backend
 from rlhpo.envs.reward import RewardSettings, relative_compute, step_reward
 from rlhpo.errors import RlhpoError
-from rlhpo.space import HYPERPARAMETERS, Config, SearchSpace, load_search_space
+from rlhpo.space import Config, SearchSpace, load_search_space
 from rlhpo.store import CurveStore, TaskRecord
 from rlhpo.tasks.features import META_FEATURES
 from rlhpo.tasks.task import Task
@@ -24,9 +24,15 @@ from rlhpo.training import EpochRecord
 
 # The observation, in order (see the table in HPOEnv's docstring).
 BUDGET_FEATURES = ("budget_used", "budget_remaining", "steps", "incumbent_score")
-CONFIG_FEATURES = tuple(f"last_{h}" for h in HYPERPARAMETERS)
 CURVE_FEATURES = ("last_final_score", "last_best_score", "last_slope", "last_loss_gap", "last_diverged")
-OBSERVATION_NAMES = META_FEATURES + BUDGET_FEATURES + CONFIG_FEATURES + CURVE_FEATURES
+FAMILY_FEATURES = tuple(f for f in META_FEATURES if f.startswith("family_"))  # hidden when the family is searched
+
+
+def observation_names(space: SearchSpace) -> tuple[str, ...]:
+    """The observation's entries, in order, for an env over ``space`` (its dims give the config's)."""
+    return META_FEATURES + BUDGET_FEATURES + tuple(f"last_{h}" for h in space.dims) + CURVE_FEATURES
+
+
 SLOPE_EPOCHS = 3  # the slope is taken over the last (up to) this many completed epochs
 
 
@@ -170,10 +176,20 @@ class HPOEnv(gym.Env[np.ndarray, np.ndarray]):
 
     ## Action Space
 
-    The action is a `ndarray` of shape `(8,)`, a `MultiDiscrete` with one choice index per
-    hyperparameter of the search space (`configs/search_space.yaml`), in this order:
-    learning_rate, batch_size, epochs, dropout, optimizer, weight_decay, num_layers, units.
-    `epochs` is the fidelity of the trial: the shipped space offers 1, 3 and 9 epochs.
+    The action is a `ndarray` of shape `(d,)`, a `MultiDiscrete` with one choice index per
+    dimension of the search space (`configs/search_space.yaml`), in this order:
+    learning_rate, batch_size, epochs, dropout, optimizer, weight_decay, num_layers, units, and,
+    in a space that lists model families, family (`d` = 9; else `d` = 8). `epochs` is the
+    fidelity of the trial: the shipped space offers 1, 3 and 9 epochs.
+
+    The family's choices depend on the task's modality (images: cnn, mlp; text: bow, textcnn,
+    gru, lstm, transformer), but an action space must be the same on every task. So the family
+    index is read within the modality's list, modulo its length: every index names a family the
+    task can train, and no invalid family is ever trained. (Masking invalid indices, e.g. with
+    sb3-contrib's MaskablePPO, would need a second algorithm and masks in every tuner; the
+    baselines draw the family uniformly from the modality's list instead, `sample_action`.) A
+    task that pins its family (`Task(family=...)`, the CLI's `--model`) trains that family
+    whatever the index, and its observation shows it.
 
     A config already trained this episode (same choices but `epochs`) and asked for more epochs
     is *continued*: the step pays only the extra epochs (`info["result"].resumed_from`,
@@ -182,23 +198,24 @@ class HPOEnv(gym.Env[np.ndarray, np.ndarray]):
 
     ## Observation Space
 
-    The observation is a float32 `ndarray` of shape `(30,)`:
+    The observation is a float32 `ndarray` of shape `(22 + d,)` (`env.observation_names`):
 
-    | Num   | Observation                                                 | Min | Max |
-    |-------|-------------------------------------------------------------|-----|-----|
-    | 0-12  | task meta-features (`rlhpo.tasks.features.META_FEATURES`)   | 0   | 1   |
-    | 13    | budget used, fraction of `budget_epochs`                    | 0   | 1   |
-    | 14    | budget remaining, fraction of `budget_epochs`               | 0   | 1   |
-    | 15    | steps taken / most steps the budget allows                  | 0   | 1   |
-    | 16    | incumbent score (0 before any trial)                        | -1  | 1   |
-    | 17-24 | last trial's config, normalised encoding (`SearchSpace.encode`) | 0 | 1 |
-    | 25    | last trial's final validation score                         | -1  | 1   |
-    | 26    | last trial's best validation score over its epochs          | -1  | 1   |
-    | 27    | last trial's score slope per epoch over its last 3 epochs   | -1  | 1   |
-    | 28    | last trial's loss gap, tanh(val loss − train loss)          | -1  | 1   |
-    | 29    | last trial diverged (1) or not (0)                          | 0   | 1   |
+    | Num          | Observation                                                 | Min | Max |
+    |--------------|-------------------------------------------------------------|-----|-----|
+    | 0-12         | task meta-features (`rlhpo.tasks.features.META_FEATURES`)   | 0   | 1   |
+    | 13           | budget used, fraction of `budget_epochs`                    | 0   | 1   |
+    | 14           | budget remaining, fraction of `budget_epochs`               | 0   | 1   |
+    | 15           | steps taken / most steps the budget allows                  | 0   | 1   |
+    | 16           | incumbent score (0 before any trial)                        | -1  | 1   |
+    | 17-(16+d)    | last trial's config, normalised encoding (`SearchSpace.encode`) | 0 | 1 |
+    | 17+d         | last trial's final validation score                         | -1  | 1   |
+    | 18+d         | last trial's best validation score over its epochs          | -1  | 1   |
+    | 19+d         | last trial's score slope per epoch over its last 3 epochs   | -1  | 1   |
+    | 20+d         | last trial's loss gap, tanh(val loss − train loss)          | -1  | 1   |
+    | 21+d         | last trial diverged (1) or not (0)                          | 0   | 1   |
 
-    Entries 17-29 are 0 after `reset`. The last trial's config is the one whose curve answered
+    When the family is the action's to choose, the meta-features' family one-hot is 0. Entries
+    from 17 on are 0 after `reset`. The last trial's config is the one whose curve answered
     (with the recorded backend, the nearest recorded config) at the epochs actually paid. A
     trial that diverged keeps the scores of the epochs it completed (0 if none), so the
     observation stays finite and in the space.
@@ -274,7 +291,9 @@ class HPOEnv(gym.Env[np.ndarray, np.ndarray]):
     ## Version History
 
     * v0: Initial version. Later in v0 (same MDP): the step's `info` became a typed `StepResult`
-      (`info["result"]`) instead of a dict of JSON values.
+      (`info["result"]`) instead of a dict of JSON values; a space may list model families, which
+      adds the family dimension to the action and the observation (an 8-dimensional space
+      behaves as before).
     """
 
     metadata = {"render_modes": []}
@@ -337,10 +356,11 @@ class HPOEnv(gym.Env[np.ndarray, np.ndarray]):
 
         self.action_space = spaces.MultiDiscrete(self.space.nvec)
         n_meta = len(META_FEATURES)
-        low = np.zeros(len(OBSERVATION_NAMES), dtype=np.float32)
-        high = np.ones(len(OBSERVATION_NAMES), dtype=np.float32)
+        self.observation_names = observation_names(self.space)
+        low = np.zeros(len(self.observation_names), dtype=np.float32)
+        high = np.ones(len(self.observation_names), dtype=np.float32)
         low[n_meta + 3] = -1.0  # incumbent score
-        low[len(OBSERVATION_NAMES) - len(CURVE_FEATURES) : -1] = -1.0  # scores, slope, gap
+        low[len(self.observation_names) - len(CURVE_FEATURES) : -1] = -1.0  # scores, slope, gap
         self.observation_space = spaces.Box(low=low, high=high, dtype=np.float32)
         self._low, self._high = low, high
 
@@ -385,7 +405,7 @@ class HPOEnv(gym.Env[np.ndarray, np.ndarray]):
     def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict]:
         if self._done or self._record is None:
             raise RlhpoError("The episode has ended (or never started): call reset() before step().")
-        config = self.space.decode(action)  # raises a clear error for an action outside the space
+        config = self.decode(action)  # raises a clear error for an action outside the space
         epochs, resume_from = self._fidelity(config)
         paid = epochs - resume_from
         trial = self.backend.run(self._record.task, config, epochs, resume_from=resume_from)
@@ -398,7 +418,7 @@ class HPOEnv(gym.Env[np.ndarray, np.ndarray]):
             self._best_score = score
             self._incumbent_config = trial.config
         self._incumbent = max(self._incumbent, score)
-        compute = relative_compute(config, self.space.default)
+        compute = relative_compute(config, self.space.default_config(self.modality))
         reward = step_reward(
             self.reward_settings,
             incumbent_before=before,
@@ -416,6 +436,35 @@ class HPOEnv(gym.Env[np.ndarray, np.ndarray]):
         self._done = terminated
         result = self._step_result(action, config, trial, score, resume_from, compute)
         return self._get_obs(), float(reward), terminated, False, {"result": result}
+
+    @property
+    def modality(self) -> str:
+        """The current task's modality (``image``, ``text`` or ``tabular``)."""
+        assert self._record is not None, "reset() first"
+        return self._record.modality
+
+    @property
+    def task_family(self) -> str:
+        """The current task's own family: the one it pins, else its dataset's default."""
+        assert self._record is not None, "reset() first"
+        return self._record.family
+
+    def decode(self, action: Any) -> Config:
+        """The config an action asks for on the current task.
+
+        With a family dimension, the family index is read in the task's modality's list; a task
+        that pins its family (``Task(family=...)``, the CLI's ``--model``) trains that family.
+        """
+        assert self._record is not None, "reset() first"
+        return self.space.decode(action, self.modality, self._record.task.family)
+
+    def default_action(self) -> np.ndarray:
+        """The action of the default config on the current task."""
+        return self.space.indices(self.space.default_config(self.modality), self.modality)
+
+    def sample_action(self, rng: np.random.Generator) -> np.ndarray:
+        """A uniformly random action that names a family the current task can train."""
+        return self.space.sample_indices(rng, self.modality)
 
     @property
     def budget_remaining(self) -> int:
@@ -447,16 +496,17 @@ class HPOEnv(gym.Env[np.ndarray, np.ndarray]):
         tasks = self._tasks or self.backend.default_tasks()
         return tasks[int(self.np_random.integers(len(tasks)))]
 
-    @staticmethod
-    def _meta_vector(record: TaskRecord) -> np.ndarray:
+    def _meta_vector(self, record: TaskRecord) -> np.ndarray:
         missing = [f for f in META_FEATURES if f not in record.meta_features]
         if missing:
             raise RlhpoError(f"Task {record.key!r} lacks the meta-features {missing}; re-record it.")
         v = np.array([record.meta_features[f] for f in META_FEATURES], dtype=np.float32)
+        if self.space.families and record.task.family is None:  # the family is the action's to choose
+            v[[META_FEATURES.index(f) for f in FAMILY_FEATURES]] = 0.0
         return np.clip(v, 0.0, 1.0)
 
     def _get_obs(self) -> np.ndarray:
-        obs = np.zeros(len(OBSERVATION_NAMES), dtype=np.float32)
+        obs = np.zeros(len(self.observation_names), dtype=np.float32)
         n = len(self._meta)
         obs[:n] = self._meta
         obs[n] = self._used / self.budget_epochs
@@ -465,8 +515,9 @@ class HPOEnv(gym.Env[np.ndarray, np.ndarray]):
         obs[n + 3] = self._incumbent
         if self._last is not None:
             c = n + len(BUDGET_FEATURES)
-            obs[c : c + len(HYPERPARAMETERS)] = self.space.encode(self._last.config)
-            obs[c + len(HYPERPARAMETERS) :] = curve_features(self._last)
+            dims = len(self.space.dims)
+            obs[c : c + dims] = self.space.encode(self._last.config, self.modality)
+            obs[c + dims :] = curve_features(self._last)
         return np.clip(obs, self._low, self._high)
 
     def _reset_info(self) -> dict[str, Any]:

@@ -151,7 +151,25 @@ def train_cmd(
 @click.option(
     "--configs", type=click.IntRange(min=1), default=None, help="Configs per task instance (default: the file's)."
 )
-@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True, help="Worker processes.")
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Worker processes (--executor ray without --address: the local Ray instance's CPUs).",
+)
+@click.option(
+    "--executor",
+    type=click.Choice(["local", "ray"]),
+    default="local",
+    show_default=True,
+    help="Where runs train: local worker processes, or Ray tasks (needs pip install 'rlhpo[ray]').",
+)
+@click.option(
+    "--address",
+    default=None,
+    help="--executor ray: the Ray cluster to use, 'auto' or HOST:PORT (default: start a local Ray instance).",
+)
 @click.option("--seed", type=int, default=None, help="Seed of the config sample (default: the file's).")
 @click.option(
     "--store",
@@ -167,12 +185,14 @@ def collect_cmd(
     instances_path: Path | None,
     configs: int | None,
     workers: int,
+    executor: str,
+    address: str | None,
     seed: int | None,
     store_path: Path,
     data_dir: Path | None,
 ) -> None:
     """Record the curves of a space-filling sample of configs on every task instance (resumable)."""
-    from rlhpo.collect import collect, load_collect_settings
+    from rlhpo.collect import collect, load_collect_settings, make_executor
 
     settings = load_collect_settings(instances_path)
     if configs is not None:
@@ -180,8 +200,11 @@ def collect_cmd(
     if seed is not None:
         settings = dataclasses.replace(settings, seed=seed)
     names = None if datasets == "all" else [d.strip() for d in datasets.split(",") if d.strip()]
+    runner = make_executor(executor, workers, address)
+    if data_dir is not None:
+        data_dir = data_dir.expanduser().resolve()  # workers elsewhere (Ray) read the same absolute path
     try:
-        result = collect(settings, store_path, workers=workers, datasets=names, data_dir=data_dir)
+        result = collect(settings, store_path, datasets=names, data_dir=data_dir, executor=runner)
     except KeyboardInterrupt:
         raise RunInterrupted(store_path, "run the same command again (finished runs are kept)", "store") from None
     click.echo(

@@ -2,11 +2,11 @@
 
 Every config is trained at the largest epochs choice, so every smaller fidelity is recorded too
 (the store answers ``k`` epochs from a run's first ``k``). Work runs in worker processes behind
-the small :class:`Executor` interface (local processes here; a Ray executor could take the same
-work). The parent process writes each finished run to the store in one transaction, so a kill at
-any moment loses only the runs in flight, and running the same command again skips every run
-already recorded. A collect holds the store's lock for its whole run, so a second collect on the
-same store is refused rather than training the same runs again.
+the small :class:`Executor` interface (local processes by default, or Ray tasks:
+:mod:`rlhpo.ray_executor`). The parent process writes each finished run to the store in one
+transaction, so a kill at any moment loses only the runs in flight, and running the same
+command again skips every run already recorded. A collect holds the store's lock for its whole
+run, so a second collect on the same store is refused rather than training the same runs again.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from typing import Protocol, TypeVar
 
 import numpy as np
 
-from rlhpo.errors import RlhpoError
+from rlhpo.errors import RlhpoError, unknown
 from rlhpo.settings import from_dict, read_yaml, shipped_file
 from rlhpo.space import HYPERPARAMETERS, Config, SearchSpace, load_search_space
 from rlhpo.store import CurveStore, TaskRecord
@@ -56,6 +56,9 @@ class InstanceGroup:
     seeds: list[int] = field(default_factory=lambda: [0])  # the task seed: validation split, subsample
     configs: int | None = None  # configs per instance of this group; None: the settings' number
     max_length: int | None = None  # text only: keep the first max_length tokens (cheap instances)
+    # Families each config is recorded with, on instances that leave the family to the config
+    # (families: [null]); None: each instance trains its own family, as before families were searched.
+    config_families: list[str] | None = None
 
     def tasks(self) -> list[Task]:
         return [
@@ -103,6 +106,15 @@ class CollectSettings:
         """The task instances, in file order, without repeats; ``datasets`` keeps only those."""
         return list(self.plan(datasets))
 
+    def families(self) -> dict[Task, tuple[str | None, ...]]:
+        """The families each task instance records every config with; ``(None,)``: its own family."""
+        out: dict[Task, tuple[str | None, ...]] = {}
+        for group in self.instances:
+            for task in group.tasks():
+                listed = tuple(group.config_families) if group.config_families else (None,)
+                out[task] = tuple(dict.fromkeys(out.get(task, ()) + listed))
+        return out
+
     def with_configs(self, n: int) -> CollectSettings:
         """The same instances with ``n`` configs each (the CLI's ``--configs``)."""
         groups = [dataclasses.replace(g, configs=None) for g in self.instances]
@@ -125,6 +137,12 @@ def load_collect_settings(path: str | Path | None = None) -> CollectSettings:
             value = getattr(group, name)
             if not isinstance(value, list) or not value:
                 raise RlhpoError(f"{where}: instances[{i}].{name} must be a non-empty list, but got {value!r}.")
+        if group.config_families is not None and (not group.config_families or group.families != [None]):
+            raise RlhpoError(
+                f"{where}: instances[{i}].config_families must be a non-empty list on instances that leave the "
+                f"family to the config (families: [null]), but got config_families={group.config_families!r} "
+                f"with families={group.families!r}."
+            )
         parsed.append(group)
     return from_dict(CollectSettings, {**data, "instances": parsed}, where)
 
@@ -169,7 +187,7 @@ def space_filling_configs(space: SearchSpace, n: int, seed: int) -> list[Config]
 
 
 class Executor(Protocol):
-    """Runs independent work items, here or elsewhere (local processes; Ray could do the same)."""
+    """Runs independent work items, here or elsewhere (local processes, or Ray tasks: :mod:`rlhpo.ray_executor`)."""
 
     def map_unordered(self, fn: Callable[[T], R], items: Sequence[T]) -> Iterator[R]:
         """Yield ``fn(item)`` for every item, in completion order. ``fn`` must be picklable."""
@@ -245,6 +263,26 @@ class LocalExecutor:
             process.join(timeout=10)
 
 
+EXECUTORS = ("local", "ray")
+
+
+def make_executor(kind: str = "local", workers: int = 1, address: str | None = None) -> Executor:
+    """The executor ``rlhpo collect --executor`` names: ``workers`` local processes, or Ray tasks.
+
+    ``ray`` without ``address`` starts a local Ray instance with ``workers`` CPUs; with it
+    (``auto`` or ``HOST:PORT``), it connects to that cluster and uses all its CPUs.
+    """
+    if kind == "ray":
+        from rlhpo.ray_executor import RayExecutor
+
+        return RayExecutor(address=address, num_cpus=workers)
+    if kind != "local":
+        raise unknown("executor", kind, EXECUTORS)
+    if address is not None:
+        raise RlhpoError(f"--address is for --executor ray, but got --executor {kind} with --address {address!r}.")
+    return LocalExecutor(workers)
+
+
 def _init_worker(parent_pid: int) -> None:
     import torch
 
@@ -309,31 +347,69 @@ def task_record(task: Task, data_dir: str | Path | None = None) -> TaskRecord:
     return TaskRecord.from_data(load_task(task, data_dir=data_dir))
 
 
-def record_tasks(store: CurveStore, plan: dict[Task, int], data_dir: str | Path | None = None) -> dict[Task, int]:
-    """Put every planned task in the store; return the plan keyed by the tasks as recorded.
+def record_tasks(store: CurveStore, plan: dict[Task, int], data_dir: str | Path | None = None) -> dict[Task, Task]:
+    """Put every planned task in the store; return each planned task's task as recorded.
 
     A task is recorded as loaded (``data.task``): one that asks for more training examples than
     its dataset holds is recorded with the size it got, and its runs go under that key. Loading
     here checks every task before any worker starts.
     """
-    out: dict[Task, int] = {}
-    for task, n in plan.items():
+    out: dict[Task, Task] = {}
+    for task in plan:
         record = store.task(task.key())
         if record is None:
             log.info("describing task %s", task.key())
             record = task_record(task, data_dir)
             store.put_task(record)
-        out[record.task] = max(out.get(record.task, 0), n)
+        out[task] = record.task
     return out
 
 
+def copy_pinned_runs(
+    store: CurveStore,
+    plan: dict[Task, int],
+    configs: Sequence[Config],
+    seed: int,
+    families: dict[Task, tuple[str | None, ...]],
+) -> int:
+    """Copy the runs that an open-family instance shares with the same instance pinned to a family.
+
+    ``trec`` with its family left open, trained with a gru config, is the very training that
+    ``trec`` pinned to gru does with that config (the same data, config and seed): when the
+    pinned instance has recorded it, it is copied, not trained again. Returns how many were.
+    """
+    copied = 0
+    for task, n in plan.items():
+        if task.family is not None:
+            continue
+        for family in families.get(task, (None,)):
+            twin = task.replace(family=family).key() if family else None
+            if twin is None or store.task(twin) is None:
+                continue
+            for config in configs[:n]:
+                run = config.with_family(family)
+                if store.has_run(task.key(), run, seed, run.epochs):
+                    continue
+                stored = store.get_run(twin, config, seed)
+                if stored is not None and stored.horizon >= config.epochs:
+                    store.put_run(task.key(), run, seed, stored.curve, max_epochs=stored.max_epochs)
+                    copied += 1
+    return copied
+
+
 def plan_items(
-    store: CurveStore, plan: dict[Task, int], configs: Sequence[Config], seed: int, data_dir: str | None = None
+    store: CurveStore,
+    plan: dict[Task, int],
+    configs: Sequence[Config],
+    seed: int,
+    data_dir: str | None = None,
+    families: dict[Task, tuple[str | None, ...]] | None = None,
 ) -> tuple[list[WorkItem], int]:
     """The runs still to record, interleaved across tasks, and how many are recorded already.
 
-    ``plan`` maps each task to its number of configs: the first that many of ``configs``. Items
-    go round-robin over the tasks (config 1 of every task, then config 2, ...), so the expensive
+    ``plan`` maps each task to its number of configs: the first that many of ``configs``, each
+    recorded with every family of ``families[task]`` (default: the task's own). Items go
+    round-robin over the tasks (config 1 of every task, then config 2, ...), so the expensive
     tasks spread over the whole collect and the progress bar's rate is representative.
     """
     items, skipped = [], 0
@@ -341,10 +417,12 @@ def plan_items(
         for task, n in plan.items():
             if i >= n:
                 continue
-            if store.has_run(task.key(), config, seed, config.epochs):
-                skipped += 1
-            else:
-                items.append(WorkItem(task=task, config=config, seed=seed, data_dir=data_dir))
+            for family in (families or {}).get(task, (None,)):
+                run = config.with_family(family)
+                if store.has_run(task.key(), run, seed, run.epochs):
+                    skipped += 1
+                else:
+                    items.append(WorkItem(task=task, config=run, seed=seed, data_dir=data_dir))
     return items, skipped
 
 
@@ -386,9 +464,22 @@ def collect(
     executor = executor or LocalExecutor(workers)
     failed: list[str] = []
     trained = 0
+    families = settings.families()
     with CurveStore(store_path) as store, store.exclusive():  # one collect per store: no run trained twice
-        plan = record_tasks(store, plan, data_dir)
-        items, skipped = plan_items(store, plan, configs, settings.train_seed, data_dir_text)
+        recorded = record_tasks(store, plan, data_dir)
+        planned: dict[Task, int] = {}
+        recorded_families: dict[Task, tuple[str | None, ...]] = {}
+        for task, n in plan.items():
+            as_recorded = recorded[task]
+            planned[as_recorded] = max(planned.get(as_recorded, 0), n)
+            recorded_families[as_recorded] = tuple(
+                dict.fromkeys(recorded_families.get(as_recorded, ()) + families[task])
+            )
+        plan = planned
+        copied = copy_pinned_runs(store, plan, configs, settings.train_seed, recorded_families)
+        if copied:
+            log.info("collect: %d runs copied from the same instances pinned to their family", copied)
+        items, skipped = plan_items(store, plan, configs, settings.train_seed, data_dir_text, recorded_families)
         log.info(
             "collect: %d tasks, %d runs; %d recorded, %d to train", len(plan), skipped + len(items), skipped, len(items)
         )

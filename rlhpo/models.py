@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rlhpo.errors import RlhpoError, unknown
+from rlhpo.tasks.task import FAMILIES_BY_MODALITY
 
 if TYPE_CHECKING:
     from rlhpo.space import Config
@@ -87,9 +88,17 @@ def build_model(
 
 
 def model_for(data: TaskData, config: Config) -> nn.Module:
-    """The model of ``data.family`` for a task, sized by a config."""
+    """The model of a task sized by a config: of the config's family, else of the task's (``data.family``).
+
+    Raises:
+        RlhpoError: for a family that does not take the task's modality, naming those that do.
+    """
+    family = config.family or data.family
+    valid = FAMILIES_BY_MODALITY[data.modality]
+    if family not in valid:
+        raise unknown(f"family for {data.modality} data", family, valid)
     return build_model(
-        data.family,
+        family,
         input_shape=data.input_shape,
         n_classes=data.n_classes,
         vocab_size=data.vocab_size,

@@ -44,7 +44,7 @@ from typing import Any
 from rlhpo.errors import RlhpoError
 from rlhpo.space import Config
 from rlhpo.tasks.features import meta_features
-from rlhpo.tasks.task import Task, TaskData
+from rlhpo.tasks.task import MODALITIES, Task, TaskData
 from rlhpo.training import Curve, EpochRecord
 
 log = logging.getLogger(__name__)
@@ -100,6 +100,11 @@ class TaskRecord:
     @property
     def key(self) -> str:
         return self.task.key()
+
+    @property
+    def modality(self) -> str:
+        """The task's modality, from its meta-features' one-hot."""
+        return next(m for m in MODALITIES if self.meta_features.get(f"modality_{m}"))
 
     @classmethod
     def from_data(cls, data: TaskData) -> TaskRecord:

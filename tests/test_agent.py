@@ -241,7 +241,7 @@ def test_the_shipped_policy_spends_its_budget_on_new_trials():
     from rlhpo.agents.base import run_tuner
 
     tuner = PPOTuner.load()
-    env = HPOEnv("recorded")  # the shipped meta-dataset
+    env = HPOEnv("recorded", space=tuner.policy_space)  # the shipped meta-dataset, in the policy's own space
     for task in env.backend.default_tasks():
         result = run_tuner(tuner, env, 10_000, task=task.key())
         seen: dict[tuple, int] = {}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import signal
 import sqlite3
@@ -56,7 +57,7 @@ def test_the_sample_is_distinct_stratified_seeded_and_starts_with_the_default():
 
 def test_asking_for_more_configs_than_the_space_holds_is_an_error():
     tiny = load_search_space()
-    n_distinct = tiny.size() // len(tiny.choices["epochs"])
+    n_distinct = math.prod(len(tiny.choices[h]) for h in HYPERPARAMETERS if h != "epochs")
     with pytest.raises(RlhpoError, match=f"only {n_distinct} distinct configs"):
         space_filling_configs(tiny, n_distinct + 1, seed=0)
 
@@ -130,6 +131,43 @@ def test_collect_records_every_config_on_every_task_and_a_rerun_trains_nothing(t
         CollectSettings(instances=settings.instances, configs=4), path, executor=InlineExecutor(), progress=False
     )
     assert (more.trained, more.skipped) == (2, 6)  # a larger sample keeps the smaller one's configs
+
+
+def test_an_instance_may_record_every_config_with_several_families(tmp_path, data_dir):
+    group = InstanceGroup(
+        datasets=["trec"], n_train=[100], max_length=16, families=[None], config_families=["bow", "textcnn"]
+    )
+    settings = CollectSettings(instances=[group], configs=2)
+    path = tmp_path / "s.sqlite"
+    first = collect(settings, path, executor=InlineExecutor(), progress=False, data_dir=data_dir)
+    assert (first.trained, first.failed) == (4, [])
+    runs = CurveStore(path).runs(settings.tasks()[0].key(), 0)
+    assert Counter(r.config.family for r in runs) == {"bow": 2, "textcnn": 2}
+    assert len({r.config.with_family(None).key() for r in runs}) == 2  # the same two configs, each family
+    again = collect(settings, path, executor=InlineExecutor(), progress=False, data_dir=data_dir)
+    assert (again.trained, again.skipped) == (0, 4)
+
+
+def test_an_open_family_instance_copies_the_runs_of_its_pinned_twin(tmp_path):
+    path = tmp_path / "s.sqlite"
+    pinned = CollectSettings(instances=[InstanceGroup(datasets=["digits"], n_train=[150], families=["mlp"])], configs=3)
+    collect(pinned, path, executor=InlineExecutor(), progress=False)
+    group = InstanceGroup(datasets=["digits"], n_train=[150], families=[None], config_families=["mlp"])
+    result = collect(CollectSettings(instances=[group], configs=3), path, executor=InlineExecutor(), progress=False)
+    assert (result.trained, result.failed) == (0, [])  # the same trainings: copied, not trained again
+    store = CurveStore(path)
+    twin = {r.config.key(): r.curve for r in store.runs(pinned.tasks()[0].key(), 0)}
+    runs = store.runs(Task("digits", n_train=150).key(), 0)
+    assert len(runs) == 3 and all(r.config.family == "mlp" for r in runs)
+    assert all(r.curve == twin[r.config.with_family(None).key()] for r in runs)
+
+
+def test_config_families_need_instances_that_leave_the_family_to_the_config(tmp_path):
+    path = tmp_path / "collect.yaml"
+    group = {"datasets": ["trec"], "families": ["gru"], "config_families": ["bow"]}
+    path.write_text(yaml.safe_dump({"instances": [group]}))
+    with pytest.raises(RlhpoError, match="config_families must be a non-empty list on instances that leave"):
+        load_collect_settings(path)
 
 
 def test_the_cli_collects_and_exports(tmp_path):

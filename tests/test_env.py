@@ -14,7 +14,7 @@ from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
 import rlhpo.envs
 from rlhpo.collect import CollectSettings, InlineExecutor, InstanceGroup, collect
-from rlhpo.envs.hpo_env import OBSERVATION_NAMES, HPOEnv
+from rlhpo.envs.hpo_env import HPOEnv
 from rlhpo.envs.recorder import RolloutRecorder
 from rlhpo.envs.reward import RewardSettings, relative_compute
 from rlhpo.errors import RlhpoError
@@ -24,7 +24,13 @@ from rlhpo.tasks.features import META_FEATURES
 from rlhpo.tasks.task import Task
 from rlhpo.training import Curve, EpochRecord
 
-SPACE = load_search_space()
+SPACE = load_search_space()  # the shipped space: it searches the model family
+DEFAULT = SPACE.default_config("tabular")  # the default config of digits, the tasks here
+
+
+def ix(config: Config) -> np.ndarray:
+    """The action of a config on digits (tabular data)."""
+    return SPACE.indices(config, "tabular")
 
 
 TASK = Task("digits", n_train=200)
@@ -89,11 +95,11 @@ def test_a_recorded_env_without_a_store_plays_the_shipped_meta_dataset():
 def test_the_env_says_which_configs_would_repeat_a_trial(recorded_store):
     env = recorded(recorded_store, budget_epochs=30)
     env.reset(seed=0, options={"task": TASK.key()})
-    three = SPACE.default.with_epochs(3)
+    three = DEFAULT.with_epochs(3)
     assert not env.is_repeat(three)
-    step(env, SPACE.indices(three))
-    assert env.is_repeat(three) and env.is_repeat(SPACE.default.with_epochs(1))  # known that far already
-    assert not env.is_repeat(SPACE.default)  # 9 epochs would continue it
+    step(env, ix(three))
+    assert env.is_repeat(three) and env.is_repeat(DEFAULT.with_epochs(1))  # known that far already
+    assert not env.is_repeat(DEFAULT)  # 9 epochs would continue it
     assert env.budget_remaining == 27
 
 
@@ -102,7 +108,7 @@ def test_gymnasium_make_builds_the_registered_env(recorded_store):
     assert isinstance(env.unwrapped, HPOEnv)
     env = gym.make("rlhpo.envs:rlhpo/HPO-v0", backend="recorded", store=recorded_store)  # imports the module
     obs, info = env.reset(seed=0)
-    assert obs.shape == (len(OBSERVATION_NAMES),) == (30,)
+    assert obs.shape == (len(env.unwrapped.observation_names),) == (31,)
     assert info["task"] in {TASK.key(), TASK.replace(seed=1).key()}
 
 
@@ -129,9 +135,9 @@ def test_two_live_envs_with_one_seed_give_identical_rollouts():
 def test_the_recorded_backend_reproduces_a_live_step_exactly(tmp_path):
     path = tmp_path / "store.sqlite"
     actions = [
-        SPACE.indices(SPACE.default),
-        SPACE.indices(SPACE.default.with_epochs(3)),  # answered from the 9-epoch run just recorded
-        SPACE.indices(SPACE.sample(np.random.default_rng(5)).with_epochs(3)),
+        ix(DEFAULT),
+        ix(DEFAULT.with_epochs(3)),  # answered from the 9-epoch run just recorded
+        ix(SPACE.sample(np.random.default_rng(5), "tabular").with_epochs(3)),
     ]
     live = HPOEnv("live", path, tasks=[TASK], budget_epochs=20)
     live_steps = [live.reset(seed=0, options={"task": TASK})] + [step(live, a) for a in actions]
@@ -159,7 +165,7 @@ def _synthetic_store(path) -> tuple[str, list]:
     rng = np.random.default_rng(0)
     cs = []
     while len(cs) < 4:
-        c = SPACE.sample(rng).with_epochs(9)
+        c = SPACE.sample(rng, "tabular").with_epochs(9)
         if c.key() not in {x.key() for x in cs}:
             cs.append(c)
 
@@ -181,8 +187,8 @@ def test_the_observation_stays_in_the_space_after_divergence_and_extreme_curves(
     assert env.observation_space.contains(obs)
     penalty = RewardSettings().divergence_penalty
     for c in cs + cs[:2]:
-        obs, reward, _, _, info = step(env, SPACE.indices(c))
-        assert env.observation_space.contains(obs), dict(zip(OBSERVATION_NAMES, obs))
+        obs, reward, _, _, info = step(env, ix(c))
+        assert env.observation_space.contains(obs), dict(zip(env.observation_names, obs))
         assert obs.dtype == np.float32 and np.isfinite(obs).all()
         json.dumps(info.to_dict())
         if info.diverged:
@@ -196,7 +202,7 @@ def test_live_divergence_is_observed_and_penalised_not_raised(monkeypatch, tmp_p
     monkeypatch.setattr(rlhpo.training, "train", lambda *a, **k: Curve([], diverged=True))
     env = HPOEnv("live", tmp_path / "s.sqlite", tasks=[TASK])
     env.reset(seed=0)
-    obs, reward, terminated, _, info = step(env, SPACE.indices(SPACE.default))
+    obs, reward, terminated, _, info = step(env, ix(DEFAULT))
     assert info.diverged and info.score == 0.0 and not terminated
     assert env.observation_space.contains(obs) and obs[-1] == 1.0
     assert reward == pytest.approx(-0.01 - 0.002 - 0.1)  # the default config: relative compute 1
@@ -205,7 +211,7 @@ def test_live_divergence_is_observed_and_penalised_not_raised(monkeypatch, tmp_p
 def test_the_budget_ends_the_episode_and_a_step_pays_what_fits(recorded_store):
     env = recorded(recorded_store, budget_epochs=5)
     env.reset(seed=0)
-    nine = SPACE.indices(SPACE.default)  # asks for 9 epochs
+    nine = ix(DEFAULT)  # asks for 9 epochs
     paid, terminated = [], False
     while not terminated:
         obs, _, terminated, truncated, info = step(env, nine)
@@ -218,10 +224,10 @@ def test_the_budget_ends_the_episode_and_a_step_pays_what_fits(recorded_store):
 
 
 def test_relative_compute_grows_with_depth_and_squared_width():
-    assert relative_compute(SPACE.default, SPACE.default) == 1.0
-    big = dataclasses.replace(SPACE.default, num_layers=4, units=256)
-    assert relative_compute(big, SPACE.default) == pytest.approx(4 * 256**2 / (3 * 64**2))
-    assert relative_compute(dataclasses.replace(SPACE.default, units=32), SPACE.default) == pytest.approx(0.25)
+    assert relative_compute(DEFAULT, DEFAULT) == 1.0
+    big = dataclasses.replace(DEFAULT, num_layers=4, units=256)
+    assert relative_compute(big, DEFAULT) == pytest.approx(4 * 256**2 / (3 * 64**2))
+    assert relative_compute(dataclasses.replace(DEFAULT, units=32), DEFAULT) == pytest.approx(0.25)
 
 
 def test_the_reward_is_the_incumbent_gain_less_the_epochs_and_compute_costs(recorded_store):
@@ -231,9 +237,7 @@ def test_the_reward_is_the_incumbent_gain_less_the_epochs_and_compute_costs(reco
     incumbent = 0.0
     rng = np.random.default_rng(0)
     for _ in range(6):
-        _, reward, _, _, info = step(
-            env, env.action_space.sample() if rng.random() < 0.5 else SPACE.indices(SPACE.default)
-        )
+        _, reward, _, _, info = step(env, env.action_space.sample() if rng.random() < 0.5 else ix(DEFAULT))
         assert info.incumbent == max(incumbent, info.score)
         c = info.config
         compute = c.num_layers * c.units**2 / (3 * 64**2)  # over the default config's 3 x 64
@@ -249,24 +253,24 @@ def test_the_reward_is_the_incumbent_gain_less_the_epochs_and_compute_costs(reco
 
 
 def _at(config: Config, epochs: int) -> np.ndarray:
-    return SPACE.indices(config.with_epochs(epochs))
+    return ix(config.with_epochs(epochs))
 
 
 def test_a_recorded_trial_asked_for_more_epochs_continues_and_pays_only_those(recorded_store):
     env = recorded(recorded_store, budget_epochs=27)
     env.reset(seed=0, options={"task": TASK.key()})
-    _, _, _, _, one = step(env, _at(SPACE.default, 1))
-    _, reward, _, _, nine = step(env, _at(SPACE.default, 9))
+    _, _, _, _, one = step(env, _at(DEFAULT, 1))
+    _, reward, _, _, nine = step(env, _at(DEFAULT, 9))
     assert (nine.epochs, nine.resumed_from, nine.paid_epochs, nine.budget_used) == (9, 1, 8, 9)
     assert nine.distance == 0.0  # the default config is recorded
     assert reward == pytest.approx(nine.incumbent - one.incumbent - (0.01 + 0.002) * 8 / 9)
     assert nine.seconds == pytest.approx(sum(e.seconds for e in nine.curve[1:]))
     fresh = recorded(recorded_store, budget_epochs=27)
     fresh.reset(seed=0, options={"task": TASK.key()})
-    _, _, _, _, whole = step(fresh, _at(SPACE.default, 9))
+    _, _, _, _, whole = step(fresh, _at(DEFAULT, 9))
     assert nine.curve == whole.curve and nine.score == whole.score
     # Asking again for as many epochs, or fewer, is a fresh trial that pays in full.
-    _, _, _, _, again = step(env, _at(SPACE.default, 3))
+    _, _, _, _, again = step(env, _at(DEFAULT, 3))
     assert (again.resumed_from, again.paid_epochs) == (0, 3)
 
 
@@ -290,6 +294,7 @@ def test_a_live_trial_continues_from_its_kept_state(tmp_path, monkeypatch):
         weight_decay=0.0,
         num_layers=1,
         units=32,
+        family="mlp",
     )
     env = HPOEnv("live", str(tmp_path / "a.sqlite"), tasks=[TASK], budget_epochs=9)
     env.reset(seed=0)
@@ -313,14 +318,16 @@ def test_an_unrecorded_config_gets_the_nearest_recorded_one(recorded_store):
     store = CurveStore(recorded_store, readonly=True)
     recorded_keys = {r.config.key() for r in store.runs(TASK.key(), 0)}
     rng = np.random.default_rng(1)
-    config = SPACE.sample(rng)
-    while config.key() in recorded_keys:
-        config = SPACE.sample(rng)
-    _, _, _, _, info = step(env, SPACE.indices(config))
+    config = SPACE.sample(rng, "tabular")
+    while config.with_family(None).key() in recorded_keys:
+        config = SPACE.sample(rng, "tabular")
+    _, _, _, _, info = step(env, ix(config))
     assert not info.exact and info.distance > 0
-    want = np.delete(SPACE.encode(config), 2)
+    want = np.delete(SPACE.encode(config, "tabular"), 2)
     dists = {
-        r.config.key(): float(np.linalg.norm(np.delete(SPACE.encode(r.config), 2) - want))
+        r.config.with_family("mlp").key(): float(
+            np.linalg.norm(np.delete(SPACE.encode(r.config.with_family("mlp"), "tabular"), 2) - want)
+        )
         for r in store.runs(TASK.key(), 0)
     }
     answered = info.answered_config
@@ -335,16 +342,16 @@ def test_a_subset_backend_answers_each_episode_from_a_new_subset(recorded_store)
     inner = RecordedBackend(recorded_store, SPACE)
     env = HPOEnv(SubsetBackend(inner, 0.5, seed=0), space=SPACE, budget_epochs=900)
     store = CurveStore(recorded_store, readonly=True)
-    configs = [r.config for r in store.runs(TASK.key(), 0)]
+    configs = [r.config.with_family("mlp") for r in store.runs(TASK.key(), 0)]
     answered = []
     for seed in range(6):
         env.reset(seed=seed, options={"task": TASK.key()})
-        answered.append({step(env, SPACE.indices(c))[4].answered_config.key() for c in configs})
+        answered.append({step(env, ix(c))[4].answered_config.key() for c in configs})
     assert all(0 < len(a) < len(configs) for a in answered)  # some recorded configs are held back
     assert len({frozenset(a) for a in answered}) > 1  # and which ones changes between episodes
     full = HPOEnv(SubsetBackend(inner, 1.0, seed=0), space=SPACE, budget_epochs=900)
     full.reset(seed=0, options={"task": TASK.key()})
-    assert all(step(full, SPACE.indices(c))[4].exact for c in configs)
+    assert all(step(full, ix(c))[4].exact for c in configs)
     with pytest.raises(RlhpoError, match=r"in \(0, 1\]"):
         SubsetBackend(inner, 0.0, seed=0)
 
@@ -355,15 +362,15 @@ def test_a_subset_backend_answers_each_episode_from_a_new_subset(recorded_store)
 def test_bad_input_gives_clear_errors(recorded_store, tmp_path):
     env = recorded(recorded_store)
     with pytest.raises(RlhpoError, match="call reset"):
-        env.step(SPACE.indices(SPACE.default))
+        env.step(ix(DEFAULT))
     with pytest.raises(RlhpoError, match="no recorded curves.*Did you mean"):
         env.reset(options={"task": "digits/default/n200/call/s9"})
     with pytest.raises(RlhpoError, match="no recorded curves"):
         env.reset(options={"task": Task("trec", n_train=200)})
     env.reset(seed=0)
     with pytest.raises(RlhpoError, match="outside the 7 choices"):
-        env.step([7, 0, 0, 0, 0, 0, 0, 0])
-    with pytest.raises(RlhpoError, match="needs 8 indices"):
+        env.step([7, 0, 0, 0, 0, 0, 0, 0, 0])
+    with pytest.raises(RlhpoError, match="needs 9 indices"):
         env.step([0, 0])
     with pytest.raises(RlhpoError, match="Unknown reset options"):
         env.reset(options={"tsak": TASK})
@@ -398,3 +405,68 @@ def test_the_recorder_appends_one_json_line_per_step(recorded_store, tmp_path):
     assert set(first["curve"]) >= {"epochs_completed", "final_val_accuracy", "diverged", "score"}
     assert lines[-1]["episode"] == 1 and lines[-1]["terminated"]
     assert first["seed"] == 0 and lines[-1]["seed"] == 1
+
+
+# ------------------------------------------------------------------ families
+
+
+def _text_store(path, family: str | None) -> Task:
+    """A text task recorded with its own family only (as every store before families were searched)."""
+    task = Task("trec", family=family, n_train=100)
+    store = CurveStore(path)
+    meta = dict.fromkeys(META_FEATURES, 0.0)
+    meta["modality_text"] = 1.0
+    store.put_task(TaskRecord(task, family or "gru", 100, 6, meta))
+    rng = np.random.default_rng(0)
+    for _ in range(6):
+        config = SPACE.sample(rng, "text").with_epochs(9).with_family(None)
+        store.put_run(task.key(), config, 0, Curve([EpochRecord(e, 1.0, 1.0, 0.5, 0.5, 0.1) for e in range(1, 10)]))
+    store.close()
+    return task
+
+
+@pytest.fixture(scope="module")
+def family_space():
+    return SPACE
+
+
+def test_a_family_space_never_trains_a_family_of_another_modality(family_space, recorded_store, tmp_path):
+    text = _text_store(tmp_path / "text.sqlite", None)
+    for store, task, allowed in [
+        (str(tmp_path / "text.sqlite"), text.key(), set(family_space.family_choices("text"))),
+        (recorded_store, TASK.key(), {"mlp"}),  # digits: tabular
+    ]:
+        env = HPOEnv("recorded", store, space=family_space, budget_epochs=10_000)
+        obs, _ = env.reset(seed=0, options={"task": task})
+        assert env.observation_space.contains(obs) and obs.shape == (31,)
+        env.action_space.seed(0)
+        asked = set()
+        for _ in range(300):
+            obs, _, _, _, result = step(env, env.action_space.sample())
+            asked.add(result.config.family)
+            assert env.observation_space.contains(obs)
+        assert asked == allowed  # every family of the modality is reachable, and no other
+    family_meta = [i for i, name in enumerate(env.observation_names) if name.startswith("family_")]
+    assert not obs[family_meta].any()  # the family is the action's to choose: the task shows none
+
+
+def test_a_pinned_family_is_trained_whatever_the_action(family_space, tmp_path):
+    task = _text_store(tmp_path / "pinned.sqlite", "lstm")
+    env = HPOEnv("recorded", tmp_path / "pinned.sqlite", space=family_space, budget_epochs=10_000)
+    env.reset(seed=0, options={"task": task.key()})
+    env.action_space.seed(1)
+    families = {step(env, env.action_space.sample())[4].config.family for _ in range(50)}
+    assert families == {"lstm"}
+    answered = step(env, env.default_action())[4]
+    assert answered.answered_config.family == "lstm" and answered.exact is False
+
+
+def test_an_old_store_answers_a_family_space_with_each_tasks_own_family(family_space, recorded_store):
+    env = HPOEnv("recorded", recorded_store, space=family_space, budget_epochs=100)
+    env.reset(seed=0, options={"task": TASK.key()})
+    result = step(env, env.default_action())[4]
+    plain = HPOEnv("recorded", recorded_store, budget_epochs=100)
+    plain.reset(seed=0, options={"task": TASK.key()})
+    before = step(plain, ix(DEFAULT))[4]
+    assert result.answered_config == before.answered_config.with_family("mlp")
+    assert result.curve == before.curve and result.exact == before.exact

@@ -137,6 +137,12 @@ def test_the_final_training_of_a_kept_run_tests_its_model_instead_of_training_ag
         train_final(digits, dataclasses.replace(GOOD, epochs=3), reuse=kept)
 
 
+def test_a_family_of_another_modality_is_an_error_that_names_the_valid_ones(digits):
+    with pytest.raises(RlhpoError, match="family for tabular data 'gru'; expected one of mlp"):
+        train(digits, dataclasses.replace(GOOD, epochs=1, family="gru"))
+    assert len(train(digits, dataclasses.replace(GOOD, epochs=1, family="mlp")).epochs) == 1
+
+
 def test_epochs_default_to_the_config(digits):
     assert len(train(digits, dataclasses.replace(GOOD, epochs=1)).epochs) == 1
     assert len(train(digits, dataclasses.replace(GOOD, epochs=1), epochs=2).epochs) == 2
