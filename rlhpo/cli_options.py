@@ -56,6 +56,7 @@ policy_option = click.option(
     help="policy.zip (or a train-agent run folder) (default: the shipped policy).",
 )
 
+
 def space_option(default: str) -> Callable[[F], F]:
     """``--space``, a search-space YAML; ``default`` says which space is used without it."""
     return click.option(
