@@ -29,6 +29,7 @@ from helpers import one_torch_thread, tiny_space_path  # noqa: F401 (an autouse 
 import rlhpo.ray_executor
 from rlhpo.cli import main
 from rlhpo.collect import CollectSettings, InstanceGroup, LocalExecutor, WorkItem, WorkResult, collect
+from rlhpo.errors import RlhpoError
 from rlhpo.ray_executor import RayExecutor, batch_size
 from rlhpo.space import load_search_space
 from rlhpo.store import CurveStore
@@ -107,6 +108,13 @@ def test_ray_records_the_rows_of_local_workers_and_the_cli_uses_it(ray_cluster, 
     out = CliRunner().invoke(main, cmd)
     assert out.exit_code == 0, out.output
     assert "trained 2" in out.output
+
+
+def test_a_cluster_address_that_does_not_answer_is_one_clear_error_at_once(ray_cluster):
+    with pytest.raises(RlhpoError, match=r"Nothing answers at --address '127.0.0.1:1' .*ray start --head"):
+        RayExecutor(address="127.0.0.1:1")
+    with pytest.raises(RlhpoError, match=r"'auto' or HOST:PORT .* but got 'headnode'"):
+        RayExecutor(address="headnode")
 
 
 def test_workers_of_a_cluster_get_the_drivers_rlhpo_and_hugging_face_variables(ray_cluster, monkeypatch):
