@@ -18,7 +18,8 @@ from rlhpo.errors import RlhpoError, unknown
 from rlhpo.settings import SHIPPED_STORE, from_dict, read_yaml, shipped_file
 from rlhpo.space import DEFAULT_BUDGET_FTE, SearchSpace, load_search_space
 
-METHODS = ("ppo", "default", "random", "tpe", "tpe_hyperband", "top_k", "learned_list")  # the tuners, by name
+# The tuners, by name.
+METHODS = ("ppo", "default", "random", "tpe", "tpe_hyperband", "top_k", "learned_list", "ppo_tpe")
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,10 @@ plays the same episode again in that folder. Every trial finished before the int
 the folder's store, so it is answered from there at once, and the policy, which is deterministic,
 proposes the same trials again: the tune ends as an uninterrupted one would.
 
+With ``storage`` and ``study_name``, every trial also lands in that Optuna study
+(:class:`~rlhpo.agents.optuna_interop.StudyWriter`; a study of that name is continued); a
+resumed tune adds only the trials it had not added before the interruption.
+
 When the chosen config's best trial already ran at full fidelity (with the same seed, as every
 trial does) and the backend still holds its model, the final training is that trial: its model
 is tested instead of training the same thing again (``summary["reused_trial"]``).
@@ -79,6 +83,8 @@ def tune(
     argv: list[str] | None = None,
     on_trial: Callable[[dict[str, Any]], None] | None = None,
     resume: str | Path | None = None,
+    storage: str | None = None,
+    study_name: str | None = None,
 ) -> dict[str, Any]:
     """Tune ``task`` with the policy within ``budget_fte`` full trainings, then train the chosen config.
 
@@ -92,6 +98,8 @@ def tune(
         on_trial: called with each trial's record (see ``trials`` in the summary) as it finishes.
         resume: the run folder of an interrupted tune: it is continued with its own settings
             (``task`` and the options above are then left out).
+        storage: an Optuna storage (a database URL, or a journal file's path) to add every trial to,
+            in the study ``study_name`` (created if missing, else continued).
 
     Returns:
         The summary (also in the run folder's ``summary.json``): the keys of ``rlhpo train
@@ -107,8 +115,13 @@ def tune(
         task = Task(**settings["task"])
         budget_fte, policy, space = settings["budget_fte"], settings["policy"], settings["space"]
         seed, device, data_dir = settings["seed"], settings["device"], settings["data_dir"]
+        storage, study_name = settings.get("storage"), settings.get("study_name")  # absent before Optuna storage
     elif task is None:
         raise RlhpoError("tune needs a task, or resume=RUN_DIR.")
+    if (storage is None) != (study_name is None):
+        raise RlhpoError(
+            f"An Optuna study needs both a storage and a study name, but got {storage=} and {study_name=}."
+        )
     tuner = PPOTuner.load(policy)
     search_space = _space(tuner, space)
     budget = search_space.budget_epochs(budget_fte)
@@ -126,6 +139,8 @@ def tune(
             "seed": seed,
             "device": device,
             "data_dir": str(data_dir) if data_dir else None,
+            "storage": storage,
+            "study_name": study_name,
         }
         write_run_files(run_dir, settings, argv)
     reward = RewardSettings()
@@ -146,8 +161,13 @@ def tune(
     logger = tensorboard_logger(run_dir)
     resume_hint = f"rlhpo tune --resume {run_dir}"
     logged = _steps_recorded(run_dir / ROLLOUTS_FILE) if resume is not None else 0
+    to_study = None
+    if storage is not None and study_name is not None:
+        from rlhpo.agents.optuna_interop import StudyWriter, open_study
+
+        to_study = StudyWriter(open_study(storage, study_name), search_space, data.modality)
     with interruptible(run_dir, "tune", resume_hint):
-        result, trials = _episode(tuner, env, task, seed, run_dir, header, logger, on_trial, logged)
+        result, trials = _episode(tuner, env, task, seed, run_dir, header, logger, on_trial, logged, to_study)
         incumbent = result.incumbent_config
         assert incumbent is not None
         config = incumbent.with_epochs(search_space.max_epochs)
@@ -175,6 +195,7 @@ def tune(
         "policy_seconds": result.policy_seconds,
         "retrain_seconds": retrain_seconds,
         "reused_trial": reused,
+        "study": {"storage": storage, "study_name": study_name} if storage else None,
         "next": [f"rlhpo replay {run_dir} --verify", f"tensorboard --logdir {run_dir}"],
     }
     write_summary(run_dir, summary)
@@ -191,10 +212,11 @@ def _episode(
     logger: MetricLogger,
     on_trial: Callable[[dict[str, Any]], None] | None,
     logged: int,
+    to_study: Callable[[StepResult], None] | None = None,
 ) -> tuple[TuneResult, list[dict[str, Any]]]:
-    """Play the live episode, recording it (rollouts.jsonl, TensorBoard) and reporting each trial.
+    """Play the live episode, recording it (rollouts.jsonl, TensorBoard, ``to_study``) and reporting each trial.
 
-    The first ``logged`` trials are in TensorBoard already (a resumed tune): they are not logged again.
+    The first ``logged`` trials are recorded already (a resumed tune): they are not recorded again.
     """
     trials: list[dict[str, Any]] = []
 
@@ -203,6 +225,8 @@ def _episode(
         trials.append(record)
         if step.step > logged:
             _log_trial(logger, step)
+            if to_study is not None:
+                to_study(step)
         if on_trial is not None:
             on_trial(record)
 

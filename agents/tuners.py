@@ -7,6 +7,7 @@ from pathlib import Path
 
 from rlhpo.agents.base import DefaultTuner, RandomTuner, Tuner
 from rlhpo.agents.learned_list import LearnedListTuner
+from rlhpo.agents.optuna_interop import PPOTPETuner
 from rlhpo.agents.optuna_tuners import HyperbandTuner, TPETuner
 from rlhpo.agents.policy import PPOTuner
 from rlhpo.agents.settings import METHODS
@@ -27,7 +28,7 @@ def make_tuners(
 ) -> list[Tuner]:
     """The tuners named ``methods``, in that order.
 
-    ``ppo`` plays ``policy``; ``learned_list`` learns its list from ``store`` less
+    ``ppo`` plays ``policy``, and ``ppo_tpe`` starts with it; ``learned_list`` learns its list from ``store`` less
     ``exclude_datasets`` (give it the policy's, so both learn from the same tasks).
     """
     out: list[Tuner] = []
@@ -36,6 +37,10 @@ def make_tuners(
             if policy is None:
                 raise ValueError("make_tuners needs a policy for 'ppo'")
             out.append(policy)
+        elif method == "ppo_tpe":
+            if policy is None:
+                raise ValueError("make_tuners needs a policy for 'ppo_tpe'")
+            out.append(PPOTPETuner(policy))
         elif method == "learned_list":
             if store is None:
                 raise ValueError("make_tuners needs a store for 'learned_list'")

@@ -256,6 +256,38 @@ def store_info_cmd(store_path: Path) -> None:
     click.echo(f"{store_path}: {counts['tasks']} tasks, {counts['runs']} runs, {counts['epochs']} epochs")
 
 
+@store_group.command("import-optuna")
+@click.option("--storage", required=True, help="Optuna storage: a database URL (sqlite:///study.db) or a journal file.")
+@click.option("--study", "study_name", required=True, help="The study to import.")
+@task_options
+@click.option("--seed", type=int, default=0, show_default=True, help="Task seed, and training seed of the runs.")
+@store_option
+@space_option("the shipped configs/search_space.yaml")
+@json_option
+def store_import_optuna_cmd(
+    storage: str,
+    study_name: str,
+    data_dir: Path | None,
+    seed: int,
+    store_path: Path,
+    space_path: Path | None,
+    as_json: bool,
+    **task: Any,
+) -> None:
+    """Import an Optuna study's trials on a task as curves (their intermediate values are scores).
+
+    A trial whose params are all choices of the space and whose intermediate values are the
+    score after each epoch, (acc - chance) / (1 - chance), becomes a run; the others are counted
+    by why they were skipped.
+    """
+    from rlhpo.agents.optuna_interop import import_study
+
+    result = import_study(
+        storage, study_name, make_task(seed, **task), store_path, space=space_path, train_seed=seed, data_dir=data_dir
+    )
+    emit(result.to_dict(), as_json, result.lines())
+
+
 @main.command("train-agent")
 @click.option(
     "--config",
@@ -321,6 +353,12 @@ def train_agent_cmd(
     default=None,
     help="Continue the interrupted tune in this run folder, with its own settings (other options are ignored).",
 )
+@click.option(
+    "--storage",
+    default=None,
+    help="Also add every trial to an Optuna study here: a database URL (sqlite:///study.db) or a journal file.",
+)
+@click.option("--study-name", default=None, help="The Optuna study (with --storage); an existing one is continued.")
 @runs_dir_option
 @json_option
 def tune_cmd(
@@ -331,13 +369,18 @@ def tune_cmd(
     seed: int,
     device: str,
     resume: Path | None,
+    storage: str | None,
+    study_name: str | None,
     runs_dir: Path | None,
     as_json: bool,
     **task: Any,
 ) -> None:
     """Tune a task with the meta-trained policy, then train the chosen config at full fidelity and test it."""
+    import optuna
+
     from rlhpo.agents.tune import SCORE_NOTE, report_lines, trial_line, tune
 
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # a line per study created otherwise
     if not as_json:
         click.echo(SCORE_NOTE, err=True)
     summary = tune(
@@ -351,8 +394,24 @@ def tune_cmd(
         runs_dir=runs_dir,
         on_trial=lambda t: click.echo(trial_line(t), err=True),
         resume=resume,
+        storage=storage,
+        study_name=study_name,
     )
     emit(summary, as_json, report_lines(summary))
+
+
+@main.command("suggest")
+@task_options
+@click.option("--n", type=click.IntRange(min=1), default=5, show_default=True, help="How many configs.")
+@policy_option
+@seed_option
+@json_option
+def suggest_cmd(data_dir: Path | None, n: int, policy: Path | None, seed: int, as_json: bool, **task: Any) -> None:
+    """Zero-shot configs for a task from its meta-features alone (no training), best first."""
+    from rlhpo.agents.suggest import suggest
+
+    result = suggest(make_task(seed, **task), n, policy=policy, data_dir=data_dir)
+    emit(result.to_dict(), as_json, result.lines())
 
 
 @main.command("bench")

@@ -1,0 +1,298 @@
+"""rlhpo in the Optuna workflow: suggestions enqueued, tune trials written to a study, studies imported.
+
+Everything runs on digits (bundled, no data needed) with the shipped policy, in its own space,
+on both kinds of Optuna storage: an SQLite database and a journal file.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import optuna
+import pytest
+from click.testing import CliRunner
+from helpers import one_torch_thread  # noqa: F401 (an autouse fixture)
+
+import rlhpo
+from rlhpo.agents.base import run_tuner
+from rlhpo.agents.evaluate import FullFidelity
+from rlhpo.agents.optuna_interop import (
+    ANOTHER_TASK,
+    NO_INTERMEDIATE,
+    NOT_COMPLETE,
+    PPOTPETuner,
+    accuracy_of,
+    import_study,
+    make_storage,
+    optuna_distributions,
+    suggest_to_study,
+)
+from rlhpo.agents.policy import PPOTuner
+from rlhpo.cli import main
+from rlhpo.envs.hpo_env import HPOEnv
+from rlhpo.errors import RlhpoError
+from rlhpo.metrics import normalised_score, normalised_scores
+from rlhpo.settings import SHIPPED_SPACE, SHIPPED_STORE, shipped_file
+from rlhpo.space import Config, load_search_space
+from rlhpo.store import CurveStore
+from rlhpo.tasks.task import Task
+
+DIGITS = Task("digits", n_train=200)
+DIGITS_ARGS = ("--task", "digits", "--n-train", "200")
+
+
+@pytest.fixture(scope="module")
+def policy() -> PPOTuner:
+    return PPOTuner.load()  # the shipped policy: it acts in its own (8-dimensional) space
+
+
+@pytest.fixture(params=["sqlite", "journal"])
+def storage(request, tmp_path) -> str:
+    """An Optuna storage of each kind, as the CLI's --storage takes it."""
+    return f"sqlite:///{tmp_path / 'optuna.db'}" if request.param == "sqlite" else str(tmp_path / "optuna.log")
+
+
+@pytest.fixture
+def cli(tmp_path):
+    runner = CliRunner()
+
+    def invoke(*args: str) -> dict:
+        result = runner.invoke(main, [*args, "--json"], env={"RLHPO_RUNS_DIR": str(tmp_path / "runs")})
+        assert result.exit_code == 0, result.output
+        return json.loads(result.stdout.strip().splitlines()[-1])
+
+    return invoke
+
+
+def study_of(storage: str, name: str = "s") -> optuna.Study:
+    return optuna.create_study(
+        storage=make_storage(storage), study_name=name, direction="maximize", load_if_exists=True
+    )
+
+
+# ------------------------------------------------------------ distributions
+
+
+def test_every_config_of_the_space_is_an_optuna_trial(policy):
+    space = policy.policy_space
+    distributions = optuna_distributions(space)
+    assert list(distributions) == list(space.dims)
+    lr = distributions["learning_rate"]
+    assert isinstance(lr, optuna.distributions.CategoricalDistribution) and lr.choices == space.choices["learning_rate"]
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        params = space.sample(rng).to_dict()
+        trial = optuna.trial.create_trial(params=params, distributions=distributions, value=0.0)
+        assert Config(**trial.params) == Config(**params)
+
+
+def test_a_space_that_searches_the_family_lists_the_modalitys_families():
+    space = load_search_space(shipped_file(SHIPPED_SPACE))
+    if not space.families:
+        pytest.skip("the shipped space searches no family")
+    assert optuna_distributions(space, "text")["family"].choices == space.family_choices("text")
+    with pytest.raises(RlhpoError, match="modality"):
+        optuna_distributions(space)
+
+
+# ------------------------------------------------------------ suggest
+
+
+def test_suggest_gives_the_policys_first_proposal_then_distinct_configs(cli, policy):
+    out = cli("suggest", *DIGITS_ARGS, "--n", "4")
+    configs = [Config(**s["config"]) for s in out["suggestions"]]
+    assert len({c.key() for c in configs}) == 4 and {c.epochs for c in configs} == {policy.policy_space.max_epochs}
+    env = HPOEnv("live", None, tasks=[DIGITS], space=policy.policy_space)
+    obs, _ = env.reset(options={"task": DIGITS})
+    policy.start(env, 0)
+    assert env.decode(policy.propose(obs)).with_epochs(9) == configs[0]
+    assert env.budget_remaining == env.budget_epochs  # nothing was trained
+    first = out["suggestions"][0]["command"]
+    assert first.startswith("rlhpo train --task digits --n-train 200 --set learning_rate=")
+    runner = CliRunner()
+    plain = runner.invoke(main, ["suggest", *DIGITS_ARGS, "--n", "4"]).stdout.splitlines()
+    assert plain == [s["command"] for s in out["suggestions"]]
+
+
+def test_enqueued_suggestions_are_the_ones_suggest_prints(cli, storage, policy):
+    printed = [s["config"] for s in cli("suggest", *DIGITS_ARGS, "--n", "3")["suggestions"]]
+    study = study_of(storage)
+    assert rlhpo.suggest_to_study is suggest_to_study
+    assert rlhpo.suggest_to_study(study, DIGITS, 3, policy=policy) == printed
+    distributions = optuna_distributions(policy.policy_space)
+
+    def objective(trial: optuna.Trial) -> float:  # a user's objective, asking rlhpo's names
+        return float(len([trial.suggest_categorical(h, d.choices) for h, d in distributions.items()]))
+
+    study.optimize(objective, n_trials=3)
+    assert [t.params for t in study_of(storage).trials] == printed
+
+
+def test_importing_rlhpo_loads_no_stable_baselines3():
+    code = "import sys, rlhpo; print('stable_baselines3' in sys.modules, 'optuna' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["False", "False"]
+
+
+# ------------------------------------------------------------ tune --storage, import round trip
+
+
+def test_tune_twice_continues_the_study_and_its_import_gives_the_curves_back(cli, storage, tmp_path):
+    tunes = [
+        cli("tune", *DIGITS_ARGS, "--budget", "0.67", "--seed", str(seed), "--storage", storage, "--study-name", "t")
+        for seed in (0, 0, 1)
+    ]
+    study = study_of(storage, "t")
+    assert len(study.trials) == sum(len(t["trials"]) for t in tunes) >= 4  # added up, not duplicated
+    for trial, record in zip(study.trials, [r for t in tunes for r in t["trials"]]):
+        assert trial.params == record["config"] and trial.value == record["score"]
+        assert sorted(trial.intermediate_values) == list(range(1, record["epochs"] + 1))
+
+    store = tmp_path / "imported.sqlite"
+    first = tunes[0]
+    imported = cli("store", "import-optuna", "--storage", storage, "--study", "t", *DIGITS_ARGS, "--store", str(store))
+    elsewhere = len(tunes[2]["trials"])  # seed 1 is another task (its data split): those trials are not digits s0's
+    assert imported["trials"] == len(study.trials) and imported["skipped"] == {ANOTHER_TASK: elsewhere}
+    assert imported["imported"] + imported["already_recorded"] + elsewhere == imported["trials"]
+    assert imported["already_recorded"] >= len(tunes[1]["trials"])  # the same tune twice: the same curves
+    with CurveStore(f"{first['run_dir']}/store.sqlite", readonly=True) as tuned, CurveStore(store) as back:
+        key = first["task_key"]
+        n_classes = tuned.task(key).n_classes
+        runs = tuned.runs(key, 0)
+        assert runs and back.task(key) == tuned.task(key)
+        for run in runs:
+            again = back.get_run(key, run.config, 0)
+            assert again is not None and again.max_epochs == run.max_epochs
+            scores = [normalised_scores([e.val_accuracy for e in r.curve.epochs], n_classes) for r in (run, again)]
+            assert list(scores[1]) == list(scores[0])  # exactly, to the last bit
+            assert all(e.train_loss == e.val_loss == e.seconds == 0.0 for e in again.curve.epochs)
+
+
+def test_a_resumed_tune_adds_each_trial_to_the_study_once(tmp_path, monkeypatch):
+    from rlhpo.agents import tune as tune_module
+
+    storage = str(tmp_path / "optuna.log")
+    runner, env = CliRunner(), {"RLHPO_RUNS_DIR": str(tmp_path / "runs")}
+    real_line = tune_module.trial_line
+
+    def interrupt_at_the_second_trial(t: dict) -> str:
+        if t["step"] == 2:
+            raise KeyboardInterrupt
+        return real_line(t)
+
+    monkeypatch.setattr(tune_module, "trial_line", interrupt_at_the_second_trial)
+    args = ["tune", *DIGITS_ARGS, "--budget", "0.67", "--storage", storage, "--study-name", "t"]
+    assert runner.invoke(main, args, env=env).exit_code == 130
+    monkeypatch.setattr(tune_module, "trial_line", real_line)
+    run_dir = next((tmp_path / "runs").iterdir())
+    resumed = runner.invoke(main, ["tune", "--resume", str(run_dir), "--json"], env=env)
+    assert resumed.exit_code == 0, resumed.output
+    trials = json.loads(resumed.stdout.strip().splitlines()[-1])["trials"]
+    assert [t.user_attrs["rlhpo_step"] for t in study_of(storage, "t").trials] == [t["step"] for t in trials]
+
+
+def test_the_score_to_accuracy_inverse_is_exact():
+    for n_classes in (2, 4, 6, 10):
+        for correct in range(181):
+            score = normalised_score(correct / 180, n_classes)
+            assert normalised_score(accuracy_of(score, n_classes), n_classes) == score
+
+
+def test_a_storage_without_a_study_name_is_refused(tmp_path):
+    result = CliRunner().invoke(main, ["tune", *DIGITS_ARGS, "--storage", str(tmp_path / "j.log")])
+    assert result.exit_code == 1 and "study name" in result.output
+
+
+def test_an_sqlite_file_given_as_a_path_is_a_clear_error(tmp_path):
+    path = tmp_path / "study.db"
+    optuna.create_study(storage=f"sqlite:///{path}", study_name="x")
+    with pytest.raises(RlhpoError, match="sqlite:///"):
+        make_storage(path)
+
+
+def test_import_reports_the_trials_that_do_not_fit(storage, tmp_path, policy):
+    space = policy.policy_space
+    study = study_of(storage)
+    good = space.default.to_dict()
+    scores = {e: 0.1 * e for e in range(1, 10)}
+
+    # A user's study, as users write them: a log-uniform learning rate, an integer batch size.
+    distributions = {
+        **optuna_distributions(space),
+        "learning_rate": optuna.distributions.FloatDistribution(1e-4, 1e-1, log=True),
+        "batch_size": optuna.distributions.IntDistribution(16, 128),
+        "family": optuna.distributions.CategoricalDistribution(["mlp", "cnn"]),
+    }
+
+    def add(params: dict, state=optuna.trial.TrialState.COMPLETE, steps: dict | None = scores) -> None:
+        value = 0.5 if state == optuna.trial.TrialState.COMPLETE else None
+        dists = {h: distributions[h] for h in params}
+        trial = optuna.trial.create_trial(
+            params=params, distributions=dists, value=value, state=state, intermediate_values=steps
+        )
+        study.add_trial(trial)
+
+    add(good)
+    add({**good, "units": 128, "family": "mlp"})  # digits is tabular: mlp is its family
+    add({k: v for k, v in good.items() if k != "batch_size"})
+    add({**good, "learning_rate": 0.005})
+    add({**good, "family": "cnn"})
+    add({**good, "dropout": 0.25}, steps=None)
+    add({**good, "dropout": 0.1}, steps={3: 0.3, 9: 0.9})
+    add({**good, "optimizer": "sgd"}, state=optuna.trial.TrialState.PRUNED, steps={1: 0.1})
+
+    result = import_study(storage, "s", DIGITS, tmp_path / "store.sqlite", space=space)
+    assert (result.trials, result.imported) == (8, 2)
+    assert dict(result.skipped) == {
+        "param missing (batch_size)": 1,
+        "value not a choice (learning_rate)": 1,
+        "value not a choice (family)": 1,
+        NO_INTERMEDIATE: 1,
+        "intermediate steps are not 1..epochs": 1,
+        NOT_COMPLETE: 1,
+    }
+    with CurveStore(tmp_path / "store.sqlite") as store:
+        key = result.task_key
+        run = store.get_run(key, Config(**good), 0)
+        assert [e.val_accuracy for e in run.curve.epochs] == pytest.approx([0.1 + s * 0.9 for s in scores.values()])
+        # The user's history is meta-training data now: full-fidelity scores the env and the judges read.
+        assert FullFidelity(store, space, 0).scores(key)[Config(**good).key()] == pytest.approx(0.9)
+
+    args = ["store", "import-optuna", "--storage", storage, "--study", "s", *DIGITS_ARGS]
+    lines = CliRunner().invoke(main, [*args, "--store", str(tmp_path / "s2.sqlite")]).stdout.splitlines()
+    assert "2 imported" in lines[0] and "6 skipped" in lines[0] and "skipped 1: not complete" in lines
+
+
+def test_a_missing_study_names_the_ones_there(storage, tmp_path):
+    study_of(storage, "mine")
+    with pytest.raises(RlhpoError, match="its studies: mine"):
+        import_study(storage, "other", DIGITS, tmp_path / "store.sqlite")
+
+
+# ------------------------------------------------------------ ppo_tpe
+
+
+def test_ppo_tpe_plays_the_policy_for_its_budget_then_tpe_warm_started(policy):
+    store = CurveStore(shipped_file(SHIPPED_STORE), readonly=True)
+    task = "ag_news/gru/n500/call/s0"  # the shipped policy's held-out dataset
+    horizon = policy.info.budget_epochs  # what it was meta-trained for: 3 FTE
+
+    def play(tuner, budget):
+        env = HPOEnv("recorded", store, space=policy.policy_space, budget_epochs=budget)
+        return run_tuner(tuner, env, 10_000, task=task)
+
+    tuner = PPOTPETuner(policy)
+    budget = 10 * policy.policy_space.max_epochs  # 10 FTE
+    both = play(tuner, budget)
+    from_policy = [t for t in both.trials if t.budget_used - t.paid_epochs < horizon]
+    # Up to its horizon, the policy plays the episode it was trained for: ppo's at that budget.
+    assert [t.action for t in from_policy] == [t.action for t in play(policy, horizon).trials]
+    assert [t.action for t in from_policy] != [t.action for t in play(policy, budget).trials[: len(from_policy)]]
+    rest = both.trials[len(from_policy) :]
+    assert rest and all(t.epochs == policy.policy_space.max_epochs for t in rest)
+    warm = tuner.study.trials[: len(from_policy)]
+    assert [t.value for t in warm] == [t.score for t in from_policy]
+    assert all(t.intermediate_values for t in warm) and len(tuner.study.trials) == len(both.trials)
