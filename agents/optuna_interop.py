@@ -99,11 +99,7 @@ def make_storage(storage: str | Path) -> str | optuna.storages.BaseStorage:
     path = Path(text)
     if path.is_file() and _is_sqlite(path):
         raise RlhpoError(f"{text!r} is an SQLite file; pass it as a database URL: --storage sqlite:///{text}")
-    try:
-        from optuna.storages.journal import JournalFileBackend, JournalStorage
-    except ImportError:  # Optuna < 4.0 named the file backend JournalFileStorage
-        from optuna.storages import JournalFileStorage as JournalFileBackend  # type: ignore[no-redef]
-        from optuna.storages import JournalStorage  # type: ignore[no-redef]
+    from optuna.storages.journal import JournalFileBackend, JournalStorage  # Optuna >= 4.0 (setup.cfg)
 
     return JournalStorage(JournalFileBackend(str(path)))
 

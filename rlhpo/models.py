@@ -44,8 +44,8 @@ if TYPE_CHECKING:
     from rlhpo.space import Config
     from rlhpo.tasks.task import TaskData
 
-FAMILIES = ("cnn", "mlp", "gru", "lstm", "transformer", "bow", "textcnn")
-TEXT_FAMILIES = ("gru", "lstm", "transformer", "bow", "textcnn")
+FAMILIES = tuple(dict.fromkeys(f for listed in FAMILIES_BY_MODALITY.values() for f in listed))
+TEXT_FAMILIES = FAMILIES_BY_MODALITY["text"]
 PAD_ID = 0
 BOW_BUCKETS = 2**16  # hashed bigram buckets of ``bow``
 BIGRAM_MULTIPLIER = 116049371  # fastText's n-gram hash multiplier

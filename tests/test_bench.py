@@ -44,7 +44,8 @@ def test_bench_writes_the_csv_the_table_and_the_plot(bench):
         rows = list(reader)
     assert tuple(reader.fieldnames) == COLUMNS
     assert {"task", "method", "seed", "budget_fte", "regret"} <= set(COLUMNS)
-    assert len(rows) == 7 * 2 * 2 and summary["episodes"] == 28
+    n = len(settings.methods) * 2 * 2  # every method, 2 seeds, 2 budgets
+    assert len(rows) == n and summary["episodes"] == n
     assert {r["method"] for r in rows} == set(settings.methods) and {r["budget_fte"] for r in rows} == {"1.0", "4.0"}
     assert all(r["heldout"] == "True" and r["regret"] != "" for r in rows)  # the tiny policy never saw trec
     table = (out / "bench.md").read_text()
