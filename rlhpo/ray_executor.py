@@ -27,8 +27,11 @@ from __future__ import annotations
 import logging
 import math
 import os
+import signal
 import socket
+import threading
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any, TypeVar
 
 from rlhpo.errors import RlhpoError
@@ -175,11 +178,31 @@ class RayExecutor:
         self._owned = True
 
     def shutdown(self) -> None:
-        """Cancel the tasks still pending (killing their workers); end Ray here if this executor started it."""
+        """Stop the work in flight: end our Ray job (and the instance we started), or cancel our tasks on another's."""
         ray = self.ray
         pending, self._pending = self._pending, []
-        for ref in pending:
-            ray.cancel(ref, force=True)
         if self._owned:
+            # Ending the job stops its tasks; cancelling them first can crash Ray 2.60's driver when a
+            # task finishes meanwhile ("Tried to complete task that was not pending").
             self._owned = False
-            ray.shutdown()
+            with _sigint_ignored():  # a Ctrl-C halfway through leaves Ray to exit the process with status 1
+                ray.shutdown()
+            return
+        try:
+            for ref in pending:  # a Ray someone else started keeps running: stop our tasks on it
+                ray.cancel(ref)
+        except ray.exceptions.RayError as e:
+            log.warning("could not cancel %d pending Ray tasks: %s", len(pending), e)
+
+
+@contextmanager
+def _sigint_ignored() -> Iterator[None]:
+    """Ignore Ctrl-C for the block (in the main thread, the only one that receives it)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
