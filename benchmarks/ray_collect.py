@@ -13,8 +13,9 @@
    still finish with the rows of the local workers, each run trained and written once.
 
 Every store's rows (all but the wall-clock seconds) are compared with the first local store's.
-Timed parts wait until no other benchmark, bench, collect or leave-one-out runs here
-(``--no-wait`` skips the check). The cluster is stopped by the PIDs of the processes it started
+Timed parts wait until no other benchmark, bench, collect, leave-one-out or pytest runs here
+(``--no-wait`` skips the check): Ray's workers run at niceness 15, so other load slows them
+first, and the ratio would measure that instead. The cluster is stopped by the PIDs of the processes it started
 (not ``ray stop``, which stops every Ray instance on the machine).
 
     python benchmarks/ray_collect.py --data-dir ../shared/data [--configs 24] [--repeats 3] \\
@@ -54,7 +55,9 @@ WORK = [
     {"datasets": ["digits"], "families": ["mlp"], "n_train": [1000]},
     {"datasets": ["trec"], "families": ["gru"], "n_train": [500]},
 ]
-BUSY = "benchmarks/|rlhpo bench|rlhpo collect|leave_one_out"  # what a timed part waits for
+# What a timed part waits for. Tests too: Ray starts its workers at niceness 15 (RAY_worker_niceness),
+# so any other load takes the CPU from them first, and not from local workers (the command's niceness).
+BUSY = "benchmarks/|rlhpo bench|rlhpo collect|leave_one_out|pytest"
 CLI = [sys.executable, "-c", "from rlhpo.cli import main; main()"]
 RAY = str(Path(sys.executable).with_name("ray"))
 
@@ -139,6 +142,7 @@ class Timing:
     first: float  # to its first recorded run
     trained: int
     stderr: str
+    others: int = 0  # other jobs (BUSY) seen when it started or ended
 
 
 def run_collect(
@@ -261,7 +265,9 @@ def main() -> None:
         order = ["local", "ray"] if r % 2 == 0 else ["ray", "local"]
         for executor in order:
             path = store()
+            before = len(others_busy())
             t = run_collect(instances, path, executor, data_dir, ["--workers", "2"])
+            t.others = max(before, len(others_busy()))
             same &= rows(path) == expected and t.trained == runs
             log.info("%s: %.1fs (first run at %.1fs)", executor, t.seconds, t.first)
             timings.append(t)
@@ -333,24 +339,31 @@ def main() -> None:
         "",
         "## Ray (2 CPUs) against 2 local worker processes",
         "",
-        "| executor | round | seconds | first run at (s) | runs / min |",
-        "|---|---:|---:|---:|---:|",
+        "| executor | round | seconds | first run at (s) | runs / min | other jobs seen |",
+        "|---|---:|---:|---:|---:|---:|",
     ]
     for i, t in enumerate(timings):
-        lines.append(f"| {t.executor} | {i // 2 + 1} | {t.seconds:.1f} | {t.first:.1f} | {60 * runs / t.seconds:.1f} |")
+        lines.append(
+            f"| {t.executor} | {i // 2 + 1} | {t.seconds:.1f} | {t.first:.1f} | {60 * runs / t.seconds:.1f} "
+            f"| {t.others} |"
+        )
     lines += [
         "",
         f"Ray / local, mean seconds: **{ratio:.3f}** (per round: {', '.join(f'{r:.3f}' for r in ratios)}; "
         f"aim: at most 1.10). First run recorded after {mean([t.first for t in local]):.1f}s (local) and "
         f"{mean([t.first for t in ray]):.1f}s (Ray) on average; the rest: "
         f"{mean([t.seconds - t.first for t in local]):.1f}s and {mean([t.seconds - t.first for t in ray]):.1f}s.",
+        "Ray starts its workers at niceness 15 (its default, `RAY_worker_niceness`) and local workers run at the "
+        "command's, so other load on the machine slows Ray's workers first: the timings wait for a quiet machine, "
+        "and the last column counts the other jobs seen at the start or end of each.",
         f"Every store holds the rows of the first local one (all but seconds): {'yes' if same else '**no**'}. "
         f"Untimed first passes: local {warm[0].seconds:.1f}s, Ray {warm[1].seconds:.1f}s.",
         "",
         "## Two nodes on this machine",
         "",
         "`ray start --head --num-cpus 1 --port P` and `ray start --address 127.0.0.1:P --num-cpus 1 --temp-dir "
-        "<its own>`, then `rlhpo collect --executor ray --address 127.0.0.1:P`.",
+        "<its own>`, then `rlhpo collect --executor ray --address 127.0.0.1:P`; the nodes and the driver share "
+        "`RAY_AUTH_MODE=token` and one `RAY_AUTH_TOKEN` (Ray 2.59+ asks for a token). Both stopped by PID after.",
         "",
         f"- Clean: {two.seconds:.1f}s, trained {two.trained} of {runs}, batches ran on nodes "
         f"{sorted(used)} (0: head), rows the same as local: {'yes' if two_same else '**no**'}.",
