@@ -47,6 +47,7 @@ import yaml
 
 from rlhpo.collect import CollectSettings, InstanceGroup, task_record
 from rlhpo.ray_executor import BATCHES_PER_CPU, MAX_BATCH, batch_size
+from rlhpo.store import store_rows
 
 log = logging.getLogger("ray_collect")
 
@@ -118,18 +119,6 @@ def n_runs(path: Path) -> int:
         return n
     except sqlite3.OperationalError:  # not created yet
         return 0
-
-
-def rows(path: Path) -> tuple[list, list]:
-    """Every row of the store but the wall-clock seconds (the only field that may differ)."""
-    conn = sqlite3.connect(path)
-    runs = conn.execute("SELECT * FROM runs ORDER BY task_key, config_key, seed").fetchall()
-    epochs = conn.execute(
-        "SELECT task_key, config_key, seed, epoch, train_loss, val_loss, val_accuracy, val_macro_f1 FROM epochs "
-        "ORDER BY task_key, config_key, seed, epoch"
-    ).fetchall()
-    conn.close()
-    return runs, epochs
 
 
 # ----------------------------------------------------------------- collect
@@ -258,7 +247,7 @@ def main() -> None:
     reference = store()
     warm = [run_collect(instances, reference, "local", data_dir, ["--workers", "2"])]
     warm.append(run_collect(instances, store(), "ray", data_dir, ["--workers", "2"]))
-    expected = rows(reference)
+    expected = store_rows(reference)
     timings: list[Timing] = []
     same = True
     for r in range(args.repeats):
@@ -268,7 +257,7 @@ def main() -> None:
             before = len(others_busy())
             t = run_collect(instances, path, executor, data_dir, ["--workers", "2"])
             t.others = max(before, len(others_busy()))
-            same &= rows(path) == expected and t.trained == runs
+            same &= store_rows(path) == expected and t.trained == runs
             log.info("%s: %.1fs (first run at %.1fs)", executor, t.seconds, t.first)
             timings.append(t)
     load_after = os.getloadavg()
@@ -291,7 +280,7 @@ def main() -> None:
 
         path = store()
         two = run_collect(instances, path, "ray", data_dir, ["--address", address], on_poll=watch, env=auth)
-        two_same = rows(path) == expected and two.trained == runs
+        two_same = store_rows(path) == expected and two.trained == runs
         log.info("two nodes: %.1fs, nodes used %s, same rows: %s", two.seconds, sorted(used), two_same)
 
         killed: list[tuple[int, int, int]] = []  # (node, pid, runs recorded then)
@@ -309,7 +298,7 @@ def main() -> None:
 
         path = store()
         fault = run_collect(instances, path, "ray", data_dir, ["--address", address], on_poll=kill_one, env=auth)
-        fault_rows = rows(path)
+        fault_rows = store_rows(path)
         fault_same = fault_rows == expected and fault.trained == runs and len(fault_rows[0]) == runs
         log.info("fault: %.1fs, killed %s, same rows: %s", fault.seconds, killed, fault_same)
     finally:

@@ -522,3 +522,21 @@ def export_store(store_path: str | Path, out_dir: str | Path) -> dict[str, Path]
     """Export the store at ``store_path`` to Parquet files in ``out_dir`` (``rlhpo store export``)."""
     with CurveStore(store_path, readonly=True) as store:
         return store.export(out_dir)
+
+
+def store_rows(path: str | Path) -> tuple[list, list]:
+    """Every row of a store but the wall-clock seconds: what two collects of the same runs share.
+
+    Runs in (task, config, seed) order, then their epochs; the one field left out, ``seconds``,
+    is the only one that differs between two trainings of one run.
+    """
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        runs = conn.execute("SELECT * FROM runs ORDER BY task_key, config_key, seed").fetchall()
+        epochs = conn.execute(
+            "SELECT task_key, config_key, seed, epoch, train_loss, val_loss, val_accuracy, val_macro_f1 FROM epochs "
+            "ORDER BY task_key, config_key, seed, epoch"
+        ).fetchall()
+    finally:
+        conn.close()
+    return runs, epochs

@@ -29,7 +29,7 @@ from rlhpo.collect import (
 )
 from rlhpo.errors import RlhpoError
 from rlhpo.space import HYPERPARAMETERS, load_search_space
-from rlhpo.store import CurveStore
+from rlhpo.store import CurveStore, store_rows
 from rlhpo.tasks.task import Task
 
 SPACE = load_search_space()
@@ -275,18 +275,6 @@ def _collect_cmd(instances: Path, store: Path, workers: int) -> list[str]:
     ]
 
 
-def _rows(path: Path) -> tuple[list, list]:
-    """Every row of the store, without the wall-clock seconds (the only field that may differ)."""
-    conn = sqlite3.connect(path)
-    runs = conn.execute("SELECT * FROM runs ORDER BY task_key, config_key, seed").fetchall()
-    epochs = conn.execute(
-        "SELECT task_key, config_key, seed, epoch, train_loss, val_loss, val_accuracy, val_macro_f1 FROM epochs "
-        "ORDER BY task_key, config_key, seed, epoch"
-    ).fetchall()
-    conn.close()
-    return runs, epochs
-
-
 def _n_runs(path: Path) -> int:
     try:
         conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
@@ -360,5 +348,5 @@ def test_collect_interrupted_by_ctrl_c_then_killed_resumes_to_the_rows_of_an_uni
     done = subprocess.run(_collect_cmd(instances, resumed, 2), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert "already recorded" in done.stdout
-    assert _rows(resumed) == _rows(reference)
+    assert store_rows(resumed) == store_rows(reference)
     assert CurveStore(resumed).tasks()[0].task == Task("digits", n_train=1000)

@@ -32,7 +32,7 @@ from rlhpo.collect import CollectSettings, InstanceGroup, LocalExecutor, WorkIte
 from rlhpo.errors import RlhpoError
 from rlhpo.ray_executor import RayExecutor, batch_size
 from rlhpo.space import load_search_space
-from rlhpo.store import CurveStore
+from rlhpo.store import CurveStore, store_rows
 
 REQUIRE_ENV = "RLHPO_REQUIRE_RAY"
 INSTALL = "install it with pip install 'rlhpo[ray]'"
@@ -69,19 +69,7 @@ def reference(tmp_path_factory: pytest.TempPathFactory, space) -> tuple[list, li
     path = tmp_path_factory.mktemp("local") / "s.sqlite"
     result = collect(SETTINGS, path, space=space, executor=LocalExecutor(2), progress=False)
     assert (result.trained, result.failed) == (RUNS, [])
-    return _rows(path)
-
-
-def _rows(path: Path) -> tuple[list, list]:
-    """Every row of the store but the wall-clock seconds (the only field that may differ)."""
-    conn = sqlite3.connect(path)
-    runs = conn.execute("SELECT * FROM runs ORDER BY task_key, config_key, seed").fetchall()
-    epochs = conn.execute(
-        "SELECT task_key, config_key, seed, epoch, train_loss, val_loss, val_accuracy, val_macro_f1 FROM epochs "
-        "ORDER BY task_key, config_key, seed, epoch"
-    ).fetchall()
-    conn.close()
-    return runs, epochs
+    return store_rows(path)
 
 
 def _key(item: WorkItem) -> str:
@@ -99,7 +87,7 @@ def test_ray_records_the_rows_of_local_workers_and_the_cli_uses_it(ray_cluster, 
     path = tmp_path / "ray.sqlite"
     result = collect(SETTINGS, path, space=space, executor=RayExecutor(), progress=False)
     assert (result.trained, result.failed) == (RUNS, [])
-    assert _rows(path) == reference
+    assert store_rows(path) == reference
     assert ray_cluster.is_initialized()  # someone else's instance: used, not shut down
 
     instances = tmp_path / "collect.yaml"
@@ -185,7 +173,7 @@ def test_a_killed_worker_has_its_batch_run_again_and_no_run_is_written_twice(
         os.kill(killed_pid, 0)  # that worker is gone
     # Each run reached the driver once, and the store holds the rows of the uninterrupted collect.
     assert sorted(executor.yielded) == sorted(k for b in executor.batches for k in b)
-    assert _rows(path) == reference
+    assert store_rows(path) == reference
     with CurveStore(path) as store:  # were a run to come back twice, the store keeps the first
         run = store.runs(first.split(" ")[0], 0)[0]
         assert not store.put_run(first.split(" ")[0], run.config, 0, run.curve)
@@ -283,4 +271,4 @@ def test_ctrl_c_stops_the_ray_instance_it_started_keeps_finished_runs_and_a_reru
     assert 2 <= kept < 12
     again = collect(settings, path, executor=RayExecutor(), progress=False)
     assert (again.skipped, again.trained, again.failed) == (kept, 12 - kept, [])
-    assert _rows(path) == _rows(reference)
+    assert store_rows(path) == store_rows(reference)
