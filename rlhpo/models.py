@@ -87,16 +87,22 @@ def build_model(
     return RNNClassifier(family, vocab_size, n_classes, num_layers, units, dropout)
 
 
+def model_family(data: TaskData, config: Config) -> str:
+    """The family a config trains on a task: its own, else the task's; an error names the valid ones."""
+    family = config.family or data.family
+    valid = FAMILIES_BY_MODALITY[data.modality]
+    if family not in valid:
+        raise unknown(f"family for {data.modality} data", family, valid)
+    return family
+
+
 def model_for(data: TaskData, config: Config) -> nn.Module:
     """The model of a task sized by a config: of the config's family, else of the task's (``data.family``).
 
     Raises:
         RlhpoError: for a family that does not take the task's modality, naming those that do.
     """
-    family = config.family or data.family
-    valid = FAMILIES_BY_MODALITY[data.modality]
-    if family not in valid:
-        raise unknown(f"family for {data.modality} data", family, valid)
+    family = model_family(data, config)
     return build_model(
         family,
         input_shape=data.input_shape,

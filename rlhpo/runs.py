@@ -179,12 +179,14 @@ def train_run(
             reported is the one trained, with those epochs).
         on_epoch: called with each :class:`~rlhpo.training.EpochRecord` as it completes.
     """
+    from rlhpo.models import model_family
     from rlhpo.tasks import load_task
     from rlhpo.training import resolve_device, train_final
 
     config = config.with_epochs(epochs or config.epochs)
     resolve_device(device)
     data = load_task(task, data_dir=data_dir)
+    model_family(data, config)  # a family the task cannot train fails here, before a run folder exists
     task = data.task
     run_dir = make_run_dir("train", task.dataset, seed, runs_dir)
     settings = {

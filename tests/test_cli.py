@@ -132,9 +132,9 @@ def test_train_prints_the_config_it_trained_and_what_to_run_next(run):
     assert result.stderr.count("epoch ") == 2  # progress, one line per epoch
 
 
-@pytest.mark.parametrize("device", ["cuda", "npu"])
-def test_train_on_a_device_that_is_not_there_leaves_no_run_folder(run, tmp_path, device):
-    result = run("train", "--task", "digits", "--n-train", "200", "--device", device)
+@pytest.mark.parametrize("option", [("--device", "cuda"), ("--device", "npu"), ("--set", "family=cnn")])
+def test_bad_input_to_train_leaves_no_run_folder(run, tmp_path, option):
+    result = run("train", "--task", "digits", "--n-train", "200", *option)
     assert result.exit_code == 1 and "Traceback" not in result.output
     assert not (tmp_path / "runs").exists()
 
