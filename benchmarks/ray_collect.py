@@ -33,7 +33,6 @@ import re
 import secrets
 import signal
 import socket
-import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -47,7 +46,7 @@ import yaml
 
 from rlhpo.collect import CollectSettings, InstanceGroup, task_record
 from rlhpo.ray_executor import BATCHES_PER_CPU, MAX_BATCH, batch_size
-from rlhpo.store import store_rows
+from rlhpo.store import store_rows, stored_runs
 
 log = logging.getLogger("ray_collect")
 
@@ -111,16 +110,6 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def n_runs(path: Path) -> int:
-    try:
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
-        n = conn.execute("SELECT COUNT(*) FROM runs").fetchone()[0]
-        conn.close()
-        return n
-    except sqlite3.OperationalError:  # not created yet
-        return 0
-
-
 # ----------------------------------------------------------------- collect
 
 
@@ -151,7 +140,7 @@ def run_collect(
     with tempfile.TemporaryFile("w+") as err:
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, text=True, env={**os.environ, **(env or {})})
         while proc.poll() is None:
-            runs = n_runs(store)
+            runs = stored_runs(store)
             if runs and first is None:
                 first = time.perf_counter() - started
             if on_poll:

@@ -540,3 +540,17 @@ def store_rows(path: str | Path) -> tuple[list, list]:
     finally:
         conn.close()
     return runs, epochs
+
+
+def stored_runs(path: str | Path) -> int:
+    """How many runs a store holds, read while another process may be writing it; 0 before it exists."""
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
+    except sqlite3.OperationalError:  # not created yet
+        return 0
+    try:
+        return int(conn.execute("SELECT COUNT(*) FROM runs").fetchone()[0])
+    except sqlite3.OperationalError:  # created, but its tables not yet
+        return 0
+    finally:
+        conn.close()

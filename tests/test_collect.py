@@ -6,7 +6,6 @@ import dataclasses
 import math
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -29,7 +28,7 @@ from rlhpo.collect import (
 )
 from rlhpo.errors import RlhpoError
 from rlhpo.space import HYPERPARAMETERS, load_search_space
-from rlhpo.store import CurveStore, store_rows
+from rlhpo.store import CurveStore, store_rows, stored_runs
 from rlhpo.tasks.task import Task
 
 SPACE = load_search_space()
@@ -275,16 +274,6 @@ def _collect_cmd(instances: Path, store: Path, workers: int) -> list[str]:
     ]
 
 
-def _n_runs(path: Path) -> int:
-    try:
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
-        n = conn.execute("SELECT COUNT(*) FROM runs").fetchone()[0]
-        conn.close()
-        return n
-    except sqlite3.OperationalError:  # not created yet
-        return 0
-
-
 def _children(pid: int) -> list[int]:
     try:
         return [int(x) for x in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
@@ -312,7 +301,7 @@ def _run_until(cmd: list[str], store: Path, at_least: int, sig: int) -> int:
     )
     try:
         deadline = time.monotonic() + 120
-        while _n_runs(store) < at_least:
+        while stored_runs(store) < at_least:
             assert proc.poll() is None, f"collect ended before it was interrupted: {proc.stderr.read().decode()}"
             assert time.monotonic() < deadline
             time.sleep(0.02)
@@ -338,13 +327,13 @@ def test_collect_interrupted_by_ctrl_c_then_killed_resumes_to_the_rows_of_an_uni
     reference, resumed = tmp_path / "reference.sqlite", tmp_path / "resumed.sqlite"
     # In this process, one run after the other: also shows the workers' curves are the same.
     collect(load_collect_settings(instances), reference, executor=InlineExecutor(), progress=False)
-    assert _n_runs(reference) == total
+    assert stored_runs(reference) == total
 
     assert _run_until(_collect_cmd(instances, resumed, 2), resumed, 3, signal.SIGINT) == 130
-    after_ctrl_c = _n_runs(resumed)
+    after_ctrl_c = stored_runs(resumed)
     assert after_ctrl_c < total
     assert _run_until(_collect_cmd(instances, resumed, 2), resumed, after_ctrl_c + 3, signal.SIGKILL) == -9
-    assert _n_runs(resumed) < total
+    assert stored_runs(resumed) < total
     done = subprocess.run(_collect_cmd(instances, resumed, 2), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert "already recorded" in done.stdout

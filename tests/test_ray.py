@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -32,7 +31,7 @@ from rlhpo.collect import CollectSettings, InstanceGroup, LocalExecutor, WorkIte
 from rlhpo.errors import RlhpoError
 from rlhpo.ray_executor import RayExecutor, batch_size
 from rlhpo.space import load_search_space
-from rlhpo.store import CurveStore, store_rows
+from rlhpo.store import CurveStore, store_rows, stored_runs
 
 REQUIRE_ENV = "RLHPO_REQUIRE_RAY"
 INSTALL = "install it with pip install 'rlhpo[ray]'"
@@ -198,16 +197,6 @@ def test_without_ray_the_ray_executor_is_one_clear_error(monkeypatch, tmp_path):
     assert out.exit_code == 1 and "--address is for --executor ray" in out.output
 
 
-def _n_runs(path: Path) -> int:
-    try:
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
-        n = conn.execute("SELECT COUNT(*) FROM runs").fetchone()[0]
-        conn.close()
-        return n
-    except sqlite3.OperationalError:  # not created yet
-        return 0
-
-
 def _descendants(pid: int) -> list[int]:
     out, todo = [], [pid]
     while todo:
@@ -247,7 +236,7 @@ def test_ctrl_c_stops_the_ray_instance_it_started_keeps_finished_runs_and_a_reru
     )
     try:
         deadline = time.monotonic() + 120
-        while _n_runs(path) < 2:
+        while stored_runs(path) < 2:
             assert proc.poll() is None, f"collect ended before it was interrupted: {proc.stderr.read().decode()}"
             assert time.monotonic() < deadline
             time.sleep(0.05)
@@ -267,7 +256,7 @@ def test_ctrl_c_stops_the_ray_instance_it_started_keeps_finished_runs_and_a_reru
         time.sleep(0.2)
     left = [Path(f"/proc/{p}/cmdline").read_bytes()[:80] for p in ray_processes if _alive(p)]
     assert ray_processes and not left, f"the Ray instance outlived its collect: {left}"
-    kept = _n_runs(path)
+    kept = stored_runs(path)
     assert 2 <= kept < 12
     again = collect(settings, path, executor=RayExecutor(), progress=False)
     assert (again.skipped, again.trained, again.failed) == (kept, 12 - kept, [])
