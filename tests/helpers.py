@@ -125,3 +125,17 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def interrupt_tune_at(monkeypatch: pytest.MonkeyPatch, step: int) -> None:
+    """Make ``rlhpo tune`` get a Ctrl-C as trial ``step`` is reported (a user's Ctrl-C mid-tune)."""
+    from rlhpo.agents import tune as tune_module
+
+    real_line = tune_module.trial_line
+
+    def interrupt(t: dict) -> str:
+        if t["step"] == step:
+            raise KeyboardInterrupt
+        return real_line(t)
+
+    monkeypatch.setattr(tune_module, "trial_line", interrupt)

@@ -10,6 +10,7 @@ import json
 import subprocess
 import sys
 
+import helpers
 import numpy as np
 import optuna
 import pytest
@@ -172,21 +173,12 @@ def test_tune_twice_continues_the_study_and_its_import_gives_the_curves_back(cli
 
 
 def test_a_resumed_tune_adds_each_trial_to_the_study_once(tmp_path, monkeypatch):
-    from rlhpo.agents import tune as tune_module
-
     storage = str(tmp_path / "optuna.log")
     runner, env = CliRunner(), {"RLHPO_RUNS_DIR": str(tmp_path / "runs")}
-    real_line = tune_module.trial_line
-
-    def interrupt_at_the_second_trial(t: dict) -> str:
-        if t["step"] == 2:
-            raise KeyboardInterrupt
-        return real_line(t)
-
-    monkeypatch.setattr(tune_module, "trial_line", interrupt_at_the_second_trial)
+    helpers.interrupt_tune_at(monkeypatch, 2)
     args = ["tune", *DIGITS_ARGS, "--budget", "0.67", "--storage", storage, "--study-name", "t"]
     assert runner.invoke(main, args, env=env).exit_code == 130
-    monkeypatch.setattr(tune_module, "trial_line", real_line)
+    monkeypatch.undo()  # no more Ctrl-C
     run_dir = next((tmp_path / "runs").iterdir())
     resumed = runner.invoke(main, ["tune", "--resume", str(run_dir), "--json"], env=env)
     assert resumed.exit_code == 0, resumed.output

@@ -14,7 +14,6 @@ from click.testing import CliRunner
 from helpers import one_torch_thread  # noqa: F401 (an autouse fixture)
 
 from rlhpo.agents import policy as policy_module
-from rlhpo.agents import tune as tune_module
 from rlhpo.agents.tune import tune
 from rlhpo.cli import main
 from rlhpo.errors import RlhpoError
@@ -151,21 +150,14 @@ def test_ctrl_c_leaves_an_interrupted_run_that_resume_finishes_as_if_never_stopp
     want = json.loads(whole.stdout.strip().splitlines()[-1])
     assert len(want["trials"]) >= 2
 
-    real_line = tune_module.trial_line
-
-    def interrupt_at_the_second_trial(t: dict) -> str:
-        if t["step"] == 2:
-            raise KeyboardInterrupt
-        return real_line(t)
-
-    monkeypatch.setattr(tune_module, "trial_line", interrupt_at_the_second_trial)
+    helpers.interrupt_tune_at(monkeypatch, 2)
     stopped = run(*args, "--runs-dir", str(tmp_path / "stopped"))
     assert stopped.exit_code == 130, stopped.output
     run_dir = next((tmp_path / "stopped").iterdir())
     assert f"run folder {run_dir}" in stopped.stderr and f"rlhpo tune --resume {run_dir}" in stopped.stderr
     assert json.loads((run_dir / "summary.json").read_text())["status"] == "interrupted"
 
-    monkeypatch.setattr(tune_module, "trial_line", real_line)
+    monkeypatch.undo()  # no more Ctrl-C
     resumed = run("tune", "--resume", str(run_dir), "--json")
     assert resumed.exit_code == 0, resumed.output
     got = json.loads(resumed.stdout.strip().splitlines()[-1])
