@@ -252,8 +252,33 @@ def store_info_cmd(store_path: Path) -> None:
     from rlhpo.store import CurveStore
 
     with CurveStore(store_path, readonly=True) as store:
-        counts = store.count()
-    click.echo(f"{store_path}: {counts['tasks']} tasks, {counts['runs']} runs, {counts['epochs']} epochs")
+        counts, size_mb = store.count(), store.size_mb()
+    click.echo(
+        f"{store_path}: {counts['tasks']} tasks, {counts['runs']} runs, {counts['epochs']} epochs, {size_mb:.1f} MB"
+    )
+
+
+@store_group.command("merge")
+@click.argument("sources", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "-o",
+    "--out",
+    "out_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    required=True,
+    help="The merged store: a new file (an existing one is never overwritten).",
+)
+@json_option
+def store_merge_cmd(sources: tuple[Path, ...], out_path: Path, as_json: bool) -> None:
+    """Merge stores recorded on different machines into a new one: one run per (task, config, seed).
+
+    Of two runs under one key the longer is kept, else the first store's; runs whose figures
+    differ are reported as conflicts. A task described differently in two stores is an error.
+    """
+    from rlhpo.store import merge_stores
+
+    report = merge_stores(sources, out_path)
+    emit(report.to_dict(), as_json, report.lines())
 
 
 @store_group.command("import-optuna")

@@ -16,6 +16,8 @@ fidelity beyond them is "diverged" (training is deterministic for one seed, so a
 would diverge at the same epoch).
 
 One ``rlhpo collect`` at a time writes to a store: it holds :meth:`CurveStore.exclusive`.
+Stores recorded on different machines are combined into a new one by :func:`merge_stores`
+(``rlhpo store merge``), one run per (task, config, training seed).
 
 Keys are stable across machines: :meth:`rlhpo.tasks.Task.key` and :meth:`rlhpo.space.Config.key`.
 Each process opens its own connection (objects of this class can be pickled to worker
@@ -32,12 +34,13 @@ import dataclasses
 import fcntl
 import json
 import logging
+import math
 import os
 import sqlite3
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -461,6 +464,13 @@ class CurveStore:
         """Number of rows per table."""
         return {t: self.conn.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0] for t in ("tasks", "runs", "epochs")}
 
+    def size_mb(self) -> float:
+        """The store's size on disk in MB (10^6 bytes): its file and, while writers are at work, its WAL."""
+        if self.path == ":memory:":
+            return 0.0
+        files = (Path(self.path), Path(self.path + "-wal"))
+        return sum(f.stat().st_size for f in files if f.is_file()) / 1e6
+
     # --------------------------------------------------------------- export
 
     def export(self, out_dir: str | Path) -> dict[str, Path]:
@@ -554,3 +564,273 @@ def stored_runs(path: str | Path) -> int:
         return 0
     finally:
         conn.close()
+
+
+# ---------------------------------------------------------------- merge
+
+# Two trainings of one run agree to float noise (another BLAS, another CPU): figures this close are one figure.
+_REL_TOL = 1e-6
+_ABS_TOL = 1e-9
+_TASK_COLUMNS = ("task_key", "dataset", "family", "n_train", "n_classes", "meta_json", "task_json")
+_RUN_COLUMNS = ("config_key", "seed", "max_epochs", "config_json", "diverged")  # named: version 1 also has status
+_FIGURES = ("train_loss", "val_loss", "val_accuracy", "val_macro_f1")  # seconds differ between any two trainings
+
+
+@dataclass
+class MergeSource:
+    """What one source store gave a merge.
+
+    ``runs`` counts the runs written from this source, ``replaced`` of them in place of a
+    shorter run an earlier source gave; ``duplicates`` the runs the output already held as far
+    (the earlier one kept); ``conflicts`` the runs whose epochs differ beyond float noise from
+    the run already held under their key (either of the above).
+    """
+
+    path: str
+    schema_version: int
+    tasks: int = 0
+    runs: int = 0
+    replaced: int = 0
+    duplicates: int = 0
+    conflicts: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class MergeConflict:
+    """One run key held by two sources whose figures differ: which one was kept, and the first difference."""
+
+    task_key: str
+    config_key: str
+    seed: int
+    kept: str  # the path of the source whose run the output holds
+    other: str
+    difference: str
+
+    def line(self) -> str:
+        return (
+            f"conflict {self.task_key} config {self.config_key} seed {self.seed}: {self.difference}; "
+            f"kept {self.kept}'s, not {self.other}'s"
+        )
+
+
+@dataclass
+class MergeReport:
+    """What :func:`merge_stores` wrote: per source, and the output's rows and size after ``VACUUM``."""
+
+    out: str
+    sources: list[MergeSource]
+    conflicts: list[MergeConflict] = field(default_factory=list)
+    tasks: int = 0
+    runs: int = 0
+    epochs: int = 0
+    size_mb: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "out": self.out,
+            "tasks": self.tasks,
+            "runs": self.runs,
+            "epochs": self.epochs,
+            "size_mb": round(self.size_mb, 3),
+            "sources": [s.to_dict() for s in self.sources],
+            "conflicts": [dataclasses.asdict(c) for c in self.conflicts],
+        }
+
+    def lines(self, max_conflicts: int = 10) -> list[str]:
+        out = [
+            f"{s.path} (schema {s.schema_version}): took {s.tasks} tasks and {s.runs} runs ({s.replaced} "
+            f"replacing a shorter run); {s.duplicates} duplicates, {s.conflicts} conflicts"
+            for s in self.sources
+        ]
+        out.append(
+            f"merged into {self.out}: {self.tasks} tasks, {self.runs} runs, {self.epochs} epochs, "
+            f"{self.size_mb:.1f} MB; {len(self.conflicts)} conflicts"
+        )
+        out += [c.line() for c in self.conflicts[:max_conflicts]]
+        if len(self.conflicts) > max_conflicts:
+            out.append(f"... and {len(self.conflicts) - max_conflicts} more conflicts (--json lists them all)")
+        return out
+
+
+def merge_stores(sources: Sequence[str | Path], out: str | Path) -> MergeReport:
+    """Merge curve stores, recorded on different machines or sessions, into the new store ``out``.
+
+    Tasks are keyed by task key, runs by (task key, config key, training seed). A task held by
+    two sources must be described alike (dataset, family, sizes, meta-features and task, to float
+    noise); otherwise they hold different data under one key, and the merge stops with an error
+    naming the task. Of two runs under one key the output keeps the one that answers more
+    epochs (a longer ``max_epochs``, or diverged), and of two as long the first source's: the
+    other counts as a duplicate, and as a conflict too if its figures differ beyond float noise.
+
+    Sources (schema version 1 or 2) are only read; ``out`` is written at the current schema, in
+    one transaction under :meth:`CurveStore.exclusive`, then vacuumed. It must not exist: a merge
+    never overwrites a store. If the merge fails, nothing is left at ``out``. A store merged
+    with itself gives its own rows.
+    """
+    if not sources:
+        raise RlhpoError("A merge needs at least one source store, but got none.")
+    out = Path(out)
+    inputs = [CurveStore(s, readonly=True) for s in sources]  # a missing source fails here, before out exists
+    try:
+        versions = [s.conn.execute("PRAGMA user_version").fetchone()[0] for s in inputs]  # and a foreign file here
+        out.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.close(os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))  # ours from now on, or an error
+        except FileExistsError:
+            raise RlhpoError(
+                f"The merge output {str(out)!r} already exists; a merge writes a new store and never overwrites "
+                "one. Pass a path that does not exist yet, or delete that file first."
+            ) from None
+        report = MergeReport(str(out), [MergeSource(s.path, v) for s, v in zip(inputs, versions)])
+        try:
+            _merge_into(inputs, out, report)
+        except BaseException:
+            for suffix in ("", "-wal", "-shm", ".lock"):
+                Path(f"{out}{suffix}").unlink(missing_ok=True)
+            raise
+    finally:
+        for s in inputs:
+            s.close()
+    log.info("merged %d stores into %s: %d runs, %d conflicts", len(inputs), out, report.runs, len(report.conflicts))
+    return report
+
+
+def _merge_into(inputs: Sequence[CurveStore], out: Path, report: MergeReport) -> None:
+    with CurveStore(out) as dest, dest.exclusive():
+        # Per key, who holds it: tasks (row, source index); runs (horizon, source index).
+        tasks: dict[str, tuple[tuple[Any, ...], int]] = {}
+        runs: dict[tuple[str, str, int], tuple[float, int]] = {}
+        with dest._transaction() as conn:
+            for i, (src, got) in enumerate(zip(inputs, report.sources)):
+                src.conn.execute("BEGIN")  # one snapshot of each source, even while a collect writes it
+                try:
+                    _merge_source(src, i, conn, tasks, runs, inputs, got, report)
+                finally:
+                    src.conn.execute("COMMIT")
+        conn.execute("VACUUM")  # the output was written once, but its size should be what it holds
+        counts = dest.count()
+    report.tasks, report.runs, report.epochs = counts["tasks"], counts["runs"], counts["epochs"]
+    report.size_mb = dest.size_mb()  # closed: the WAL is checkpointed into the file
+
+
+def _merge_source(
+    src: CurveStore,
+    index: int,
+    conn: sqlite3.Connection,
+    tasks: dict[str, tuple[tuple[Any, ...], int]],
+    runs: dict[tuple[str, str, int], tuple[float, int]],
+    inputs: Sequence[CurveStore],
+    got: MergeSource,
+    report: MergeReport,
+) -> None:
+    task_rows = src.conn.execute(f"SELECT {', '.join(_TASK_COLUMNS)} FROM tasks ORDER BY task_key").fetchall()
+    for row in task_rows:
+        held = tasks.get(row[0])
+        if held is None:
+            conn.execute(f"INSERT INTO tasks ({', '.join(_TASK_COLUMNS)}) VALUES ({', '.join('?' * 7)})", row)
+            tasks[row[0]] = (tuple(row), index)
+            got.tasks += 1
+        elif differ := _task_differences(held[0], row):
+            raise RlhpoError(
+                f"Task {row[0]!r} is described differently in {inputs[held[1]].path!r} and {src.path!r} "
+                f"({', '.join(differ)} differ): they hold different data under one key and cannot be merged. "
+                "Merge stores whose task keys mean the same data (recorded by the same rlhpo version)."
+            )
+    keys = [r[0] for r in src.conn.execute("SELECT task_key FROM tasks UNION SELECT task_key FROM runs ORDER BY 1")]
+    for task_key in keys:
+        epochs: dict[tuple[str, int], list[tuple[Any, ...]]] = {}
+        for row in src.conn.execute(
+            f"SELECT config_key, seed, epoch, {', '.join(_METRICS)} FROM epochs WHERE task_key = ? "
+            "ORDER BY config_key, seed, epoch",
+            (task_key,),
+        ):
+            epochs.setdefault((row[0], row[1]), []).append(row[2:])
+        for config_key, seed, max_epochs, config_json, diverged in src.conn.execute(
+            f"SELECT {', '.join(_RUN_COLUMNS)} FROM runs WHERE task_key = ? ORDER BY config_key, seed", (task_key,)
+        ).fetchall():
+            key = (task_key, config_key, seed)
+            mine = epochs.get((config_key, seed), [])
+            horizon = float("inf") if diverged else float(max_epochs)
+            held = runs.get(key)
+            if held is not None:
+                theirs_diverged, theirs = _held_run(conn, key)
+                difference = _run_difference(mine, bool(diverged), theirs, theirs_diverged)
+                longer = horizon > held[0]
+                if difference:
+                    got.conflicts += 1
+                    kept, other = (src.path, inputs[held[1]].path) if longer else (inputs[held[1]].path, src.path)
+                    report.conflicts.append(MergeConflict(task_key, config_key, seed, kept, other, difference))
+                if not longer:
+                    got.duplicates += 1
+                    continue
+                conn.execute("DELETE FROM epochs WHERE task_key = ? AND config_key = ? AND seed = ?", key)
+                conn.execute("DELETE FROM runs WHERE task_key = ? AND config_key = ? AND seed = ?", key)
+                got.replaced += 1
+            conn.execute(
+                f"INSERT INTO runs (task_key, {', '.join(_RUN_COLUMNS)}) VALUES (?, ?, ?, ?, ?, ?)",
+                (task_key, config_key, seed, max_epochs, config_json, diverged),
+            )
+            conn.executemany(
+                f"INSERT INTO epochs (task_key, config_key, seed, epoch, {', '.join(_METRICS)}) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [(task_key, config_key, seed, *e) for e in mine],
+            )
+            runs[key] = (horizon, index)
+            got.runs += 1
+
+
+def _held_run(conn: sqlite3.Connection, key: tuple[str, str, int]) -> tuple[bool, list[tuple[Any, ...]]]:
+    """The run the output holds under ``key``: whether it diverged, and its epochs as a source gives them."""
+    diverged = conn.execute(
+        "SELECT diverged FROM runs WHERE task_key = ? AND config_key = ? AND seed = ?", key
+    ).fetchone()[0]
+    rows = conn.execute(
+        f"SELECT epoch, {', '.join(_METRICS)} FROM epochs WHERE task_key = ? AND config_key = ? AND seed = ? "
+        "ORDER BY epoch",
+        key,
+    ).fetchall()
+    return bool(diverged), rows
+
+
+def _run_difference(
+    mine: list[tuple[Any, ...]], mine_diverged: bool, theirs: list[tuple[Any, ...]], theirs_diverged: bool
+) -> str:
+    """How two recordings of one run disagree ('' if they do not): on an epoch both hold, or where one diverged.
+
+    Epoch rows are ``(epoch, *_METRICS)``; seconds are left out.
+    """
+    for a, b in zip(mine, theirs):
+        for name, x, y in zip(_FIGURES, a[1:], b[1:]):
+            if not math.isclose(x, y, rel_tol=_REL_TOL, abs_tol=_ABS_TOL):
+                return f"epoch {a[0]} {name} {x!r} vs {y!r}"
+    # Training is deterministic: a run that diverged after n epochs cannot have trained further elsewhere.
+    if mine_diverged and len(theirs) > len(mine):
+        return f"diverged after epoch {len(mine)}, but trained {len(theirs)} epochs in the other"
+    if theirs_diverged and len(mine) > len(theirs):
+        return f"trained {len(mine)} epochs, but diverged after epoch {len(theirs)} in the other"
+    return ""
+
+
+def _task_differences(a: Sequence[Any], b: Sequence[Any]) -> list[str]:
+    """The columns in which two rows of one task differ (the JSON ones parsed, numbers to float noise)."""
+    names = {"meta_json": "meta-features", "task_json": "task"}
+    out = []
+    for name, x, y in zip(_TASK_COLUMNS[1:], a[1:], b[1:]):
+        if name in names:
+            x, y = json.loads(x), json.loads(y)  # version 1 wrote them without sorted keys
+        if not _same(x, y):
+            out.append(names.get(name, name))
+    return out
+
+
+def _same(x: Any, y: Any) -> bool:
+    if isinstance(x, dict) and isinstance(y, dict):
+        return x.keys() == y.keys() and all(_same(x[k], y[k]) for k in x)
+    if isinstance(x, list) and isinstance(y, list):
+        return len(x) == len(y) and all(_same(a, b) for a, b in zip(x, y))
+    if type(x) in (int, float) and type(y) in (int, float):  # not bool: True is no number here
+        return math.isclose(x, y, rel_tol=_REL_TOL, abs_tol=_ABS_TOL)
+    return x == y
