@@ -23,7 +23,7 @@ import gymnasium as gym
 import numpy as np
 
 import rlhpo.envs
-from rlhpo.collect import space_filling_configs
+from rlhpo.collect import design_configs
 from rlhpo.envs.hpo_env import HPOEnv
 from rlhpo.space import load_search_space
 from rlhpo.store import CurveStore, TaskRecord
@@ -35,7 +35,7 @@ from rlhpo.training import Curve, EpochRecord
 def synthetic_store(path: Path, n_tasks: int, n_configs: int, seed: int = 0) -> None:
     rng = np.random.default_rng(seed)
     space = load_search_space()
-    configs = space_filling_configs(space, n_configs, seed)
+    configs = design_configs(space, n_configs, seed)
     store = CurveStore(path)
     for t in range(n_tasks):
         task = Task("digits", family="mlp", n_train=500 + t, seed=t)

@@ -170,7 +170,9 @@ def train_cmd(
     default=None,
     help="--executor ray: the Ray cluster to use, 'auto' or HOST:PORT (default: start a local Ray instance).",
 )
-@click.option("--seed", type=int, default=None, help="Seed of the config sample (default: the file's).")
+@click.option(
+    "--seed", type=int, default=None, help="Seed of the config design and the drawn instances (default: the file's)."
+)
 @click.option(
     "--store",
     "store_path",
@@ -191,7 +193,7 @@ def collect_cmd(
     store_path: Path,
     data_dir: Path | None,
 ) -> None:
-    """Record the curves of a space-filling sample of configs on every task instance (resumable)."""
+    """Record the curves of the matched config design on every task instance (resumable, breadth first)."""
     from rlhpo.collect import collect, load_collect_settings, make_executor
 
     settings = load_collect_settings(instances_path)

@@ -1,4 +1,4 @@
-"""``rlhpo collect``: record the curves of a space-filling sample of configs on many task instances.
+"""``rlhpo collect``: record the curves of one matched design of configs on many task instances.
 
 Every config is trained at the largest epochs choice, so every smaller fidelity is recorded too
 (the store answers ``k`` epochs from a run's first ``k``). Work runs in worker processes behind
@@ -34,6 +34,7 @@ from rlhpo.settings import from_dict, read_yaml, shipped_file
 from rlhpo.space import HYPERPARAMETERS, Config, SearchSpace, load_search_space
 from rlhpo.store import CurveStore, TaskRecord
 from rlhpo.tasks.loader import LoadedTasks
+from rlhpo.tasks.sampler import TaskSampler
 from rlhpo.tasks.task import Task, TaskData
 from rlhpo.training import Curve
 
@@ -48,26 +49,43 @@ R = TypeVar("R")
 
 @dataclass(frozen=True)
 class InstanceGroup:
-    """Task instances: every combination of the listed datasets, training-set sizes, families, seeds."""
+    """Task instances: every combination of the listed datasets, sizes, families and seeds, or ``draw`` of them.
+
+    With ``draw``, the group is a distribution, not a list: :class:`~rlhpo.tasks.sampler.TaskSampler`
+    draws ``draw`` instances from it (each dataset and each size equally often, a random class
+    subset with probability ``p_subset``, a random task seed), deterministically from the
+    collect's seed.
+    """
 
     datasets: list[str]
     n_train: list[int | None] = field(default_factory=lambda: [None])  # None: the whole training set
-    families: list[str | None] = field(default_factory=lambda: [None])  # None: the dataset's default
+    families: list[str | None] = field(default_factory=lambda: [None])  # None: left to the config
     seeds: list[int] = field(default_factory=lambda: [0])  # the task seed: validation split, subsample
     configs: int | None = None  # configs per instance of this group; None: the settings' number
     max_length: int | None = None  # text only: keep the first max_length tokens (cheap instances)
     # Families each config is recorded with, on instances that leave the family to the config
-    # (families: [null]); None: each instance trains its own family, as before families were searched.
+    # (families: [null]); None: the family is the design's (design_configs), or the task's own.
     config_families: list[str] | None = None
+    draw: int | None = None  # instances drawn from the group (seeds ignored); None: every combination
+    p_subset: float = 0.0  # with draw: the probability that an instance keeps a random class subset
 
-    def tasks(self) -> list[Task]:
-        return [
-            Task(dataset=d, family=f, n_train=n, seed=s, max_length=self.max_length)
-            for d in self.datasets
-            for n in self.n_train
-            for f in self.families
-            for s in self.seeds
-        ]
+    def tasks(self, rng: np.random.Generator | None = None) -> list[Task]:
+        """The group's instances; a drawn group needs ``rng``."""
+        if self.draw is None:
+            return [
+                Task(dataset=d, family=f, n_train=n, seed=s, max_length=self.max_length)
+                for d in self.datasets
+                for n in self.n_train
+                for f in self.families
+                for s in self.seeds
+            ]
+        if rng is None:
+            raise RlhpoError("A group that draws its instances needs a random generator.")
+        open_family = None in self.families
+        listed = {} if open_family else {d: tuple(self.families) for d in self.datasets}
+        sampler = TaskSampler(tuple(self.datasets), listed, tuple(self.n_train), self.p_subset)
+        drawn = sampler.draw(self.draw, rng)
+        return [t.replace(family=None if open_family else t.family, max_length=self.max_length) for t in drawn]
 
 
 @dataclass(frozen=True)
@@ -76,13 +94,23 @@ class CollectSettings:
 
     instances: list[InstanceGroup]
     configs: int = 96  # configs per task instance, the default config included
-    seed: int = 0  # seeds the config sample (one sample, shared by every instance)
+    seed: int = 0  # seeds the config design (one design, shared by every instance) and the drawn instances
     train_seed: int = 0  # training seed of every run; HPOEnv's train_seed must match to replay them
+    # Every ``noise_every``-th config of the design (the default first) is also trained with
+    # ``train_seed + 1``: the seed-to-seed noise floor. None: one seed only.
+    noise_every: int | None = None
 
     def __post_init__(self) -> None:
         for n in [self.configs] + [g.configs for g in self.instances if g.configs is not None]:
             if n < 1:
                 raise RlhpoError(f"collect needs at least 1 config per task, but got configs={n}.")
+        if self.noise_every is not None and self.noise_every < 1:
+            raise RlhpoError(f"noise_every must be at least 1 (or null), but got noise_every={self.noise_every}.")
+
+    def groups(self) -> Iterator[tuple[InstanceGroup, list[Task]]]:
+        """Each group with its instances; drawn groups draw from ``(seed, group index)``."""
+        for i, group in enumerate(self.instances):
+            yield group, group.tasks(np.random.default_rng([self.seed, i]))
 
     def plan(self, datasets: Sequence[str] | None = None) -> dict[Task, int]:
         """Each task instance, in file order, with its number of configs; ``datasets`` keeps only those.
@@ -90,8 +118,8 @@ class CollectSettings:
         A task listed by several groups takes the largest number.
         """
         out: dict[Task, int] = {}
-        for group in self.instances:
-            for task in group.tasks():
+        for group, tasks in self.groups():
+            for task in tasks:
                 out[task] = max(out.get(task, 0), group.configs or self.configs)
         if datasets:
             known = {t.dataset for t in out}
@@ -109,8 +137,8 @@ class CollectSettings:
     def families(self) -> dict[Task, tuple[str | None, ...]]:
         """The families each task instance records every config with; ``(None,)``: its own family."""
         out: dict[Task, tuple[str | None, ...]] = {}
-        for group in self.instances:
-            for task in group.tasks():
+        for group, tasks in self.groups():
+            for task in tasks:
                 listed = tuple(group.config_families) if group.config_families else (None,)
                 out[task] = tuple(dict.fromkeys(out.get(task, ()) + listed))
         return out
@@ -137,6 +165,13 @@ def load_collect_settings(path: str | Path | None = None) -> CollectSettings:
             value = getattr(group, name)
             if not isinstance(value, list) or not value:
                 raise RlhpoError(f"{where}: instances[{i}].{name} must be a non-empty list, but got {value!r}.")
+        if group.draw is not None and group.draw < 1:
+            raise RlhpoError(f"{where}: instances[{i}].draw must be at least 1 (or absent), but got {group.draw!r}.")
+        if not 0.0 <= group.p_subset <= 1.0 or (group.p_subset and group.draw is None):
+            raise RlhpoError(
+                f"{where}: instances[{i}].p_subset must be between 0 and 1, on a group that draws its instances, "
+                f"but got p_subset={group.p_subset!r} with draw={group.draw!r}."
+            )
         if group.config_families is not None and (not group.config_families or group.families != [None]):
             raise RlhpoError(
                 f"{where}: instances[{i}].config_families must be a non-empty list on instances that leave the "
@@ -147,39 +182,49 @@ def load_collect_settings(path: str | Path | None = None) -> CollectSettings:
     return from_dict(CollectSettings, {**data, "instances": parsed}, where)
 
 
-# ------------------------------------------------------------- config sample
+# ------------------------------------------------------------- config design
 
 
-MAX_BLOCK = 64
+def design_configs(space: SearchSpace, n: int, seed: int, modality: str | None = None) -> list[Config]:
+    """The matched design: ``n`` distinct configs at the largest epochs, the default first, then Sobol.
 
+    After the default config come the points of one scrambled Sobol sequence
+    (``scipy.stats.qmc.Sobol``, seeded) over the unit cube of the eight hyperparameters but
+    epochs, plus one coordinate for the family; coordinate ``u`` of a hyperparameter with ``k``
+    choices picks choice ``floor(u * k)``. ``families`` is the list the family coordinate picks
+    from (an instance that leaves the family to the config; the default config takes the first
+    of the list, its modality's default); ``None`` leaves the family to the task.
 
-def space_filling_configs(space: SearchSpace, n: int, seed: int) -> list[Config]:
-    """``n`` distinct configs at the largest epochs: the default first, then Latin-hypercube blocks.
-
-    The configs after the default come in blocks; within a block every hyperparameter other
-    than epochs is stratified (each choice appears equally often when the block size is a
-    multiple of its number of choices, as the shipped space's 28 is), in a random, seeded
-    pairing with the others. The sample for ``n`` is the first ``n`` distinct configs of that
-    seeded stream, so a larger ``n`` keeps every config of a smaller one: raising ``--configs``
-    only adds runs.
+    Every instance walks the same sequence, so instances of one modality record the same
+    configs in the same order (a "matched" design, as in HPO-B and PD1): an instance with ``n``
+    configs records a prefix of one with more, raising ``configs`` only adds runs, and every
+    instance answers every config of the common prefix exactly. Duplicates after rounding are
+    skipped.
     """
+    from scipy.stats import qmc
+
     dims = [h for h in HYPERPARAMETERS if h != "epochs"]
-    n_distinct = math.prod(len(space.choices[h]) for h in dims)
+    families = space.family_choices(modality) if modality is not None else None
+    n_distinct = math.prod(len(space.choices[h]) for h in dims) * len(families or [None])
     if n > n_distinct:
         raise RlhpoError(f"The search space holds only {n_distinct} distinct configs, but {n} were asked.")
-    block = min(math.lcm(*(len(space.choices[h]) for h in dims)), MAX_BLOCK)
-    rng = np.random.default_rng(seed)
-    default = space.default.with_epochs(space.max_epochs)
+    default = (space.default_config(modality) if families else space.default).with_epochs(space.max_epochs)
     out = {default.key(): default}
+    m = 7
     while len(out) < n:
-        # Sample i of the block takes stratum perm[i] of each dimension: positions in [0, 1).
-        u = (np.stack([rng.permutation(block) for _ in dims], axis=1) + rng.random((block, len(dims)))) / block
-        for row in u:
-            values = {h: space.choices[h][int(x * len(space.choices[h]))] for h, x in zip(dims, row)}
-            config = Config(epochs=space.max_epochs, **values)
+        # The first 2**m points of a seeded scrambled Sobol sequence are a prefix of the first 2**(m+1).
+        points = qmc.Sobol(d=len(dims) + 1, scramble=True, seed=seed).random_base2(m)
+        for row in points:
+            values = {
+                h: space.choices[h][min(int(u * len(space.choices[h])), len(space.choices[h]) - 1)]
+                for h, u in zip(dims, row)
+            }
+            family = families[min(int(row[-1] * len(families)), len(families) - 1)] if families else None
+            config = Config(epochs=space.max_epochs, family=family, **values)
             out.setdefault(config.key(), config)
             if len(out) == n:
                 break
+        m += 1
     return list(out.values())
 
 
@@ -367,8 +412,7 @@ def record_tasks(store: CurveStore, plan: dict[Task, int], data_dir: str | Path 
 
 def copy_pinned_runs(
     store: CurveStore,
-    plan: dict[Task, int],
-    configs: Sequence[Config],
+    designs: dict[Task, list[Config]],
     seed: int,
     families: dict[Task, tuple[str | None, ...]],
 ) -> int:
@@ -379,14 +423,14 @@ def copy_pinned_runs(
     pinned instance has recorded it, it is copied, not trained again. Returns how many were.
     """
     copied = 0
-    for task, n in plan.items():
+    for task, configs in designs.items():
         if task.family is not None:
             continue
         for family in families.get(task, (None,)):
             twin = task.replace(family=family).key() if family else None
             if twin is None or store.task(twin) is None:
                 continue
-            for config in configs[:n]:
+            for config in configs:
                 run = config.with_family(family)
                 if store.has_run(task.key(), run, seed, run.epochs):
                     continue
@@ -399,31 +443,58 @@ def copy_pinned_runs(
 
 def plan_items(
     store: CurveStore,
-    plan: dict[Task, int],
-    configs: Sequence[Config],
+    designs: dict[Task, list[Config]],
     seed: int,
     data_dir: str | None = None,
     families: dict[Task, tuple[str | None, ...]] | None = None,
+    noise_every: int | None = None,
 ) -> tuple[list[WorkItem], int]:
-    """The runs still to record, interleaved across tasks, and how many are recorded already.
+    """The runs still to record, breadth first across tasks, and how many are recorded already.
 
-    ``plan`` maps each task to its number of configs: the first that many of ``configs``, each
-    recorded with every family of ``families[task]`` (default: the task's own). Items go
-    round-robin over the tasks (config 1 of every task, then config 2, ...), so the expensive
-    tasks spread over the whole collect and the progress bar's rate is representative.
+    ``designs`` maps each task to its configs (a prefix of the design), each recorded with every
+    family of ``families[task]`` (default: the config's own). Items go round-robin over the
+    tasks (config 1 of every task, then config 2, ...), so a collect stopped at any moment leaves
+    every instance with about the same number of configs, and the expensive tasks spread over
+    the whole collect. Every ``noise_every``-th config is also trained with seed ``seed + 1``.
     """
     items, skipped = [], 0
-    for i, config in enumerate(configs):
-        for task, n in plan.items():
-            if i >= n:
+    for i in range(max((len(c) for c in designs.values()), default=0)):
+        seeds = (seed, seed + 1) if noise_every and i % noise_every == 0 else (seed,)
+        for task, configs in designs.items():
+            if i >= len(configs):
                 continue
             for family in (families or {}).get(task, (None,)):
-                run = config.with_family(family)
-                if store.has_run(task.key(), run, seed, run.epochs):
-                    skipped += 1
-                else:
-                    items.append(WorkItem(task=task, config=run, seed=seed, data_dir=data_dir))
+                run = configs[i].with_family(family) if family else configs[i]
+                for run_seed in seeds:
+                    if store.has_run(task.key(), run, run_seed, run.epochs):
+                        skipped += 1
+                    else:
+                        items.append(WorkItem(task=task, config=run, seed=run_seed, data_dir=data_dir))
     return items, skipped
+
+
+def task_designs(
+    store: CurveStore,
+    plan: dict[Task, int],
+    space: SearchSpace,
+    seed: int,
+    families: dict[Task, tuple[str | None, ...]],
+) -> dict[Task, list[Config]]:
+    """Each recorded task's configs: the first ``plan[task]`` of the design for its modality.
+
+    An instance that leaves the family to the config, with no ``config_families``, takes the
+    family from the design (:func:`design_configs`); any other records configs without one.
+    """
+    n = max(plan.values(), default=0)
+    by_modality: dict[str | None, list[Config]] = {}
+    out = {}
+    for task, count in plan.items():
+        open_design = task.family is None and families.get(task, (None,)) == (None,) and space.families
+        modality = store.task(task.key()).modality if open_design else None
+        if modality not in by_modality:
+            by_modality[modality] = design_configs(space, n, seed, modality)
+        out[task] = by_modality[modality][:count]
+    return out
 
 
 @dataclass(frozen=True)
@@ -448,7 +519,7 @@ def collect(
     executor: Executor | None = None,
     progress: bool = True,
 ) -> CollectResult:
-    """Record a space-filling sample of configs on every task instance of ``settings``.
+    """Record a prefix of the matched config design on every task instance of ``settings``.
 
     Resumable: runs already in the store are skipped. Ctrl-C stops the workers, keeps every run
     written so far, and re-raises :class:`KeyboardInterrupt`. One collect at a time per store: a
@@ -459,7 +530,6 @@ def collect(
     started = time.perf_counter()
     space = space or load_search_space()
     plan = settings.plan(datasets)
-    configs = space_filling_configs(space, max(plan.values()), settings.seed)
     data_dir_text = str(data_dir) if data_dir is not None else None
     executor = executor or LocalExecutor(workers)
     failed: list[str] = []
@@ -476,10 +546,13 @@ def collect(
                 dict.fromkeys(recorded_families.get(as_recorded, ()) + families[task])
             )
         plan = planned
-        copied = copy_pinned_runs(store, plan, configs, settings.train_seed, recorded_families)
+        designs = task_designs(store, plan, space, settings.seed, recorded_families)
+        copied = copy_pinned_runs(store, designs, settings.train_seed, recorded_families)
         if copied:
             log.info("collect: %d runs copied from the same instances pinned to their family", copied)
-        items, skipped = plan_items(store, plan, configs, settings.train_seed, data_dir_text, recorded_families)
+        items, skipped = plan_items(
+            store, designs, settings.train_seed, data_dir_text, recorded_families, settings.noise_every
+        )
         log.info(
             "collect: %d tasks, %d runs; %d recorded, %d to train", len(plan), skipped + len(items), skipped, len(items)
         )

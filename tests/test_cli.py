@@ -26,9 +26,10 @@ def test_tasks_lists_every_builtin_with_its_availability(run, data_dir):
     result = run("tasks", "--data-dir", str(data_dir))
     assert result.exit_code == 0, result.output
     lines = {line.split()[0]: line for line in result.output.splitlines()[1:]}
-    assert set(lines) == {"mnist", "cifar10", "imdb", "ag_news", "trec", "digits"}
+    assert set(lines) == {"mnist", "cifar10", "imdb", "ag_news", "trec", "trec_fine", "digits"}
     assert all(" yes " in line for line in lines.values())
     assert "bundled" in lines["digits"] and str(data_dir) in lines["trec"]
+    assert str(data_dir / "trec") in lines["trec_fine"]
 
 
 def test_train_json_writes_summary_and_run_folder(run, tmp_path, data_dir):

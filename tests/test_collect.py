@@ -1,4 +1,4 @@
-"""rlhpo collect: the config sample, the settings, resuming, surviving Ctrl-C and SIGKILL, one collect per store."""
+"""rlhpo collect: the config design, drawn instances, settings, resuming, Ctrl-C and SIGKILL, one collect per store."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 from click.testing import CliRunner
@@ -23,8 +24,11 @@ from rlhpo.collect import (
     InlineExecutor,
     InstanceGroup,
     collect,
+    design_configs,
     load_collect_settings,
-    space_filling_configs,
+    plan_items,
+    record_tasks,
+    task_designs,
 )
 from rlhpo.errors import RlhpoError
 from rlhpo.space import HYPERPARAMETERS, load_search_space
@@ -37,28 +41,40 @@ SPACE = load_search_space()
 # ------------------------------------------------------------------- sample
 
 
-def test_the_sample_is_distinct_stratified_seeded_and_starts_with_the_default():
-    configs = space_filling_configs(SPACE, 57, seed=3)  # the default + two blocks of 28
+def test_the_design_is_distinct_seeded_prefix_stable_and_starts_with_the_default():
+    configs = design_configs(SPACE, 64, seed=3)
     assert configs[0] == SPACE.default.with_epochs(SPACE.max_epochs)
-    assert len({c.key() for c in configs}) == 57
-    assert all(c.epochs == SPACE.max_epochs for c in configs)
-    for h in HYPERPARAMETERS:
-        if h == "epochs":
-            continue
-        counts = Counter(getattr(c, h) for c in configs[1:])
-        even = 56 // len(SPACE.choices[h])
-        assert set(counts) == set(SPACE.choices[h]), h
-        assert all(abs(k - even) <= 1 for k in counts.values()), (h, counts)  # exact but for duplicates
-    assert space_filling_configs(SPACE, 57, seed=3) == configs
-    assert space_filling_configs(SPACE, 57, seed=4) != configs
-    assert space_filling_configs(SPACE, 90, seed=3)[:57] == configs  # more configs only add
+    assert len({c.key() for c in configs}) == 64
+    assert all(c.epochs == SPACE.max_epochs and c.family is None for c in configs)
+    for h in HYPERPARAMETERS:  # a Sobol sequence covers every choice of every hyperparameter
+        if h != "epochs":
+            assert {getattr(c, h) for c in configs} == set(SPACE.choices[h]), h
+    assert design_configs(SPACE, 64, seed=3) == configs
+    assert design_configs(SPACE, 64, seed=4) != configs
+    assert design_configs(SPACE, 300, seed=3)[:64] == configs  # more configs only add
+
+
+def test_every_modality_walks_the_same_design_with_its_own_families():
+    text, image = (
+        design_configs(SPACE, 200, seed=0, modality="text"),
+        design_configs(SPACE, 200, seed=0, modality="image"),
+    )
+    assert text[0] == SPACE.default_config("text").with_epochs(SPACE.max_epochs)
+    assert image[0].family == SPACE.default_families["image"]
+    assert [c.with_family(None) for c in text] == [c.with_family(None) for c in image]  # matched
+    assert [c.with_family(None) for c in text] == design_configs(SPACE, 200, seed=0)
+    counts = Counter(c.family for c in text[1:])
+    assert set(counts) == set(SPACE.family_choices("text"))
+    assert max(counts.values()) - min(counts.values()) <= 3  # balanced, as a Sobol coordinate is
+    image_counts = Counter(c.family for c in image[1:])
+    assert abs(image_counts["cnn"] - image_counts["mlp"]) <= 3
 
 
 def test_asking_for_more_configs_than_the_space_holds_is_an_error():
     tiny = load_search_space()
     n_distinct = math.prod(len(tiny.choices[h]) for h in HYPERPARAMETERS if h != "epochs")
     with pytest.raises(RlhpoError, match=f"only {n_distinct} distinct configs"):
-        space_filling_configs(tiny, n_distinct + 1, seed=0)
+        design_configs(tiny, n_distinct + 1, seed=0)
 
 
 # ----------------------------------------------------------------- settings
@@ -69,8 +85,10 @@ def test_the_shipped_settings_load_and_expand_into_task_instances():
     plan = settings.plan()
     assert plan and all(n >= 1 for n in plan.values())
     assert {t.dataset for t in plan} >= {"mnist", "cifar10", "imdb", "trec", "ag_news", "digits"}
-    assert all(t.n_train for t in plan)  # subsamples: the whole of a dataset is too slow to record
     assert {t.dataset for t in settings.tasks(["trec"])} == {"trec"}
+    assert sum(1 for t in plan if t.dataset != "ag_news") >= 100  # the meta-training instances
+    assert sum(1 for t in plan if t.dataset == "ag_news") >= 5  # held out, recorded to judge on
+    assert settings.plan() == plan  # drawn from the seed: the same on every machine
     assert set(settings.with_configs(5).plan().values()) == {5}
     short = InstanceGroup(datasets=["imdb"], families=["gru", "lstm"], n_train=[500], max_length=64)
     assert [t.key() for t in short.tasks()] == ["imdb/gru/n500/call/s0/L64", "imdb/lstm/n500/call/s0/L64"]
@@ -85,8 +103,57 @@ def test_a_group_may_record_fewer_configs_the_first_of_the_same_sample(tmp_path)
     result = collect(settings, path, executor=InlineExecutor(), progress=False)
     assert (result.runs, result.trained) == (6, 6)
     store = CurveStore(path)
-    first_two = {c.key() for c in space_filling_configs(SPACE, 2, seed=0)}
+    first_two = {c.key() for c in design_configs(SPACE, 2, seed=0, modality="tabular")}
     assert {r.config.key() for r in store.runs(Task("digits", n_train=160).key(), 0)} == first_two
+
+
+def test_a_drawn_group_is_deterministic_balanced_and_distinct():
+    group = InstanceGroup(datasets=["mnist", "cifar10", "trec"], n_train=[250, 500, None], draw=30, p_subset=0.5)
+    settings = CollectSettings(instances=[group, dataclasses.replace(group, datasets=["trec"], draw=4)])
+    plan = settings.plan()
+    assert list(plan) == list(CollectSettings(instances=settings.instances).plan())  # same seed, same instances
+    assert list(plan) != list(dataclasses.replace(settings, seed=1).plan())
+    first = group.tasks(np.random.default_rng([0, 0]))
+    assert Counter(t.dataset for t in first) == {"mnist": 10, "cifar10": 10, "trec": 10}
+    assert Counter(t.n_train for t in first) == {250: 10, 500: 10, None: 10}
+    assert len(plan) == 34 and all(t.family is None for t in plan)  # distinct instances, family open
+    subsets = [t for t in first if t.classes]
+    n_classes = {"mnist": 10, "cifar10": 10, "trec": 6}
+    assert 5 <= len(subsets) <= 25  # p_subset 0.5 of 30
+    assert all(2 <= len(t.classes) < n_classes[t.dataset] for t in subsets)
+
+
+def test_collect_goes_breadth_first_and_records_every_nth_config_with_a_second_seed(tmp_path):
+    settings = CollectSettings(
+        instances=[
+            InstanceGroup(datasets=["digits"], n_train=[150, 160]),
+            InstanceGroup(datasets=["digits"], n_train=[170], configs=1),
+        ],
+        configs=3,
+        noise_every=2,
+    )
+    with CurveStore(tmp_path / "s.sqlite") as store:
+        plan = {task: n for task, n in settings.plan().items()}
+        record_tasks(store, plan)
+        designs = task_designs(store, plan, SPACE, settings.seed, settings.families())
+        items, skipped = plan_items(store, designs, settings.train_seed, noise_every=2)
+    assert skipped == 0
+    order = [(item.task.n_train, designs[item.task].index(item.config), item.seed) for item in items]
+    assert order == [
+        (150, 0, 0),
+        (150, 0, 1),
+        (160, 0, 0),
+        (160, 0, 1),
+        (170, 0, 0),
+        (170, 0, 1),  # config 1 of each, both seeds
+        (150, 1, 0),
+        (160, 1, 0),
+        (150, 2, 0),
+        (150, 2, 1),
+        (160, 2, 0),
+        (160, 2, 1),
+    ]
+    assert all(item.config.family == "mlp" for item in items)  # digits is tabular: the design's only family
 
 
 def test_bad_settings_are_clear_errors(tmp_path):

@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 
 import rlhpo
-from rlhpo.collect import space_filling_configs
+from rlhpo.collect import design_configs
 from rlhpo.errors import RlhpoError
 from rlhpo.space import Config, load_search_space
 from rlhpo.store import CurveStore, TaskRecord
@@ -47,7 +47,7 @@ def curve(n: int, *, diverged: bool = False, offset: float = 0.0) -> Curve:
 
 
 def configs(n: int) -> list[Config]:
-    return space_filling_configs(SPACE, n, seed=0)
+    return design_configs(SPACE, n, seed=0)
 
 
 @pytest.fixture

@@ -179,6 +179,17 @@ def test_bad_task_values_raise_a_helpful_error(data_dir: Path, task: Task, messa
         load_task(task, data_dir=data_dir)
 
 
+def test_trec_fine_is_the_50_fine_question_types_read_from_the_trec_folder(data_dir: Path, tmp_path: Path) -> None:
+    fine = load_task(Task("trec_fine", n_train=300, seed=1), data_dir=data_dir)
+    coarse = load_task(Task("trec", n_train=300, seed=1), data_dir=data_dir)
+    assert fine.source == coarse.source == f"local:{data_dir / 'trec'}"
+    assert (fine.n_classes, coarse.n_classes) == (50, 6)
+    rows = pq.read_table(data_dir / "trec" / "test.parquet").column("fine_label").to_pylist()
+    assert sorted(fine.y_test.tolist()) == sorted(rows)  # the fine labels, not the coarse ones
+    with pytest.raises(RlhpoError, match="DIR/trec/train.parquet"):
+        load_task(Task("trec_fine"), data_dir=tmp_path)  # an empty folder; the hub is offline in tests
+
+
 def test_missing_data_folder_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(RlhpoError, match="does not exist"):
         load_task(Task("digits"), data_dir=tmp_path / "nowhere")
@@ -322,8 +333,9 @@ def test_meta_features_lie_in_unit_interval(data_dir: Path, name: str) -> None:
 
 def test_list_datasets_reports_local_and_bundled_data(data_dir: Path, tmp_path: Path) -> None:
     here = {s.name: s for s in list_datasets(data_dir)}
-    assert set(here) == {*BUILTIN_FILES, "digits"}
+    assert set(here) == {*BUILTIN_FILES, "trec_fine", "digits"}
     assert all(here[n].available and here[n].source == f"local:{data_dir / n}" for n in BUILTIN_FILES)
+    assert here["trec_fine"].source == f"local:{data_dir / 'trec'}"  # TREC's fine labels, in the trec folder
     assert here["digits"].available and here["digits"].source == "bundled:sklearn"
 
     assert all(s.hint == "" for s in here.values())

@@ -290,8 +290,8 @@ def how_to_provide(spec: DatasetSpec) -> str:
     """The three ways to make a dataset available here, in one line."""
     hub = spec.hub_path or spec.name
     return (
-        f"(1) --data-dir DIR or {DATA_DIR_ENV}=DIR, with DIR/{spec.name}/train.parquet and "
-        f"DIR/{spec.name}/test.parquet in the Hugging Face hub schema of {hub!r}; "
+        f"(1) --data-dir DIR or {DATA_DIR_ENV}=DIR, with DIR/{spec.data_folder}/train.parquet and "
+        f"DIR/{spec.data_folder}/test.parquet in the Hugging Face hub schema of {hub!r}; "
         f"(2) internet access to the Hugging Face hub, which serves {hub!r}; "
         "(3) the bundled offline task 'digits' instead"
     )

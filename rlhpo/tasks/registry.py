@@ -39,6 +39,8 @@ class DatasetSpec:
         n_classes: the number of classes, when known without reading the data.
         bundled: the package the data ships with (``sklearn``), or ``None``.
         local_path: a user's folder holding ``train.*`` and ``test.*``, or ``None``.
+        folder: the folder of a local data directory that holds it (``None``: its name). Two
+            built-ins read one folder when they are two tasks on the same data (``trec_fine``).
     """
 
     name: str
@@ -52,6 +54,12 @@ class DatasetSpec:
     n_classes: int | None = None
     bundled: str | None = None
     local_path: Path | None = None
+    folder: str | None = None
+
+    @property
+    def data_folder(self) -> str:
+        """The folder name under a local data directory (``--data-dir DIR``: ``DIR/<data_folder>/``)."""
+        return self.folder or self.name
 
 
 BUILTINS: dict[str, DatasetSpec] = {
@@ -62,6 +70,10 @@ BUILTINS: dict[str, DatasetSpec] = {
         DatasetSpec("imdb", "stanfordnlp/imdb", "text", "text", "label", "gru", 256, 12_000, n_classes=2),
         DatasetSpec("ag_news", "fancyzhx/ag_news", "text", "text", "label", "gru", 64, 10_000, n_classes=4),
         DatasetSpec("trec", "CogComp/trec", "text", "text", "coarse_label", "gru", 32, 4_000, n_classes=6),
+        # TREC's 50 fine question types: the same questions, a harder task (many rare classes).
+        DatasetSpec(
+            "trec_fine", "CogComp/trec", "text", "text", "fine_label", "gru", 32, 4_000, n_classes=50, folder="trec"
+        ),
         DatasetSpec("digits", None, "tabular", None, "label", "mlp", n_classes=10, bundled="sklearn"),
     )
 }

@@ -26,14 +26,15 @@ class TaskSampler:
         families: the families to draw from, by dataset; a dataset not named here draws from all
             the families of its modality (or takes its default one when its modality is unknown
             before loading, as for a user's dataset).
-        n_train_choices: the training-set sizes to draw from, uniformly.
+        n_train_choices: the training-set sizes to draw from, uniformly; ``None``: the whole
+            training split.
         p_subset: the probability that a task keeps only a random subset of the classes.
         min_classes: the fewest classes a subset keeps (a subset always drops at least one class).
     """
 
     datasets: tuple[str, ...]
     families: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
-    n_train_choices: tuple[int, ...] = (250, 500, 1000, 2000)
+    n_train_choices: tuple[int | None, ...] = (250, 500, 1000, 2000)
     p_subset: float = 0.3
     min_classes: int = 2
 
@@ -53,7 +54,7 @@ class TaskSampler:
                     raise unknown(f"family for {name!r} ({modality} data)", family, FAMILIES_BY_MODALITY[modality])
             if not families:
                 raise RlhpoError(f"families[{name!r}] is empty; give at least one family or leave {name!r} out.")
-        if not self.n_train_choices or min(self.n_train_choices) < 1:
+        if not self.n_train_choices or any(n is not None and n < 1 for n in self.n_train_choices):
             raise RlhpoError(f"n_train_choices must be positive sizes, but got {self.n_train_choices=}.")
         if not 0.0 <= self.p_subset <= 1.0:
             raise RlhpoError(f"p_subset must be between 0 and 1 inclusive, but got {self.p_subset=}.")
@@ -68,10 +69,34 @@ class TaskSampler:
         return Task(
             dataset=dataset,
             family=families[rng.integers(len(families))],
-            n_train=int(self.n_train_choices[rng.integers(len(self.n_train_choices))]),
+            n_train=self.n_train_choices[rng.integers(len(self.n_train_choices))],
             classes=self._classes(spec, rng),
             seed=int(rng.integers(SEED_RANGE)),
         )
+
+    def draw(self, n: int, rng: np.random.Generator) -> list[Task]:
+        """``n`` tasks, balanced: each dataset and each training-set size ``n / k`` times (±1).
+
+        The datasets and the sizes are each dealt out evenly, then paired in a seeded random
+        order; family, class subset and seed are drawn as :meth:`sample` draws them. The same
+        generator state gives the same tasks.
+        """
+        datasets = _dealt(self.datasets, n, rng)
+        sizes = _dealt(self.n_train_choices, n, rng)
+        out = []
+        for dataset, n_train in zip(datasets, sizes):
+            spec = get_spec(dataset)
+            families = self._families(spec)
+            out.append(
+                Task(
+                    dataset=dataset,
+                    family=families[rng.integers(len(families))],
+                    n_train=n_train,
+                    classes=self._classes(spec, rng),
+                    seed=int(rng.integers(SEED_RANGE)),
+                )
+            )
+        return out
 
     def _families(self, spec: DatasetSpec) -> tuple[str | None, ...]:
         if spec.name in self.families:
@@ -85,3 +110,10 @@ class TaskSampler:
             return None
         k = int(rng.integers(self.min_classes, n))  # min_classes .. n-1
         return tuple(sorted(int(c) for c in rng.choice(n, size=k, replace=False)))
+
+
+def _dealt(choices: tuple, n: int, rng: np.random.Generator) -> list:
+    """``n`` values that take each choice ``n / len(choices)`` times (±1), in a seeded random order."""
+    order = [choices[i] for i in rng.permutation(len(choices))]  # which choices get the extra ones
+    dealt = [order[i % len(order)] for i in range(n)]
+    return [dealt[i] for i in rng.permutation(n)]

@@ -287,7 +287,7 @@ def candidate_sources(spec: DatasetSpec, data_dir: Path | None) -> list[Source]:
         return [LocalSource(spec.local_path)]
     sources: list[Source] = []
     if data_dir is not None:  # <data_dir>/<name>/, or <data_dir>/<owner>/<name>/ for a hub name
-        sources.append(LocalSource(data_dir / spec.name))
+        sources.append(LocalSource(data_dir / spec.data_folder))
     if spec.hub_path:
         sources.append(HubSource(spec.hub_path))
     if spec.bundled:
