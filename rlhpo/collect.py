@@ -269,30 +269,37 @@ class LocalExecutor:
     """Runs items in ``workers`` local processes (spawned; one torch thread each).
 
     Workers ignore SIGINT (the parent handles Ctrl-C and stops them) and exit by themselves
-    when the parent dies, so a killed ``collect`` leaves no orphan training on.
+    when the parent dies, so a killed ``collect`` leaves no orphan training on. With ``keep``,
+    workers outlive a ``map_unordered`` that finished (and keep their loaded tasks) until
+    :meth:`shutdown`: ``tune --workers`` maps a round at a time.
     """
 
-    def __init__(self, workers: int) -> None:
+    def __init__(self, workers: int, keep: bool = False) -> None:
         if workers < 1:
             raise RlhpoError(f"workers must be at least 1, but got {workers=}.")
         self.workers = workers
+        self.keep = keep
         self._pool: cf.ProcessPoolExecutor | None = None
 
     def map_unordered(self, fn: Callable[[T], R], items: Sequence[T]) -> Iterator[R]:
         if not items:
             return
-        self._pool = cf.ProcessPoolExecutor(
-            max_workers=min(self.workers, len(items)),
-            mp_context=multiprocessing.get_context("spawn"),
-            initializer=_init_worker,
-            initargs=(os.getpid(),),
-        )
+        if self._pool is None:
+            self._pool = cf.ProcessPoolExecutor(
+                max_workers=self.workers if self.keep else min(self.workers, len(items)),
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=_init_worker,
+                initargs=(os.getpid(),),
+            )
+        finished = False
         try:
             futures = [self._pool.submit(fn, item) for item in items]
             for future in cf.as_completed(futures):
                 yield future.result()
+            finished = True
         finally:
-            self.shutdown()
+            if not (self.keep and finished):  # an error or Ctrl-C stops the workers all the same
+                self.shutdown()
 
     def shutdown(self) -> None:
         pool, self._pool = self._pool, None
@@ -311,21 +318,24 @@ class LocalExecutor:
 EXECUTORS = ("local", "ray")
 
 
-def make_executor(kind: str = "local", workers: int = 1, address: str | None = None) -> Executor:
+def make_executor(
+    kind: str = "local", workers: int = 1, address: str | None = None, keep: bool = False
+) -> Executor:
     """The executor ``rlhpo collect --executor`` names: ``workers`` local processes, or Ray tasks.
 
     ``ray`` without ``address`` starts a local Ray instance with ``workers`` CPUs; with it
-    (``auto`` or ``HOST:PORT``), it connects to that cluster and uses all its CPUs.
+    (``auto`` or ``HOST:PORT``), it connects to that cluster and uses all its CPUs. ``keep``:
+    the workers (or the Ray connection) last from one ``map_unordered`` to the next, until ``shutdown``.
     """
     if kind == "ray":
         from rlhpo.ray_executor import RayExecutor
 
-        return RayExecutor(address=address, num_cpus=workers)
+        return RayExecutor(address=address, num_cpus=workers, keep=keep)
     if kind != "local":
         raise unknown("executor", kind, EXECUTORS)
     if address is not None:
         raise RlhpoError(f"--address is for --executor ray, but got --executor {kind} with --address {address!r}.")
-    return LocalExecutor(workers)
+    return LocalExecutor(workers, keep=keep)
 
 
 def _init_worker(parent_pid: int) -> None:

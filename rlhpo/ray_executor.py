@@ -101,10 +101,12 @@ class RayExecutor:
     Without ``address`` it starts a local instance with ``num_cpus`` CPUs and no dashboard, and
     shuts it down when the work is done or stopped. With ``address`` (``"auto"`` or
     ``"HOST:PORT"``) it connects to a running cluster and uses all its CPUs. When Ray is already
-    initialised in this process, it uses that and leaves it running.
+    initialised in this process, it uses that and leaves it running. With ``keep``, a
+    ``map_unordered`` that finished leaves the connection (and the instance it started) up for
+    the next one, until :meth:`shutdown` (``tune --workers`` maps a round at a time).
     """
 
-    def __init__(self, address: str | None = None, num_cpus: int = 1) -> None:
+    def __init__(self, address: str | None = None, num_cpus: int = 1, keep: bool = False) -> None:
         if num_cpus < 1:
             raise RlhpoError(f"A local Ray instance needs at least 1 CPU, but got {num_cpus=}.")
         self.ray = import_ray()  # fail before any work is planned
@@ -112,6 +114,7 @@ class RayExecutor:
             check_reachable(address)
         self.address = address
         self.num_cpus = num_cpus
+        self.keep = keep
         self._owned = False  # whether shutdown() ends our connection (and the instance we started)
         self._pending: list[Any] = []
 
@@ -120,6 +123,7 @@ class RayExecutor:
             return
         ray = self.ray
         self._connect()
+        finished = False
         try:
             cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
             size = batch_size(len(items), cpus)
@@ -146,8 +150,10 @@ class RayExecutor:
                 (ready,), self._pending = ray.wait(self._pending, num_returns=1)
                 submit()  # first: the CPU that finished has work while the driver writes
                 yield from self._results(ready, sizes.pop(ready))
+            finished = True
         finally:
-            self.shutdown()
+            if not (self.keep and finished):  # an error or Ctrl-C stops the work all the same
+                self.shutdown()
 
     def _results(self, ref: Any, n: int) -> list[Any]:
         ray = self.ray
