@@ -31,7 +31,8 @@ import dataclasses
 import json
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,7 @@ from rlhpo.agents.evaluate import FullFidelity, Judge, LiveJudge, RecordedJudge
 from rlhpo.agents.policy import PPOTuner
 from rlhpo.agents.settings import BenchSettings
 from rlhpo.agents.tuners import make_tuners
+from rlhpo.collect import make_executor
 from rlhpo.envs.backends import LiveBackend, RecordedBackend
 from rlhpo.envs.hpo_env import HPOEnv
 from rlhpo.envs.recorder import RolloutRecorder, write_rollouts_header
@@ -48,9 +50,9 @@ from rlhpo.envs.reward import RewardSettings
 from rlhpo.errors import RlhpoError, closest
 from rlhpo.files import write_atomic
 from rlhpo.runs import interruptible, make_run_dir, write_run_files, write_summary
-from rlhpo.settings import SHIPPED_STORE, shipped_file
+from rlhpo.settings import SHIPPED_POLICY, SHIPPED_STORE, shipped_file
 from rlhpo.space import SearchSpace, load_search_space
-from rlhpo.store import CurveStore
+from rlhpo.store import CurveStore, StoredRun, TaskRecord
 from rlhpo.tasks.task import Task
 from rlhpo.training import resolve_device
 
@@ -92,6 +94,10 @@ def run_bench(
         resolve_device(settings.device)  # before a run folder exists
     if rollouts is not None and len(settings.budgets) > 1:
         raise RlhpoError(f"A bench records rollouts at one budget only, but got budgets={settings.budgets}.")
+    if rollouts is not None and settings.parallel:
+        raise RlhpoError("A bench records rollouts only with its episodes in this process (--workers 1).")
+    # Before a run folder exists: a missing Ray or a cluster that does not answer fails here.
+    executor = make_executor(settings.executor, settings.workers, settings.address) if settings.parallel else None
     policy = policy or PPOTuner.load(settings.policy)
     space = _space(settings, policy)
     excluded = policy.info.exclude_datasets
@@ -104,16 +110,9 @@ def run_bench(
     run_dir.mkdir(parents=True, exist_ok=True)
     done = _resume(run_dir, settings)
     write_run_files(run_dir, settings.to_dict(), argv)
-    tuners = make_tuners(
-        settings.methods,
-        space=space,
-        policy=policy,
-        store=recorded_store,
-        train_seed=settings.train_seed,
-        exclude_datasets=excluded,
-    )
     # One backend for every episode: the recorded runs are loaded, or the live data preprocessed, once.
-    backend, judge = _backend_and_judge(settings, space, recorded_store, run_dir)
+    # On an executor, each worker process has its own; the live store here gets every curve they train.
+    backend, judge = _backend_and_judge(settings, space, recorded_store, run_dir / STORE_FILE)
     reward = reward or RewardSettings()
     started = time.perf_counter()
     rows = list(done.values())
@@ -127,34 +126,46 @@ def run_bench(
     _write_csv(run_dir / ANYTIME_FILE, anytime, ANYTIME_COLUMNS)
     if rollouts is not None:
         write_rollouts_header(rollouts, rollouts_header(backend, space, settings, reward))
+    episodes = [
+        Episode(task, method, seed, float(budget))
+        for method in settings.methods
+        for budget in settings.budgets
+        for task in tasks
+        for seed in settings.seed_list
+    ]
+    todo = [e for e in episodes if e.key() not in done]
+    heldout = frozenset(t.key() for t in tasks if t.dataset in excluded)
+    if executor is not None:
+        play = PlayEpisode(_portable(settings), _policy_path(policy), reward, heldout)
+        outcomes: Iterator[EpisodeOutcome] = executor.map_unordered(play, todo)
+    else:
+        player = Player(settings, space, policy, backend, judge, reward, heldout, rollouts)
+        outcomes = (player.play(e) for e in todo)
     with interruptible(run_dir, "bench", f"run the same command with --out {run_dir}"):
-        for tuner in tuners:
-            for budget in settings.budgets:
-                epochs = space.budget_epochs(budget)
-                env: Any = HPOEnv(
-                    backend, space=space, budget_epochs=epochs, train_seed=settings.train_seed, reward=reward
-                )
-                if rollouts is not None and tuner.name == PPOTuner.name:
-                    env = RolloutRecorder(env, rollouts)
-                try:
-                    for task in tasks:
-                        for seed in settings.seed_list:
-                            key = (task.key(), tuner.name, seed, float(budget))
-                            if key in done:
-                                continue
-                            result = run_tuner(tuner, env, seed, task=task)
-                            row = _row(task, result, budget, epochs, task.dataset in excluded, judge)
-                            if budget == largest:
-                                curve = _anytime_points(task, result, judge, space)
-                                anytime += curve
-                                for point in curve:
-                                    _append_csv(run_dir / ANYTIME_FILE, point, ANYTIME_COLUMNS)
-                            rows.append(row)  # the row last: a resumed bench redoes an episode without one
-                            _append_csv(csv_path, row, COLUMNS)
-                            if progress is not None:
-                                progress(row)
-                finally:
-                    env.close()  # closes the store connection; the backend reopens it when next used
+        try:
+            for outcome in outcomes:
+                _keep_runs(backend, outcome)
+                for point in outcome.anytime:
+                    _append_csv(run_dir / ANYTIME_FILE, point, ANYTIME_COLUMNS)
+                anytime += outcome.anytime
+                rows.append(outcome.row)  # the row last: a resumed bench redoes an episode without one
+                _append_csv(csv_path, outcome.row, COLUMNS)
+                if progress is not None:
+                    progress(outcome.row)
+        except KeyboardInterrupt:
+            if executor is not None:
+                executor.shutdown()
+            raise
+        finally:
+            if executor is None:
+                player.close()
+            else:
+                backend.close()
+    # Episodes end in any order on an executor: the files list them in the bench's own order.
+    order = {e.key(): i for i, e in enumerate(episodes)}
+    rows.sort(key=lambda r: order[_row_key(r)])
+    anytime.sort(key=lambda p: order[(p["task"], p["method"], p["seed"], float(largest))])
+    _write_csv(run_dir / ANYTIME_FILE, anytime, ANYTIME_COLUMNS)
     judge.finish(rows)
     _write_csv(csv_path, rows, COLUMNS)
     report = summarise(rows, anytime, settings)
@@ -192,17 +203,189 @@ def rollouts_header(
     }
 
 
+# ------------------------------------------------------------------ episodes
+
+
+@dataclass(frozen=True)
+class Episode:
+    """One episode of the bench, its unit of work: a method on a task with an evaluation seed at a budget."""
+
+    task: Task
+    method: str
+    seed: int
+    budget: float  # FTE
+
+    def key(self) -> tuple[str, str, int, float]:
+        """What identifies its row in ``bench.csv`` (task key, method, seed, budget)."""
+        return (self.task.key(), self.method, self.seed, float(self.budget))
+
+
+@dataclass(frozen=True)
+class EpisodeOutcome:
+    """An episode's row and anytime points; from a worker's live backend, also the curves it trained."""
+
+    episode: Episode
+    row: dict[str, Any]
+    anytime: list[dict[str, Any]]
+    record: TaskRecord | None = None  # the task as the curves below are keyed (live, in a worker)
+    runs: tuple[StoredRun, ...] = ()
+
+
+class Player:
+    """Plays bench episodes in one process: every tuner, over one backend and judge, an env per budget.
+
+    A bench without an executor has one, in this process. On an executor, each worker process
+    builds its own from the same settings (:class:`PlayEpisode`), and an episode depends on
+    nothing but its seed and the recorded curves, so its row is the same wherever it ran.
+    ``report_runs``: the backend is a worker's live one, whose curves the driver must store.
+    """
+
+    def __init__(
+        self,
+        settings: BenchSettings,
+        space: SearchSpace,
+        policy: PPOTuner,
+        backend: RecordedBackend | LiveBackend,
+        judge: Judge,
+        reward: RewardSettings,
+        heldout: frozenset[str],
+        rollouts: Path | None = None,
+        report_runs: bool = False,
+    ) -> None:
+        self.tuners = {
+            t.name: t
+            for t in make_tuners(
+                settings.methods,
+                space=space,
+                policy=policy,
+                store=_recorded_store(settings),
+                train_seed=settings.train_seed,
+                exclude_datasets=policy.info.exclude_datasets,
+            )
+        }
+        self.settings, self.space, self.backend, self.judge, self.reward = settings, space, backend, judge, reward
+        self.heldout = heldout
+        self.rollouts = rollouts
+        self.report_runs = report_runs
+        self.largest = float(max(settings.budgets))
+        self._envs: dict[tuple[float, bool], Any] = {}
+
+    def play(self, episode: Episode) -> EpisodeOutcome:
+        task = episode.task
+        before = self._runs(task) if self.report_runs else {}
+        result = run_tuner(self.tuners[episode.method], self._env(episode), episode.seed, task=task)
+        epochs = self.space.budget_epochs(episode.budget)
+        row = _row(task, result, episode.budget, epochs, task.key() in self.heldout, self.judge)
+        anytime = _anytime_points(task, result, self.judge, self.space) if episode.budget == self.largest else []
+        if not self.report_runs:
+            return EpisodeOutcome(episode, row, anytime)
+        after = self._runs(task)
+        new = tuple(run for key, run in after.items() if key not in before)
+        return EpisodeOutcome(episode, row, anytime, self.backend.describe(task), new)
+
+    def close(self) -> None:
+        """Close the envs (and so the backend's store connection, and a rollouts file)."""
+        for env in self._envs.values():
+            env.close()
+        self._envs.clear()
+
+    def _env(self, episode: Episode) -> Any:
+        recorded = self.rollouts is not None and episode.method == PPOTuner.name
+        slot = (episode.budget, recorded)
+        if slot not in self._envs:
+            env: Any = HPOEnv(
+                self.backend,
+                space=self.space,
+                budget_epochs=self.space.budget_epochs(episode.budget),
+                train_seed=self.settings.train_seed,
+                reward=self.reward,
+            )
+            self._envs[slot] = RolloutRecorder(env, self.rollouts) if recorded and self.rollouts else env
+        return self._envs[slot]
+
+    def _runs(self, task: Task) -> dict[tuple[str, int, bool], StoredRun]:
+        key = self.backend.describe(task).key
+        runs = self.backend.store.runs(key, self.settings.train_seed)
+        return {(r.config.key(), r.max_epochs, r.curve.diverged): r for r in runs}
+
+
+_PLAYERS: dict[PlayEpisode, Player] = {}  # this worker process's players, by what they play
+
+
+@dataclass(frozen=True)
+class PlayEpisode:
+    """Plays one episode in a worker process (an executor's picklable ``fn``), with that process's :class:`Player`.
+
+    Paths are absolute (see :func:`_portable`); ``policy`` ``None`` is the shipped policy, found
+    where the worker's rlhpo is installed. A live player keeps its curves in memory and sends
+    them back with each row: the driver stays the only writer of the bench's store.
+    """
+
+    settings: BenchSettings
+    policy: str | None
+    reward: RewardSettings
+    heldout: frozenset[str]
+
+    def __call__(self, episode: Episode) -> EpisodeOutcome:
+        player = _PLAYERS.get(self)
+        if player is None:
+            import optuna
+
+            optuna.logging.set_verbosity(optuna.logging.WARNING)  # a line per study and trial otherwise
+            policy = PPOTuner.load(self.policy)
+            space = _space(self.settings, policy)
+            backend, judge = _backend_and_judge(self.settings, space, _recorded_store(self.settings), None)
+            live = self.settings.backend == "live"
+            player = Player(self.settings, space, policy, backend, judge, self.reward, self.heldout, report_runs=live)
+            _PLAYERS[self] = player
+        return player.play(episode)
+
+
+def _portable(settings: BenchSettings) -> BenchSettings:
+    """The settings with every path given made absolute: workers need not share this process's directory."""
+    paths = {
+        name: str(Path(value).expanduser().resolve())
+        for name in ("store", "space", "data_dir")
+        if (value := getattr(settings, name)) is not None
+    }
+    return dataclasses.replace(settings, policy=None, **paths)
+
+
+def _policy_path(policy: PPOTuner) -> str | None:
+    """The policy file a worker loads (``None``: the shipped one, wherever the worker's rlhpo is installed)."""
+    if policy.path is None:
+        raise RlhpoError("A bench on an executor needs a policy loaded from a file, but got one without a path.")
+    path = Path(policy.path).resolve()
+    return None if path == shipped_file(SHIPPED_POLICY).resolve() else str(path)
+
+
+def _keep_runs(backend: RecordedBackend | LiveBackend, outcome: EpisodeOutcome) -> None:
+    """Write the curves a worker's episode trained into the bench's store (the live judge reads them at the end)."""
+    if outcome.record is None:
+        return
+    store = backend.store
+    if store.task(outcome.record.key) is None:
+        store.put_task(outcome.record)
+    for run in outcome.runs:
+        store.put_run(outcome.record.key, run.config, run.seed, run.curve, max_epochs=run.max_epochs)
+
+
+def _row_key(row: dict[str, Any]) -> tuple[str, str, int, float]:
+    return (row["task"], row["method"], row["seed"], float(row["budget_fte"]))
+
+
 # ------------------------------------------------------------------ scoring
 
 
 def _backend_and_judge(
-    settings: BenchSettings, space: SearchSpace, recorded_store: Path, run_dir: Path
+    settings: BenchSettings, space: SearchSpace, recorded_store: Path, live_store: Path | None
 ) -> tuple[RecordedBackend | LiveBackend, Judge]:
+    """The bench's backend and its judge; a live one writes its curves to ``live_store`` (``None``: memory)."""
     if settings.backend == "recorded":
         recorded = RecordedBackend(recorded_store, space, train_seed=settings.train_seed)
         return recorded, RecordedJudge(FullFidelity(recorded.store, space, settings.train_seed))
     live = LiveBackend(
-        run_dir / STORE_FILE,
+        live_store,
         space,
         train_seed=settings.train_seed,
         data_dir=settings.data_dir,
@@ -321,7 +504,8 @@ def _resume(run_dir: Path, settings: BenchSettings) -> dict[tuple, dict[str, Any
     csv_path, config = run_dir / CSV_FILE, run_dir / "config.yaml"
     if not csv_path.is_file():
         return {}
-    if not config.is_file() or read_yaml(config) != settings.to_dict():
+    placement = set(BenchSettings.PLACEMENT)  # another --workers or executor gives the same rows
+    if not config.is_file() or {k: v for k, v in read_yaml(config).items() if k not in placement} != settings.what():
         raise RlhpoError(
             f"{str(run_dir)!r} holds a bench with other settings (config.yaml); "
             "pick another --out, or use the same settings."

@@ -175,15 +175,32 @@ class PPOTuner(Tuner):
                 action = self._most_likely_new(obs, action)
         return action
 
+    def ranked(self, obs: np.ndarray) -> Iterator[np.ndarray]:
+        """The policy's actions at ``obs``, most likely first (:func:`most_likely_first`), repeats included.
+
+        ``rlhpo tune --workers N`` takes the first N that are new from here: what :meth:`propose`
+        would pick, then the runners-up it would have picked had that one been tried already.
+        """
+        if not self.info.meta_features:
+            obs = hide_meta_features(obs)
+        with one_torch_thread():
+            log_probs = self._log_probs(obs)
+        return itertools.islice(most_likely_first(log_probs), MAX_CANDIDATES)
+
     def _is_repeat(self, action: np.ndarray) -> bool:
         return self.env.is_repeat(self.env.decode(action))
 
-    def _most_likely_new(self, obs: np.ndarray, fallback: np.ndarray) -> np.ndarray:
+    def _log_probs(self, obs: np.ndarray) -> list[np.ndarray]:
+        expected = self.model.observation_space.shape
+        if np.shape(obs) != expected:
+            raise RlhpoError(f"The policy observes vectors of shape {expected}, but got {np.shape(obs)}.")
         obs_tensor, _ = self.model.policy.obs_to_tensor(obs)
         with torch.no_grad():
             dist = self.model.policy.get_distribution(obs_tensor)
-        log_probs = [d.logits[0].double().log_softmax(-1).numpy() for d in dist.distribution]
-        for action in itertools.islice(most_likely_first(log_probs), MAX_CANDIDATES):
+        return [d.logits[0].double().log_softmax(-1).numpy() for d in dist.distribution]
+
+    def _most_likely_new(self, obs: np.ndarray, fallback: np.ndarray) -> np.ndarray:
+        for action in itertools.islice(most_likely_first(self._log_probs(obs)), MAX_CANDIDATES):
             if not self._is_repeat(action):
                 return action
         return fallback  # every candidate looked at is a repeat: the budget will end the episode

@@ -10,7 +10,7 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from rlhpo.envs import BACKENDS
 from rlhpo.envs.reward import RewardSettings
@@ -18,6 +18,8 @@ from rlhpo.errors import RlhpoError, unknown
 from rlhpo.settings import SHIPPED_STORE, from_dict, read_yaml, shipped_file
 from rlhpo.space import DEFAULT_BUDGET_FTE, SearchSpace, load_search_space
 
+# Where work runs: rlhpo.collect.EXECUTORS (not imported here: rlhpo.collect loads torch).
+EXECUTORS = ("local", "ray")
 # The tuners, by name.
 METHODS = ("ppo", "default", "random", "tpe", "tpe_hyperband", "top_k", "learned_list", "ppo_tpe")
 
@@ -221,8 +223,34 @@ class BenchSettings:
         },
     )
     device: str = field(default="cpu", metadata=_help("Live: torch device, e.g. cuda."))
+    # Where the episodes run, not what they are: a bench in another place gives the same rows,
+    # so these are left out when an interrupted bench is compared with its settings (PLACEMENT).
+    executor: str = field(
+        default="local",
+        metadata={
+            "help": "Where episodes run: local worker processes, or Ray tasks (needs pip install 'rlhpo[ray]').",
+            "choices": EXECUTORS,
+        },
+    )
+    workers: int = field(
+        default=1,
+        metadata=_help("Episodes run at once (local: processes; 1: in this process; Ray: the local instance's CPUs)."),
+    )
+    address: str | None = field(
+        default=None, metadata=_help("--executor ray: the cluster, 'auto' or HOST:PORT (default: a local instance).")
+    )
+
+    PLACEMENT: ClassVar[tuple[str, ...]] = ("executor", "workers", "address")
 
     def __post_init__(self) -> None:
+        if self.executor not in EXECUTORS:
+            raise unknown("executor", self.executor, EXECUTORS)
+        if isinstance(self.workers, bool) or not isinstance(self.workers, int) or self.workers < 1:
+            raise RlhpoError(f"workers must be an integer >= 1, but got workers={self.workers!r}.")
+        if self.address is not None and self.executor != "ray":
+            raise RlhpoError(
+                f"--address is for --executor ray, but got --executor {self.executor} with --address {self.address!r}."
+            )
         if self.backend not in BACKENDS:
             raise unknown("backend", self.backend, BACKENDS)
         for m in self.methods:
@@ -237,5 +265,14 @@ class BenchSettings:
     def seed_list(self) -> list[int]:
         return list(range(self.first_seed, self.first_seed + self.seeds))
 
+    @property
+    def parallel(self) -> bool:
+        """Whether episodes go to an executor (else they run one after the other in this process)."""
+        return self.executor != "local" or self.workers > 1
+
     def to_dict(self) -> dict[str, Any]:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+    def what(self) -> dict[str, Any]:
+        """:meth:`to_dict` without :attr:`PLACEMENT`: what makes the rows (a resumed bench must match it)."""
+        return {k: v for k, v in self.to_dict().items() if k not in self.PLACEMENT}

@@ -21,6 +21,11 @@ With ``storage`` and ``study_name``, every trial also lands in that Optuna study
 (:class:`~rlhpo.agents.optuna_interop.StudyWriter`; a study of that name is continued); a
 resumed tune adds only the trials it had not added before the interruption.
 
+With ``workers`` > 1 (``rlhpo tune --workers N``), the episode is played in rounds: the policy's
+N most likely new configs at once, trained concurrently on local processes or Ray, fed to the
+env in a fixed order (:mod:`rlhpo.agents.tune_batches`); the budget is accounted as above, and
+the tune is as repeatable and resumable as a sequential one for the same N.
+
 When the chosen config's best trial already ran at full fidelity (with the same seed, as every
 trial does) and the backend still holds its model, the final training is that trial: its model
 is tested instead of training the same thing again (``summary["reused_trial"]``).
@@ -36,13 +41,14 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from stable_baselines3.common.logger import HParam
 
 from rlhpo.agents.base import TuneResult, run_tuner
 from rlhpo.agents.policy import PPOTuner
 from rlhpo.agents.sb3_logging import tensorboard_logger
+from rlhpo.collect import Executor, make_executor
 from rlhpo.envs.backends import LiveBackend
 from rlhpo.envs.hpo_env import HPOEnv, StepResult
 from rlhpo.envs.recorder import ROLLOUTS_FILE, RolloutRecorder, write_rollouts_header
@@ -85,6 +91,9 @@ def tune(
     resume: str | Path | None = None,
     storage: str | None = None,
     study_name: str | None = None,
+    workers: int = 1,
+    executor: str = "local",
+    address: str | None = None,
 ) -> dict[str, Any]:
     """Tune ``task`` with the policy within ``budget_fte`` full trainings, then train the chosen config.
 
@@ -100,6 +109,10 @@ def tune(
             (``task`` and the options above are then left out).
         storage: an Optuna storage (a database URL, or a journal file's path) to add every trial to,
             in the study ``study_name`` (created if missing, else continued).
+        workers: trials per round: the policy's ``workers`` most likely new configs, trained at
+            once (:mod:`rlhpo.agents.tune_batches`); 1 with the local executor is the sequential tune.
+        executor: where a round's trials train, ``local`` processes or ``ray`` tasks (on the
+            cluster at ``address``, else on a local Ray instance with ``workers`` CPUs).
 
     Returns:
         The summary (also in the run folder's ``summary.json``): the keys of ``rlhpo train
@@ -116,12 +129,21 @@ def tune(
         budget_fte, policy, space = settings["budget_fte"], settings["policy"], settings["space"]
         seed, device, data_dir = settings["seed"], settings["device"], settings["data_dir"]
         storage, study_name = settings.get("storage"), settings.get("study_name")  # absent before Optuna storage
+        workers = settings.get("workers", 1)  # absent before --workers; the rounds depend on it, so it is kept
+        executor, address = settings.get("executor", "local"), settings.get("address")
     elif task is None:
         raise RlhpoError("tune needs a task, or resume=RUN_DIR.")
     if (storage is None) != (study_name is None):
         raise RlhpoError(
             f"An Optuna study needs both a storage and a study name, but got {storage=} and {study_name=}."
         )
+    if workers < 1:
+        raise RlhpoError(f"workers must be at least 1, but got {workers=}.")
+    rounds = workers > 1 or executor != "local"
+    if rounds and device != "cpu":
+        raise RlhpoError(f"Trials on workers train on CPU, but got --device {device!r} with --workers {workers}.")
+    # A missing Ray fails here. The workers last from round to round (keep), with the tasks they loaded.
+    runner = make_executor(executor, workers, address, keep=True) if rounds else None
     tuner = PPOTuner.load(policy)
     search_space = _space(tuner, space)
     budget = search_space.budget_epochs(budget_fte)
@@ -141,6 +163,9 @@ def tune(
             "data_dir": str(data_dir) if data_dir else None,
             "storage": storage,
             "study_name": study_name,
+            "workers": workers,
+            "executor": executor,
+            "address": address,
         }
         write_run_files(run_dir, settings, argv)
     reward = RewardSettings()
@@ -167,14 +192,16 @@ def tune(
 
         to_study = StudyWriter(open_study(storage, study_name), search_space, data.modality)
     with interruptible(run_dir, "tune", resume_hint):
-        result, trials = _episode(tuner, env, task, seed, run_dir, header, logger, on_trial, logged, to_study)
+        held: dict[str, Curve] = {}  # rounds: the incumbent's model, when a worker trained it at full fidelity
+        play = _player(runner, workers, data_dir, held)
+        result, trials = _episode(tuner, env, task, seed, run_dir, header, logger, on_trial, logged, to_study, play)
         incumbent = result.incumbent_config
         assert incumbent is not None
         config = incumbent.with_epochs(search_space.max_epochs)
-        held = backend.held_run(task, config)
-        reused = incumbent.epochs == config.epochs and held is not None and reusable(held, config)
+        held_run = backend.held_run(task, config) or held.get(config.key())
+        reused = incumbent.epochs == config.epochs and held_run is not None and reusable(held_run, config)
         retrain_started = time.perf_counter()
-        curve = train_final(data, config, seed=seed, device=device, reuse=held if reused else None)
+        curve = train_final(data, config, seed=seed, device=device, reuse=held_run if reused else None)
         retrain_seconds = time.perf_counter() - retrain_started
     log_curve(logger, curve, prefix="final/", step_offset=result.epochs_used)
     _log_hparams(logger, settings, curve, result.epochs_used)
@@ -195,6 +222,7 @@ def tune(
         "policy_seconds": result.policy_seconds,
         "retrain_seconds": retrain_seconds,
         "reused_trial": reused,
+        "workers": workers,
         "study": {"storage": storage, "study_name": study_name} if storage else None,
         "next": [f"rlhpo replay {run_dir} --verify", f"tensorboard --logdir {run_dir}"],
     }
@@ -213,6 +241,7 @@ def _episode(
     on_trial: Callable[[dict[str, Any]], None] | None,
     logged: int,
     to_study: Callable[[StepResult], None] | None = None,
+    play: Player = run_tuner,
 ) -> tuple[TuneResult, list[dict[str, Any]]]:
     """Play the live episode, recording it (rollouts.jsonl, TensorBoard, ``to_study``) and reporting each trial.
 
@@ -233,12 +262,42 @@ def _episode(
     write_rollouts_header(run_dir / ROLLOUTS_FILE, header)
     recorder = RolloutRecorder(env, run_dir / ROLLOUTS_FILE)
     try:
-        result = run_tuner(tuner, recorder, seed, task=task, on_step=on_step)
+        result = play(tuner, recorder, seed, task=task, on_step=on_step)
     finally:
         recorder.close()
     if result.incumbent_config is None:
         raise RlhpoError(f"The policy proposed no trial within {env.budget_epochs} epochs: nothing to retrain.")
     return result, trials
+
+
+class Player(Protocol):
+    """Plays the episode: :func:`run_tuner` (one trial at a time), or rounds of trials on an executor."""
+
+    def __call__(
+        self, tuner: PPOTuner, env: Any, seed: int, *, task: Task, on_step: Callable[[StepResult], None]
+    ) -> TuneResult: ...
+
+
+def _player(executor: Executor | None, workers: int, data_dir: str | Path | None, held: dict[str, Curve]) -> Player:
+    """How the episode is played: one trial at a time here, or rounds of ``workers`` trials on ``executor``.
+
+    Rounds put the incumbent's model in ``held`` when a worker trained it at full fidelity.
+    """
+    if executor is None:
+        return run_tuner
+    from rlhpo.agents.tune_batches import run_rounds
+
+    where = str(Path(data_dir).expanduser().resolve()) if data_dir is not None else None  # workers elsewhere: absolute
+
+    def rounds(
+        tuner: PPOTuner, env: Any, seed: int, *, task: Task, on_step: Callable[[StepResult], None]
+    ) -> TuneResult:
+        try:
+            return run_rounds(tuner, env, seed, task, executor, workers, data_dir=where, on_step=on_step, held=held)
+        finally:
+            executor.shutdown()  # on Ctrl-C too: stops the trials in flight; the finished ones are in the store
+
+    return rounds
 
 
 def trial_record(step: StepResult) -> dict[str, Any]:
@@ -330,6 +389,7 @@ def trial_line(t: dict[str, Any]) -> str:
 
 def report_lines(s: dict[str, Any]) -> list[str]:
     """What ``rlhpo tune`` prints once it is done."""
+    rounds = f" in rounds of {s['workers']} trials" if s.get("workers", 1) > 1 else ""
     final = (
         "reused the best trial's model (it ran at full fidelity with this seed)"
         if s["reused_trial"]
@@ -340,7 +400,7 @@ def report_lines(s: dict[str, Any]) -> list[str]:
         f"chosen config {config_text(s['config'])}: its best trial ran {s['incumbent_epochs']} epochs "
         f"(score {s['incumbent_score']:.4f}); final training {final}",
         test_metrics_line(s),
-        f"tuning {s['tuning_epochs']}/{s['budget_epochs']} epochs in {s['tuning_seconds']:.1f}s "
+        f"tuning {s['tuning_epochs']}/{s['budget_epochs']} epochs{rounds} in {s['tuning_seconds']:.1f}s "
         f"(policy {s['policy_seconds']:.2f}s); run folder {s['run_dir']}",
         "next: " + "; ".join(s["next"]),
     ]

@@ -386,6 +386,25 @@ def train_agent_cmd(
     help="Also add every trial to an Optuna study here: a database URL (sqlite:///study.db) or a journal file.",
 )
 @click.option("--study-name", default=None, help="The Optuna study (with --storage); an existing one is continued.")
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Trials at once: each step trains the policy's N most likely new configs concurrently (on CPU).",
+)
+@click.option(
+    "--executor",
+    type=click.Choice(["local", "ray"]),
+    default="local",
+    show_default=True,
+    help="Where --workers trials train: local processes, or Ray tasks (needs pip install 'rlhpo[ray]').",
+)
+@click.option(
+    "--address",
+    default=None,
+    help="--executor ray: the Ray cluster to use, 'auto' or HOST:PORT (default: start a local Ray instance).",
+)
 @runs_dir_option
 @json_option
 def tune_cmd(
@@ -398,6 +417,9 @@ def tune_cmd(
     resume: Path | None,
     storage: str | None,
     study_name: str | None,
+    workers: int,
+    executor: str,
+    address: str | None,
     runs_dir: Path | None,
     as_json: bool,
     **task: Any,
@@ -423,6 +445,9 @@ def tune_cmd(
         resume=resume,
         storage=storage,
         study_name=study_name,
+        workers=workers,
+        executor=executor,
+        address=address,
     )
     emit(summary, as_json, report_lines(summary))
 

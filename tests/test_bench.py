@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 
 import helpers
@@ -15,9 +16,14 @@ from rlhpo.agents.evaluate import FullFidelity, RecordedJudge
 from rlhpo.cli import main
 from rlhpo.errors import RlhpoError
 from rlhpo.space import load_search_space
-from rlhpo.store import CurveStore
+from rlhpo.store import CurveStore, store_rows
 
 FULL_FIDELITY_ONLY = ("default", "tpe", "learned_list")  # every trial at the largest epochs choice
+SECONDS = ("tuning_seconds", "policy_seconds")  # wall-clock: the only columns two runs of a bench differ in
+
+
+def rows_but_seconds(out) -> list[dict]:
+    return [{k: v for k, v in r.items() if k not in SECONDS} for r in read_csv(out / "bench.csv")]
 
 
 @pytest.fixture(scope="module")
@@ -119,6 +125,35 @@ def test_an_interrupted_bench_resumes_where_it_stopped(tiny, tmp_path):
     assert sorted(map(str, read_csv(tmp_path / "anytime.csv"))) == anytime  # redone episodes, no duplicates
     with pytest.raises(RlhpoError, match="other settings"):
         run_bench(BenchSettings(tasks=("trec",), methods=("random",), budgets=(1.0,), **tiny), tmp_path)
+
+
+def test_episodes_on_worker_processes_give_the_rows_of_the_sequential_bench_and_resume(bench, tmp_path):
+    settings, out, summary = bench
+    parallel = dataclasses.replace(settings, workers=2)
+    got = run_bench(parallel, tmp_path)
+    assert rows_but_seconds(tmp_path) == rows_but_seconds(out)
+    assert (tmp_path / "anytime.csv").read_text() == (out / "anytime.csv").read_text()
+    assert got["report"] == summary["report"] and got["episodes"] == summary["episodes"]
+
+    lines = (tmp_path / "bench.csv").read_text().splitlines()
+    (tmp_path / "bench.csv").write_text("\n".join(lines[:3]) + "\n")  # as if killed after two episodes
+    ran = []
+    again = run_bench(parallel, tmp_path, progress=ran.append)  # the settings' placement may change too
+    assert len(ran) == summary["episodes"] - 2
+    assert rows_but_seconds(tmp_path) == rows_but_seconds(out) and again["report"] == summary["report"]
+
+
+def test_a_live_bench_on_worker_processes_stores_every_curve_and_gives_the_same_rows(tiny, tmp_path):
+    settings = BenchSettings(
+        tasks=("digits",), methods=("random", "top_k"), budgets=(1.0,), seeds=2, backend="live", n_train=200,
+        policy=tiny["policy"], space=tiny["space"],
+    )  # fmt: skip
+    run_bench(settings, tmp_path / "here")
+    run_bench(dataclasses.replace(settings, workers=2), tmp_path / "workers")
+    assert rows_but_seconds(tmp_path / "workers") == rows_but_seconds(tmp_path / "here")
+    assert min(r["regret"] for r in read_csv(tmp_path / "workers" / "bench.csv")) == 0.0
+    # The driver wrote every curve the workers trained: the store is the sequential bench's.
+    assert store_rows(tmp_path / "workers" / "store.sqlite") == store_rows(tmp_path / "here" / "store.sqlite")
 
 
 def test_a_live_bench_retrains_incumbents_and_reports_test_metrics(tiny, tmp_path):

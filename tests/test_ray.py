@@ -9,6 +9,7 @@ no Ray and always runs. The Ctrl-C test starts a Ray instance of its own: it is 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import signal
@@ -20,12 +21,16 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import helpers
 import pytest
 import yaml
 from click.testing import CliRunner
 from helpers import one_torch_thread, tiny_space_path  # noqa: F401 (an autouse fixture)
+from test_bench import rows_but_seconds
 
 import rlhpo.ray_executor
+from rlhpo.agents.bench import BenchSettings, run_bench
+from rlhpo.agents.tune import tune
 from rlhpo.cli import main
 from rlhpo.collect import CollectSettings, InstanceGroup, LocalExecutor, WorkItem, WorkResult, collect
 from rlhpo.errors import RlhpoError
@@ -179,6 +184,35 @@ def test_a_killed_worker_has_its_batch_run_again_and_no_run_is_written_twice(
         assert store.count()["runs"] == RUNS
 
 
+def test_a_bench_on_ray_writes_the_rows_of_the_sequential_bench(ray_cluster, tmp_path_factory, data_dir, tmp_path):
+    tiny = {
+        "store": str(helpers.tiny_store(tmp_path_factory)),
+        "policy": str(helpers.tiny_policy_run(tmp_path_factory)),
+        "space": str(helpers.tiny_space_path(tmp_path_factory)),
+    }
+    settings = BenchSettings(
+        tasks=("trec",), methods=("ppo", "tpe", "top_k", "learned_list"), budgets=(1.0, 4.0), seeds=2, **tiny
+    )
+    here = run_bench(settings, tmp_path / "here")
+    on_ray = run_bench(dataclasses.replace(settings, executor="ray"), tmp_path / "ray")
+    assert on_ray["episodes"] == here["episodes"] == 16 and on_ray["report"] == here["report"]
+    assert rows_but_seconds(tmp_path / "ray") == rows_but_seconds(tmp_path / "here")
+    assert (tmp_path / "ray" / "anytime.csv").read_text() == (tmp_path / "here" / "anytime.csv").read_text()
+    assert ray_cluster.is_initialized()  # someone else's instance: used, not shut down
+
+
+def test_tune_with_workers_on_ray_plays_the_trials_of_local_workers(ray_cluster, tmp_path_factory, data_dir, tmp_path):
+    policy = helpers.tiny_policy_run(tmp_path_factory) / "policy.zip"
+    local, on_ray = (
+        tune(helpers.DIGITS, budget_fte=3.0, policy=policy, workers=2, executor=executor, runs_dir=tmp_path / executor)
+        for executor in ("local", "ray")
+    )
+    same = ("config", "epochs", "paid_epochs", "score", "incumbent")
+    assert len(on_ray["trials"]) >= 3
+    assert [{k: t[k] for k in same} for t in on_ray["trials"]] == [{k: t[k] for k in same} for t in local["trials"]]
+    assert (on_ray["config"], on_ray["test_accuracy"]) == (local["config"], local["test_accuracy"])
+
+
 def test_without_ray_the_ray_executor_is_one_clear_error(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError, as where it is not installed
     instances = tmp_path / "collect.yaml"
@@ -195,6 +229,11 @@ def test_without_ray_the_ray_executor_is_one_clear_error(monkeypatch, tmp_path):
         main, ["collect", "--instances", str(instances), "--store", str(store), "--address", "auto"]
     )
     assert out.exit_code == 1 and "--address is for --executor ray" in out.output
+    for command in (["bench", "--out", str(tmp_path / "bench")], ["tune", "--workers", "2"]):
+        out = CliRunner().invoke(main, [*command, "--executor", "ray"], env={"RLHPO_RUNS_DIR": str(tmp_path / "runs")})
+        assert out.exit_code == 1, out.output
+        assert "--executor ray needs Ray, which is not installed" in out.output and "Traceback" not in out.output
+    assert not (tmp_path / "bench").exists() and not (tmp_path / "runs").exists()  # refused before any run folder
 
 
 def _descendants(pid: int) -> list[int]:
