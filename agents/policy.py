@@ -12,6 +12,7 @@ import contextlib
 import heapq
 import itertools
 import json
+import math
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -24,7 +25,7 @@ import torch
 from stable_baselines3 import PPO
 
 from rlhpo.agents.base import Tuner
-from rlhpo.envs.hpo_env import HPOEnv
+from rlhpo.envs.hpo_env import HPOEnv, history_names
 from rlhpo.errors import RlhpoError
 from rlhpo.settings import SHIPPED_POLICY, shipped_file
 from rlhpo.space import SearchSpace
@@ -48,6 +49,11 @@ class PolicyInfo:
     def meta_features(self) -> bool:
         """Whether the policy sees the task's meta-features (``meta_features: false`` hides them)."""
         return bool(self.settings.get("meta_features", True))
+
+    @property
+    def history(self) -> int:
+        """How many of the episode's best trials the policy observes (0: the last trial only)."""
+        return int(self.settings.get("history") or 0)
 
     @property
     def exclude_datasets(self) -> tuple[str, ...]:
@@ -163,11 +169,7 @@ class PPOTuner(Tuner):
         budget, so the most likely action is replaced by the next most likely one that is new
         (:func:`most_likely_first`).
         """
-        expected = self.model.observation_space.shape
-        if np.shape(obs) != expected:
-            raise RlhpoError(f"The policy observes vectors of shape {expected}, but got {np.shape(obs)}.")
-        if not self.info.meta_features:
-            obs = hide_meta_features(obs)
+        obs = self.policy_view(obs)
         with one_torch_thread():
             action, _ = self.model.predict(obs, deterministic=True)
             action = np.asarray(action, dtype=np.int64)
@@ -181,19 +183,30 @@ class PPOTuner(Tuner):
         ``rlhpo tune --workers N`` takes the first N that are new from here: what :meth:`propose`
         would pick, then the runners-up it would have picked had that one been tried already.
         """
-        if not self.info.meta_features:
-            obs = hide_meta_features(obs)
+        obs = self.policy_view(obs)
         with one_torch_thread():
             log_probs = self._log_probs(obs)
         return itertools.islice(most_likely_first(log_probs), MAX_CANDIDATES)
+
+    def policy_view(self, obs: np.ndarray) -> np.ndarray:
+        """What the policy sees of the env's observation, as in its meta-training.
+
+        The meta-features hidden if it was trained without them, and the episode's best trials
+        appended if it was trained to see them (:class:`HistoryObservation`).
+        """
+        if not self.info.meta_features:
+            obs = hide_meta_features(obs)
+        if self.info.history:
+            obs = np.concatenate([obs, self.env.history_features(self.info.history)]).astype(np.float32)
+        expected = self.model.observation_space.shape
+        if np.shape(obs) != expected:
+            raise RlhpoError(f"The policy observes vectors of shape {expected}, but got {np.shape(obs)}.")
+        return obs
 
     def _is_repeat(self, action: np.ndarray) -> bool:
         return self.env.is_repeat(self.env.decode(action))
 
     def _log_probs(self, obs: np.ndarray) -> list[np.ndarray]:
-        expected = self.model.observation_space.shape
-        if np.shape(obs) != expected:
-            raise RlhpoError(f"The policy observes vectors of shape {expected}, but got {np.shape(obs)}.")
         obs_tensor, _ = self.model.policy.obs_to_tensor(obs)
         with torch.no_grad():
             dist = self.model.policy.get_distribution(obs_tensor)
@@ -243,6 +256,57 @@ class HideMetaFeatures(gym.ObservationWrapper):
 
     def observation(self, observation: np.ndarray) -> np.ndarray:
         return hide_meta_features(observation)
+
+
+class HistoryObservation(gym.ObservationWrapper):
+    """Appends the budget's size and the episode's ``k`` best trials to every observation (``history: k``).
+
+    What :meth:`HPOEnv.history_features` gives; :meth:`PPOTuner.policy_view` appends the same when
+    the policy tunes.
+    """
+
+    def __init__(self, env: gym.Env, k: int) -> None:
+        super().__init__(env)
+        hpo: HPOEnv = env.unwrapped  # type: ignore[assignment]
+        names = history_names(hpo.space, k)
+        low = np.array([-1.0 if n.endswith("_score") else 0.0 for n in names], dtype=np.float32)
+        base = env.observation_space
+        assert isinstance(base, gym.spaces.Box)
+        self.observation_space = gym.spaces.Box(
+            low=np.concatenate([base.low, low]), high=np.concatenate([base.high, np.ones_like(low)]), dtype=np.float32
+        )
+        self.k = k
+
+    def observation(self, observation: np.ndarray) -> np.ndarray:
+        extra = self.env.unwrapped.history_features(self.k)  # type: ignore[attr-defined]
+        return np.concatenate([observation, extra]).astype(np.float32)
+
+
+class DrawnBudget(gym.Wrapper):
+    """Each episode's budget drawn log-uniformly from ``[low, high]`` full trainings (``budget_fte: [low, high]``).
+
+    One policy then serves every budget, which it observes (:class:`HistoryObservation`'s
+    first entry). Draws come from the wrapper's own generator, seeded by ``seed`` and reseeded by
+    ``reset(seed=...)``, so a seeded run is repeatable.
+    """
+
+    def __init__(self, env: gym.Env, low: float, high: float, seed: int = 0) -> None:
+        super().__init__(env)
+        if not 0 < low <= high:
+            raise RlhpoError(f"A drawn budget needs 0 < low <= high full trainings, but got [{low}, {high}].")
+        self.low, self.high = low, high
+        self._rng = np.random.default_rng(seed)
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[Any, dict]:
+        if seed is not None:
+            self._rng = np.random.default_rng(seed)
+        options = dict(options or {})
+        if "budget_epochs" not in options:
+            hpo: HPOEnv = self.env.unwrapped  # type: ignore[assignment]
+            fte = math.exp(self._rng.uniform(math.log(self.low), math.log(self.high)))
+            smallest = min(hpo.space.choices["epochs"])
+            options["budget_epochs"] = max(smallest, round(fte * hpo.space.max_epochs))
+        return self.env.reset(seed=seed, options=options)
 
 
 @contextlib.contextmanager

@@ -39,7 +39,7 @@ import numpy as np
 from rlhpo.agents.base import TuneResult
 from rlhpo.agents.policy import PPOTuner
 from rlhpo.collect import Executor, WorkItem
-from rlhpo.collect import _load as load_in_worker  # collect's per-worker cache of loaded tasks
+from rlhpo.collect import load_in_worker
 from rlhpo.envs.backends import LiveBackend
 from rlhpo.envs.hpo_env import HPOEnv, StepResult, fidelity
 from rlhpo.errors import RlhpoError

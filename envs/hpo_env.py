@@ -34,6 +34,13 @@ def observation_names(space: SearchSpace) -> tuple[str, ...]:
 
 
 SLOPE_EPOCHS = 3  # the slope is taken over the last (up to) this many completed epochs
+MAX_BUDGET_FTE = 30.0  # the episode budget's observed size is log(1 + FTE) / log(1 + this), clipped to 1
+
+
+def history_names(space: SearchSpace, k: int) -> tuple[str, ...]:
+    """The entries :meth:`HPOEnv.history_features` gives: the budget's size, then the ``k`` best trials."""
+    per_trial = tuple(space.dims) + ("score", "epochs")
+    return ("budget_size",) + tuple(f"best{i + 1}_{name}" for i in range(k) for name in per_trial)
 
 
 @runtime_checkable
@@ -220,6 +227,11 @@ class HPOEnv(gym.Env[np.ndarray, np.ndarray]):
     trial that diverged keeps the scores of the epochs it completed (0 if none), so the
     observation stays finite and in the space.
 
+    A policy that searches may observe more (`history_features(k)`, appended by
+    `rlhpo.agents.policy.HistoryObservation`): the budget's size, log(1 + FTE) / log(1 + 30), and
+    the episode's `k` best trials so far (config encoding, score, epochs). With `k = 0` nothing is
+    appended and the observation is the table above.
+
     ## Rewards
 
     `r = (incumbent_after − incumbent_before) − (cost_per_fte + compute_cost × compute) ×
@@ -236,8 +248,9 @@ class HPOEnv(gym.Env[np.ndarray, np.ndarray]):
 
     `reset` takes the task from `options["task"]` (a `Task`, or the key of a task in the store),
     or draws one with the env's generator from `tasks` (a list, or a `TaskSampler`), or else
-    from every task recorded in the store (recorded backend). The budget is full, the incumbent
-    is 0 and there is no last trial.
+    from every task recorded in the store (recorded backend). The budget is `budget_epochs`, or
+    `options["budget_epochs"]` for this episode only (meta-training draws it per episode, so one
+    policy serves every budget). The budget is full, the incumbent is 0 and there is no last trial.
 
     ## Episode End
 
@@ -259,7 +272,8 @@ class HPOEnv(gym.Env[np.ndarray, np.ndarray]):
     | Parameter          | Type                 | Default         | Description                                 |
     |--------------------|----------------------|-----------------|---------------------------------------------|
     | `backend`          | `str`                | `"live"`        | `live` trains each trial; `recorded` looks  |
-    |                    |                      |                 | it up in the store                          |
+    |                    |                      |                 | it up in the store; `surrogate` predicts it |
+    |                    |                      |                 | (`store`: the surrogate file)               |
     | `store`            | path or `CurveStore` | `None`          | curve store; `None` (live only): in memory  |
     | `tasks`            | `Task`s/keys, sampler| see below       | the tasks episodes draw from                |
     | `space`            | `SearchSpace`, path  | shipped space   | the search space                            |
@@ -328,6 +342,7 @@ class HPOEnv(gym.Env[np.ndarray, np.ndarray]):
                 f"but got budget_epochs={self.budget_epochs}."
             )
         self.max_steps = self.budget_epochs // epochs_choices[0]
+        self._default_budget = self.budget_epochs  # reset's options["budget_epochs"] changes one episode's
 
         task_list: list[Task | str] = []
         self._sampler: TaskSource | None = None
@@ -374,6 +389,7 @@ class HPOEnv(gym.Env[np.ndarray, np.ndarray]):
         self._last: Trial | None = None
         self._trained: dict[str, int] = {}  # config key (epochs left out) -> most epochs trained this episode
         self._known: dict[str, int] = {}  # the same, for the configs asked and the configs that answered
+        self._trials: list[tuple[float, Config]] = []  # (score, answering config at its epochs), in order
         self._done = True
 
     # ------------------------------------------------------------------ API
@@ -381,9 +397,13 @@ class HPOEnv(gym.Env[np.ndarray, np.ndarray]):
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict]:
         super().reset(seed=seed)
         options = dict(options or {})
-        unknown_options = set(options) - {"task"}
+        unknown_options = set(options) - {"task", "budget_epochs"}
         if unknown_options:
-            raise RlhpoError(f"Unknown reset options {sorted(unknown_options)}; HPOEnv takes only 'task'.")
+            raise RlhpoError(
+                f"Unknown reset options {sorted(unknown_options)}; HPOEnv takes 'task' and 'budget_epochs'."
+            )
+        self.budget_epochs = self._episode_budget(options.get("budget_epochs"))
+        self.max_steps = self.budget_epochs // self._epochs_choices[0]
         task = options.get("task")
         if task is None:
             task = self._draw_task()
@@ -399,6 +419,7 @@ class HPOEnv(gym.Env[np.ndarray, np.ndarray]):
         self._last = None
         self._trained = {}
         self._known = {}
+        self._trials = []
         self._done = False
         return self._get_obs(), self._reset_info()
 
@@ -432,6 +453,7 @@ class HPOEnv(gym.Env[np.ndarray, np.ndarray]):
         self._used += paid
         self._steps += 1
         self._last = trial
+        self._trials.append((score, trial.config))
         terminated = self.budget_epochs - self._used < self._epochs_choices[0]
         self._done = terminated
         result = self._step_result(action, config, trial, score, resume_from, compute)
@@ -480,6 +502,39 @@ class HPOEnv(gym.Env[np.ndarray, np.ndarray]):
         done = self._known.get(config.key(), 0)
         epochs, _ = fidelity(self._epochs_choices, config.epochs, done, self.budget_remaining)
         return epochs <= done
+
+    def history_features(self, k: int) -> np.ndarray:
+        """What a policy that searches observes beyond :attr:`observation_names` (:func:`history_names`).
+
+        The budget's size, ``log(1 + budget in FTE) / log(1 + 30)`` (the base observation holds
+        only fractions of it), then the episode's ``k`` best trials so far, best first (ties: the
+        earlier), each as its answering config's encoding, its score and its epochs as a fraction
+        of the largest choice; zeros where fewer than ``k`` trials were made. In [0, 1] but the
+        scores, in [-1, 1].
+        """
+        assert self._record is not None, "reset() first"
+        width = len(self.space.dims) + 2
+        out = np.zeros(1 + k * width, dtype=np.float32)
+        out[0] = min(math.log1p(self.budget_epochs / self.max_epochs) / math.log1p(MAX_BUDGET_FTE), 1.0)
+        best = sorted(enumerate(self._trials), key=lambda it: (-it[1][0], it[0]))[:k]
+        for slot, (_, (score, config)) in enumerate(best):
+            start = 1 + slot * width
+            out[start : start + width - 2] = self.space.encode(config, self.modality)
+            out[start + width - 2] = _clip(score)
+            out[start + width - 1] = config.epochs / self.max_epochs
+        return out
+
+    def _episode_budget(self, asked: Any) -> int:
+        """This episode's budget in epochs: ``asked`` (reset's ``options["budget_epochs"]``), else the env's."""
+        if asked is None:
+            return self._default_budget
+        budget = int(asked)
+        if budget < self._epochs_choices[0]:
+            raise RlhpoError(
+                f"budget_epochs must be at least the smallest epochs choice {self._epochs_choices[0]}, "
+                f"but got budget_epochs={asked}."
+            )
+        return budget
 
     def _fidelity(self, config: Config) -> tuple[int, int]:
         return fidelity(self._epochs_choices, config.epochs, self._trained.get(config.key(), 0), self.budget_remaining)

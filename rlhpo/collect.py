@@ -375,7 +375,8 @@ class WorkResult:
 _LOADED: dict[str | None, LoadedTasks] = {}  # this worker process's loaded tasks, by data folder
 
 
-def _load(task: Task, data_dir: str | None) -> TaskData:
+def load_in_worker(task: Task, data_dir: str | None) -> TaskData:
+    """A task loaded in this worker process, cached (collect's and ``tune --workers``' trainings)."""
     if data_dir not in _LOADED:
         _LOADED[data_dir] = LoadedTasks(data_dir)  # items go round-robin over the tasks: it keeps 16
     return _LOADED[data_dir].get(task)
@@ -387,7 +388,7 @@ def train_item(item: WorkItem) -> WorkResult:
 
     started = time.perf_counter()
     try:
-        data = _load(item.task, item.data_dir)
+        data = load_in_worker(item.task, item.data_dir)
         curve = train(data, item.config, seed=item.seed)
         return WorkResult(item, curve, time.perf_counter() - started)
     except Exception as e:  # one bad run must not stop an hour of collecting; it is retried next time

@@ -470,3 +470,60 @@ def test_an_old_store_answers_a_family_space_with_each_tasks_own_family(family_s
     before = step(plain, ix(DEFAULT))[4]
     assert result.answered_config == before.answered_config.with_family("mlp")
     assert result.curve == before.curve and result.exact == before.exact
+
+
+# ------------------------------------------------- what a searching policy sees
+
+
+def test_history_features_hold_the_budget_size_and_the_best_trials_best_first(recorded_store):
+    from rlhpo.envs.hpo_env import history_names
+
+    env = recorded(recorded_store, tasks=[TASK.key()])
+    env.reset(seed=0)
+    k, width = 2, len(SPACE.dims) + 2
+    first = env.history_features(k)
+    assert first.shape == (len(history_names(SPACE, k)),) == (1 + k * width,)
+    assert first[0] == pytest.approx(np.log1p(3) / np.log1p(30)) and not first[1:].any()  # 3 FTE, no trial yet
+    scores = []
+    for config in [DEFAULT, dataclasses.replace(DEFAULT, learning_rate=0.1), dataclasses.replace(DEFAULT, units=32)]:
+        *_, result = step(env, ix(config))
+        scores.append(result.score)
+        features = env.history_features(k)
+    best = sorted(scores, reverse=True)[:2]
+    assert [features[1 + i * width + width - 2] for i in range(2)] == pytest.approx(best)
+    assert np.all(features[1:] >= -1) and np.all(features <= 1)
+
+
+def test_a_reset_may_set_one_episodes_budget(recorded_store):
+    env = recorded(recorded_store, tasks=[TASK.key()], budget_epochs=27)
+    env.reset(seed=0, options={"budget_epochs": 9})
+    assert (env.budget_epochs, env.budget_remaining) == (9, 9)
+    *_, terminated, _, result = step(env, ix(DEFAULT))
+    assert terminated and result.budget_used == 9
+    env.reset(seed=1)
+    assert env.budget_epochs == 27  # the next episode has the env's own budget again
+    with pytest.raises(RlhpoError, match="budget_epochs must be at least the smallest epochs choice"):
+        env.reset(options={"budget_epochs": 0})
+
+
+def test_drawn_budgets_and_the_history_observation_stay_in_their_spaces(recorded_store):
+    from stable_baselines3.common.env_checker import check_env
+
+    from rlhpo.agents.policy import DrawnBudget, HistoryObservation
+
+    def make(seed: int) -> gym.Env:
+        return HistoryObservation(DrawnBudget(recorded(recorded_store, tasks=[TASK.key()]), 1.0, 30.0, seed=seed), 3)
+
+    env = make(0)
+    check_env(env, warn=False)
+    budgets = []
+    for episode in range(20):
+        obs, _ = env.reset(seed=episode)
+        assert env.observation_space.contains(obs)
+        budgets.append(env.unwrapped.budget_epochs)
+        terminated = False
+        while not terminated:
+            obs, _, terminated, _, _ = env.step(env.unwrapped.sample_action(np.random.default_rng(episode)))
+            assert env.observation_space.contains(obs)
+    assert 9 <= min(budgets) and max(budgets) <= 270 and len(set(budgets)) > 5
+    assert [make(1).reset(seed=s)[0].tolist() for s in range(3)] == [make(2).reset(seed=s)[0].tolist() for s in range(3)]
