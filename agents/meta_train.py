@@ -1,9 +1,12 @@
 """Meta-training the PPO tuner on recorded curves (``rlhpo train-agent``), then evaluating it.
 
-stable-baselines3's PPO runs on a ``DummyVecEnv`` of recorded HPOEnvs that share one read-only
+stable-baselines3's PPO runs on a ``DummyVecEnv`` of HPOEnvs that share one read-only
 :class:`~rlhpo.envs.backends.RecordedBackend` (a step is a few array look-ups, so subprocesses
-would cost more than they save). Everything is seeded from ``settings.seed``: PPO's generators
-and env ``i``'s first reset (``seed + i``). SB3 logs through our logger into the run folder
+would cost more than they save), or, with ``backend: surrogate``, one fitted
+:class:`~rlhpo.envs.surrogate.SurrogateModel` (each env its own noise seed). The evaluation is
+always on the store's recorded curves: a policy is never judged by the model it learned from.
+Everything is seeded from ``settings.seed``: PPO's generators and env ``i``'s first reset
+(``seed + i``). SB3 logs through our logger into the run folder
 (TensorBoard and ``progress.jsonl``), so it leaves nothing in the temp dir.
 
 The evaluation after training is a bench run (:func:`rlhpo.agents.bench.run_bench`): the policy,
@@ -44,6 +47,7 @@ from rlhpo.agents.settings import TrainAgentSettings, settings_from_dict
 from rlhpo.envs.backends import Backend, RecordedBackend, SubsetBackend
 from rlhpo.envs.hpo_env import HPOEnv
 from rlhpo.envs.recorder import ROLLOUTS_FILE
+from rlhpo.envs.surrogate import SurrogateBackend, SurrogateModel, load_surrogate
 from rlhpo.errors import RlhpoError
 from rlhpo.files import write_atomic
 from rlhpo.runs import interruptible, make_run_dir, runs_root, write_run_files, write_summary
@@ -58,14 +62,30 @@ EVALUATION = "evaluation"  # the run folder's bench folder of the evaluation
 EVAL_METHODS = ("ppo", "default", "random")
 
 
-def make_vec_env(settings: TrainAgentSettings, backend: RecordedBackend, space: SearchSpace) -> DummyVecEnv:
-    """``ppo.n_envs`` recorded HPOEnvs (sharing one backend), each in SB3's Monitor."""
+def make_vec_env(
+    settings: TrainAgentSettings, backend: RecordedBackend | SurrogateModel, space: SearchSpace
+) -> DummyVecEnv:
+    """``ppo.n_envs`` HPOEnvs (sharing one recorded backend or surrogate), each in SB3's Monitor.
+
+    On a surrogate, env ``i`` draws its episodes' noise from seed ``seed + i``; ``config_fraction``
+    does not apply (every config answers, with noise, so there is no lookup to recall).
+    """
     budget = settings.budget_epochs(space)
 
     def make(i: int) -> Callable[[], Monitor]:
         def build() -> Monitor:
-            answers: Backend = backend
-            if settings.config_fraction < 1.0:
+            answers: Backend
+            if isinstance(backend, SurrogateModel):
+                answers = SurrogateBackend(
+                    backend,
+                    space,
+                    seed=settings.seed + i,
+                    exclude_datasets=settings.exclude_datasets,
+                    train_seed=settings.train_seed,
+                )
+            else:
+                answers = backend
+            if isinstance(backend, RecordedBackend) and settings.config_fraction < 1.0:
                 answers = SubsetBackend(backend, settings.config_fraction, seed=settings.seed + i)
             env = HPOEnv(
                 answers, space=space, budget_epochs=budget, train_seed=settings.train_seed, reward=settings.reward
@@ -168,12 +188,23 @@ def _train_agent(
     budget = settings.budget_epochs(space)
     backend = RecordedBackend(store, space, train_seed=settings.train_seed, exclude_datasets=settings.exclude_datasets)
     train_tasks = backend.default_tasks()  # fails now, not mid-run, on an empty store
+    answers: RecordedBackend | SurrogateModel = backend
+    if settings.backend == "surrogate":
+        assert settings.surrogate is not None
+        answers = _surrogate(settings.surrogate, settings)
+        train_tasks = SurrogateBackend(answers, space, exclude_datasets=settings.exclude_datasets).default_tasks()
     if resume is None:
         run_dir = _new_run_dir(run_name, settings.seed, runs_dir)
         write_run_files(run_dir, settings.to_dict(), argv)
-    log.info("train-agent: %d training tasks from %s, run folder %s", len(train_tasks), store, run_dir)
+    log.info(
+        "train-agent: %d training tasks from %s (%s backend), run folder %s",
+        len(train_tasks),
+        settings.surrogate if settings.backend == "surrogate" else store,
+        settings.backend,
+        run_dir,
+    )
 
-    venv = make_vec_env(settings, backend, space)
+    venv = make_vec_env(settings, answers, space)
     model, start_steps = _model(settings, venv, run_dir, resume is not None)
     logger = run_logger(run_dir, resume_step=start_steps if resume is not None else None)
     model.set_logger(logger)
@@ -198,6 +229,8 @@ def _train_agent(
         "run_dir": str(run_dir),
         "policy": str(run_dir / POLICY_FILE),
         "store": str(store),
+        "backend": settings.backend,
+        "surrogate": settings.surrogate,
         "space": settings.space,
         "budget_epochs": budget,
         "budget_fte": settings.budget_fte,
@@ -211,6 +244,23 @@ def _train_agent(
     }
     write_summary(run_dir, summary)
     return summary
+
+
+def _surrogate(path: str, settings: TrainAgentSettings) -> SurrogateModel:
+    """The surrogate file, checked: it must not have seen a held-out dataset, nor other training seeds' runs."""
+    model = load_surrogate(path)
+    seen = sorted({model.records[k].task.dataset for k in model.fit_tasks} & set(settings.exclude_datasets))
+    if seen:
+        raise RlhpoError(
+            f"Surrogate {path!r} was fit on the held-out datasets {seen}: meta-training would learn from them. "
+            f"Fit one without them: rlhpo surrogate fit --exclude-datasets {','.join(settings.exclude_datasets)} ..."
+        )
+    if model.settings.train_seed != settings.train_seed:
+        raise RlhpoError(
+            f"Surrogate {path!r} was fit on runs of train_seed={model.settings.train_seed}, but the settings say "
+            f"train_seed={settings.train_seed}."
+        )
+    return model
 
 
 def _learn(model: PPO, settings: TrainAgentSettings, run_dir: Path, metrics: HPOEpisodeMetrics, progress: bool) -> None:

@@ -20,6 +20,8 @@ from rlhpo.space import DEFAULT_BUDGET_FTE, SearchSpace, load_search_space
 
 # Where work runs: rlhpo.collect.EXECUTORS (not imported here: rlhpo.collect loads torch).
 EXECUTORS = ("local", "ray")
+# What may answer meta-training's trials (evaluation is always on the recorded curves of the store).
+TRAIN_BACKENDS = ("recorded", "surrogate")
 # The tuners, by name.
 METHODS = ("ppo", "default", "random", "tpe", "tpe_hyperband", "top_k", "learned_list", "ppo_tpe")
 
@@ -76,6 +78,8 @@ class TrainAgentSettings:
 
     store: str | None = None  # the recorded curve store; None: the shipped meta-dataset
     space: str | None = None  # search-space YAML; None: the shipped configs/search_space.yaml
+    backend: str = "recorded"  # what answers meta-training's trials: recorded curves, or a surrogate fit on them
+    surrogate: str | None = None  # backend surrogate: the file of `rlhpo surrogate fit` (evaluation stays on store)
     train_seed: int = 0  # training seed of the recorded runs that answer
     exclude_datasets: tuple[str, ...] = ("ag_news",)  # held out: never met in meta-training
     budget_fte: float = DEFAULT_BUDGET_FTE  # budget of an episode, in full-training equivalents
@@ -89,7 +93,14 @@ class TrainAgentSettings:
     evaluation: EvalSettings = field(default_factory=EvalSettings)
 
     def __post_init__(self) -> None:
-        for name in ("store", "space"):
+        if self.backend not in TRAIN_BACKENDS:
+            raise unknown("meta-training backend", str(self.backend), TRAIN_BACKENDS)
+        if (self.backend == "surrogate") != (self.surrogate is not None):
+            raise RlhpoError(
+                "backend: surrogate needs surrogate: PATH (a file of `rlhpo surrogate fit`), and only it does; "
+                f"but got backend={self.backend!r} and surrogate={self.surrogate!r}."
+            )
+        for name in ("store", "space", "surrogate"):
             value = getattr(self, name)
             if value is not None and not isinstance(value, str | Path):
                 raise RlhpoError(f"{name} must be a path or null, but got {value!r}.")

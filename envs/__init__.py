@@ -9,9 +9,10 @@ imports it first.
 from gymnasium.envs.registration import register, registry
 
 ENV_ID = "rlhpo/HPO-v0"
-BACKENDS = ("live", "recorded")  # where HPOEnv's trials come from (rlhpo.envs.backends)
+BACKENDS = ("live", "recorded", "surrogate")  # where HPOEnv's trials come from (rlhpo.envs.backends, .surrogate)
+REAL_BACKENDS = ("live", "recorded")  # those whose curves are real trainings: what evaluations are judged on
 
 if ENV_ID not in registry:
     register(id=ENV_ID, entry_point="rlhpo.envs.hpo_env:HPOEnv")
 
-__all__ = ["BACKENDS", "ENV_ID"]
+__all__ = ["BACKENDS", "ENV_ID", "REAL_BACKENDS"]

@@ -1,5 +1,7 @@
 """Where HPOEnv's trials come from: trained now (``live``) or looked up (``recorded``).
 
+(The third, ``surrogate``, a model fit on a store, is :mod:`rlhpo.envs.surrogate`.)
+
 Both answer the same question behind one small interface, :class:`Backend`: "what curve does
 this config give on this task at this many epochs?", as a :class:`Trial`.
 
@@ -472,7 +474,16 @@ def make_backend(
     data_dir: str | Path | None = None,
     device: str = "cpu",
 ) -> Backend:
-    """The backend named ``backend`` (``live`` or ``recorded``)."""
+    """The backend named ``backend`` (``live``, ``recorded`` or ``surrogate``).
+
+    For ``surrogate``, ``store`` is the surrogate file (``rlhpo surrogate fit``), not a curve store.
+    """
+    if backend == "surrogate":
+        from rlhpo.envs.surrogate import SurrogateBackend
+
+        if store is None or isinstance(store, CurveStore):
+            raise RlhpoError("The surrogate backend needs a surrogate file (`rlhpo surrogate fit`) as its store.")
+        return SurrogateBackend(store, space, train_seed=train_seed, exclude_datasets=exclude_datasets)
     if backend == "live":
         return LiveBackend(store, space, tasks=tasks, train_seed=train_seed, data_dir=data_dir, device=device)
     if backend == "recorded":

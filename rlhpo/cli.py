@@ -315,6 +315,61 @@ def store_import_optuna_cmd(
     emit(result.to_dict(), as_json, result.lines())
 
 
+@main.group("surrogate")
+def surrogate_group() -> None:
+    """Fit a curve surrogate on a store (meta-training's `backend: surrogate`) and report on it."""
+
+
+@surrogate_group.command("fit")
+@click.option(
+    "--store",
+    "store_path",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    default=None,
+    help="The curve store to fit on (default: the shipped meta-dataset).",
+)
+@click.option(
+    "-o", "--out", "out_path", type=click.Path(dir_okay=False, path_type=Path), required=True, help="The file to write."
+)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the bootstrap resamples and the trees.")
+@click.option("--members", type=click.IntRange(min=1), default=8, show_default=True, help="Fits in the ensemble.")
+@click.option(
+    "--exclude-datasets", default="", help="Comma-separated datasets not to fit on (held out of meta-training)."
+)
+@click.option("--train-seed", type=int, default=0, show_default=True, help="Training seed of the runs to fit on.")
+@space_option("the shipped configs/search_space.yaml")
+def surrogate_fit_cmd(
+    store_path: Path | None,
+    out_path: Path,
+    seed: int,
+    members: int,
+    exclude_datasets: str,
+    train_seed: int,
+    space_path: Path | None,
+) -> None:
+    """Fit the surrogate (an ensemble of gradient-boosted trees) on a store's curves and save it."""
+    from rlhpo.envs.surrogate import SurrogateSettings, fit_surrogate
+    from rlhpo.space import load_search_space
+
+    excluded = tuple(d.strip() for d in exclude_datasets.split(",") if d.strip())
+    settings = SurrogateSettings(members=members, seed=seed, train_seed=train_seed, exclude_datasets=excluded)
+    model = fit_surrogate(store_path, settings, space=load_search_space(space_path))
+    path = model.save(out_path)
+    for line in model.describe_lines():
+        click.echo(line)
+    click.echo(f"surrogate {path}")
+
+
+@surrogate_group.command("report")
+@click.argument("path", type=click.Path(dir_okay=False, path_type=Path))
+def surrogate_report_cmd(path: Path) -> None:
+    """Show what a surrogate file was fit on and its quality figures."""
+    from rlhpo.envs.surrogate import load_surrogate
+
+    for line in load_surrogate(path).describe_lines():
+        click.echo(line)
+
+
 @main.command("train-agent")
 @click.option(
     "--config",
