@@ -25,6 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import gymnasium as gym
 import yaml
 from stable_baselines3 import PPO
 from stable_baselines3.common.callbacks import CallbackList
@@ -41,7 +42,16 @@ from rlhpo.agents.callbacks import (
     latest_checkpoint,
 )
 from rlhpo.agents.evaluate import FullFidelity, pm, summarise
-from rlhpo.agents.policy import POLICY_FILE, HideMetaFeatures, PolicyInfo, PPOTuner, one_torch_thread, save_policy
+from rlhpo.agents.policy import (
+    POLICY_FILE,
+    DrawnBudget,
+    HideMetaFeatures,
+    HistoryObservation,
+    PolicyInfo,
+    PPOTuner,
+    one_torch_thread,
+    save_policy,
+)
 from rlhpo.agents.sb3_logging import run_logger
 from rlhpo.agents.settings import TrainAgentSettings, settings_from_dict
 from rlhpo.envs.backends import Backend, RecordedBackend, SubsetBackend
@@ -87,9 +97,13 @@ def make_vec_env(
                 answers = backend
             if isinstance(backend, RecordedBackend) and settings.config_fraction < 1.0:
                 answers = SubsetBackend(backend, settings.config_fraction, seed=settings.seed + i)
-            env = HPOEnv(
+            env: gym.Env = HPOEnv(
                 answers, space=space, budget_epochs=budget, train_seed=settings.train_seed, reward=settings.reward
             )
+            if settings.budget_fte_range is not None:
+                env = DrawnBudget(env, *settings.budget_fte_range, seed=settings.seed + i)
+            if settings.history:
+                env = HistoryObservation(env, settings.history)
             return Monitor(env if settings.meta_features else HideMetaFeatures(env))
 
         return build

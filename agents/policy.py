@@ -56,6 +56,11 @@ class PolicyInfo:
         return int(self.settings.get("history") or 0)
 
     @property
+    def first_trial_top(self) -> int:
+        """The first trial is drawn, by the episode's seed, among the policy's this many most likely new actions."""
+        return int(self.settings.get("first_trial_top") or 1)
+
+    @property
     def exclude_datasets(self) -> tuple[str, ...]:
         """The datasets held out of its meta-training."""
         return tuple(self.settings.get("exclude_datasets") or ())
@@ -155,6 +160,7 @@ class PPOTuner(Tuner):
 
     def start(self, env: HPOEnv, seed: int) -> None:
         super().start(env, seed)
+        self._first = True
         nvec = [int(n) for n in getattr(self.model.action_space, "nvec", [])]
         if nvec != self.space.nvec:
             raise RlhpoError(
@@ -170,12 +176,30 @@ class PPOTuner(Tuner):
         (:func:`most_likely_first`).
         """
         obs = self.policy_view(obs)
+        first, self._first = self._first, False
         with one_torch_thread():
+            if first and self.info.first_trial_top > 1:
+                return self._drawn_first(obs)
             action, _ = self.model.predict(obs, deterministic=True)
             action = np.asarray(action, dtype=np.int64)
             if self._is_repeat(action):
                 action = self._most_likely_new(obs, action)
         return action
+
+    def _drawn_first(self, obs: np.ndarray) -> np.ndarray:
+        """One of the policy's ``first_trial_top`` most likely new actions, drawn by their probabilities.
+
+        So another seed may open another way, while every opening is one the policy rates highly.
+        """
+        log_probs = self._log_probs(obs)
+        candidates = []
+        for action in itertools.islice(most_likely_first(log_probs), MAX_CANDIDATES):
+            if not self._is_repeat(action):
+                candidates.append(action)
+                if len(candidates) == self.info.first_trial_top:
+                    break
+        weights = np.exp([sum(lp[a] for lp, a in zip(log_probs, action)) for action in candidates])
+        return candidates[int(self.rng.choice(len(candidates), p=weights / weights.sum()))]
 
     def ranked(self, obs: np.ndarray) -> Iterator[np.ndarray]:
         """The policy's actions at ``obs``, most likely first (:func:`most_likely_first`), repeats included.

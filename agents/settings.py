@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from rlhpo.envs import BACKENDS
+from rlhpo.envs import REAL_BACKENDS
 from rlhpo.envs.reward import RewardSettings
 from rlhpo.errors import RlhpoError, unknown
 from rlhpo.settings import SHIPPED_STORE, from_dict, read_yaml, shipped_file
@@ -83,6 +83,11 @@ class TrainAgentSettings:
     train_seed: int = 0  # training seed of the recorded runs that answer
     exclude_datasets: tuple[str, ...] = ("ag_news",)  # held out: never met in meta-training
     budget_fte: float = DEFAULT_BUDGET_FTE  # budget of an episode, in full-training equivalents
+    # [low, high]: each episode's budget drawn log-uniformly from that many full trainings (one policy for
+    # every budget; it observes the budget's size with history > 0); None: every episode has budget_fte.
+    budget_fte_range: tuple[float, float] | None = None
+    history: int = 0  # the policy also observes the budget's size and the episode's best `history` trials
+    first_trial_top: int = 1  # the tuner's first trial: drawn by seed among the policy's this many most likely
     meta_features: bool = True  # the policy sees the task's meta-features; False: zeros, it acts on curves alone
     config_fraction: float = 0.5  # share of a task's recorded configs each episode may be answered from
     total_steps: int = 200_000  # environment steps (all envs together)
@@ -111,6 +116,13 @@ class TrainAgentSettings:
         _check_int("total_steps", self.total_steps, minimum=1)
         _check_int("checkpoint_every", self.checkpoint_every, minimum=1)
         _check_float("budget_fte", self.budget_fte, minimum=0.0)
+        _check_int("history", self.history, minimum=0)
+        _check_int("first_trial_top", self.first_trial_top, minimum=1)
+        if self.budget_fte_range is not None:
+            low_high = self.budget_fte_range
+            if not isinstance(low_high, list | tuple) or len(low_high) != 2 or not 0 < low_high[0] <= low_high[1]:
+                raise RlhpoError(f"budget_fte_range must be [low, high] with 0 < low <= high, but got {low_high!r}.")
+            object.__setattr__(self, "budget_fte_range", (float(low_high[0]), float(low_high[1])))
         _check_float("config_fraction", self.config_fraction, minimum=0.0)
         if not 0.0 < self.config_fraction <= 1.0:
             raise RlhpoError(f"config_fraction must be in (0, 1], but got config_fraction={self.config_fraction!r}.")
@@ -213,7 +225,7 @@ class BenchSettings:
     first_seed: int = field(default=10000, metadata=_help("The first evaluation seed."))
     backend: str = field(
         default="recorded",
-        metadata={"help": "recorded: trials looked up in --store; live: trained.", "choices": BACKENDS},
+        metadata={"help": "recorded: trials looked up in --store; live: trained.", "choices": REAL_BACKENDS},
     )
     store: str | None = field(default=None, metadata=_help("Recorded curves (default: the shipped meta-dataset)."))
     policy: str | None = field(default=None, metadata=_help("policy.zip or train-agent run folder (default: shipped)."))
@@ -262,8 +274,8 @@ class BenchSettings:
             raise RlhpoError(
                 f"--address is for --executor ray, but got --executor {self.executor} with --address {self.address!r}."
             )
-        if self.backend not in BACKENDS:
-            raise unknown("backend", self.backend, BACKENDS)
+        if self.backend not in REAL_BACKENDS:
+            raise unknown("backend", self.backend, REAL_BACKENDS)
         for m in self.methods:
             if m not in METHODS:
                 raise unknown("method", m, METHODS)

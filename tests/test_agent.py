@@ -275,3 +275,29 @@ def test_meta_training_on_config_subsets_is_seeded(tmp_path_factory, tmp_path):
     runs = [train_agent(settings, run_name=f"subset{i}", runs_dir=tmp_path, progress=False) for i in range(2)]
     a, b = (policy_params(Path(r["policy"])) for r in runs)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_policy_that_searches_tunes_at_every_budget_without_repeats(tmp_path_factory, tmp_path):
+    """history + drawn budgets + a seeded first trial: one policy for 1 to 30 FTE, never a repeat or overspend."""
+    from rlhpo.agents.base import run_tuner
+
+    settings = helpers.tiny_settings(tmp_path_factory, history=3, budget_fte_range=(1.0, 30.0), first_trial_top=4)
+    summary = train_agent(settings, run_name="searcher", runs_dir=tmp_path, argv=["test"], progress=False)
+    tuner = PPOTuner.load(summary["policy"])
+    assert (tuner.info.history, tuner.info.first_trial_top) == (3, 4)
+    space = load_search_space(helpers.tiny_space_path(tmp_path_factory))
+    firsts = set()
+    for fte in (1, 3, 10, 30):
+        env = HPOEnv(
+            "recorded", helpers.tiny_store(tmp_path_factory), space=space, budget_epochs=fte * space.max_epochs
+        )
+        for seed in range(4):
+            result = run_tuner(tuner, env, seed, task=helpers.DIGITS.key())
+            trials = [(t.answered_config.key(), t.epochs) for t in result.trials]
+            if fte <= 3:  # the tiny space has 8 configs: larger budgets run out of new trials
+                assert len(trials) == len(set(trials)), trials
+            assert result.epochs_used <= env.budget_epochs
+            firsts.add(result.trials[0].config.key())
+            again = run_tuner(tuner, env, seed, task=helpers.DIGITS.key())
+            assert [t.config for t in again.trials] == [t.config for t in result.trials]  # the seed decides
+    assert len(firsts) > 1  # seeds open differently
