@@ -14,15 +14,13 @@ from __future__ import annotations
 
 import itertools
 import shlex
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
-from rlhpo.agents.policy import MAX_CANDIDATES, PPOTuner, hide_meta_features, most_likely_first, one_torch_thread
+from rlhpo.agents.policy import MAX_CANDIDATES, PPOTuner
 from rlhpo.envs.hpo_env import HPOEnv
 from rlhpo.errors import RlhpoError
 from rlhpo.space import Config, load_search_space
@@ -115,21 +113,10 @@ def ranked_configs(tuner: PPOTuner, env: HPOEnv, obs: np.ndarray, n: int) -> lis
     tuner.start(env, seed=0)
     first = tuner.propose(obs)
     out: list[Config] = []
-    for action in itertools.islice(itertools.chain([first], _by_likelihood(tuner, obs)), MAX_CANDIDATES):
+    for action in itertools.islice(itertools.chain([first], tuner.ranked(obs)), MAX_CANDIDATES):
         config = env.decode(action).with_epochs(env.space.max_epochs)
         if config not in out:
             out.append(config)
             if len(out) == n:
                 break
     return out
-
-
-def _by_likelihood(tuner: PPOTuner, obs: np.ndarray) -> Iterator[np.ndarray]:
-    """Every action, most likely first under the policy at ``obs``."""
-    if not tuner.info.meta_features:
-        obs = hide_meta_features(obs)
-    with one_torch_thread(), torch.no_grad():
-        obs_tensor, _ = tuner.model.policy.obs_to_tensor(obs)
-        dist = tuner.model.policy.get_distribution(obs_tensor)
-        log_probs = [d.logits[0].double().log_softmax(-1).numpy() for d in dist.distribution]
-    return most_likely_first(log_probs)
