@@ -38,8 +38,7 @@ import numpy as np
 
 from rlhpo.agents.base import TuneResult
 from rlhpo.agents.policy import PPOTuner
-from rlhpo.collect import Executor, WorkItem
-from rlhpo.collect import load_in_worker
+from rlhpo.collect import Executor, WorkItem, load_in_worker
 from rlhpo.envs.backends import LiveBackend
 from rlhpo.envs.hpo_env import HPOEnv, StepResult, fidelity
 from rlhpo.errors import RlhpoError
