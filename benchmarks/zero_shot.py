@@ -72,7 +72,9 @@ def regrets(store: CurveStore, dataset: str, policy: PPOTuner) -> list[dict[str,
             elif method == "default":
                 action = env.default_action()
             else:
-                action = space.indices(first.with_epochs(space.max_epochs), env.modality)
+                # The list's configs keep the family they were recorded with: none on a pinned instance.
+                family = (first.family or env.task_family) if space.families else None
+                action = space.indices(first.with_epochs(space.max_epochs).with_family(family), env.modality)
             result = env.step(action)[4]["result"]
             row[method] = oracle.regret(record.key, result.answered_config)
             row[f"{method}_exact"] = result.exact
