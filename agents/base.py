@@ -37,6 +37,13 @@ class TuneResult:
     tuning_seconds: float = 0.0  # wall time of the episode, the tuner's own time included
     policy_seconds: float = 0.0  # time the tuner spent deciding
 
+    def add(self, step: StepResult) -> None:
+        """Take one step's result: its trial, and the incumbent and budget after it."""
+        self.trials.append(step)
+        self.incumbent_score = step.incumbent
+        self.incumbent_config = step.incumbent_config
+        self.epochs_used = step.budget_used
+
 
 class Tuner(ABC):
     """Proposes configs for one episode at a time.
@@ -98,10 +105,7 @@ def run_tuner(
         t = time.perf_counter()
         tuner.observe(np.asarray(action), step)
         policy_seconds += time.perf_counter() - t
-        result.trials.append(step)
-        result.incumbent_score = step.incumbent
-        result.incumbent_config = step.incumbent_config
-        result.epochs_used = step.budget_used
+        result.add(step)
         if on_step is not None:
             on_step(step)
         terminated = terminated or truncated

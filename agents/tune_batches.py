@@ -188,10 +188,7 @@ def run_rounds(
             t = time.perf_counter()
             tuner.observe(p.action, step)
             policy_seconds += time.perf_counter() - t
-            result.trials.append(step)
-            result.incumbent_score = step.incumbent
-            result.incumbent_config = step.incumbent_config
-            result.epochs_used = step.budget_used
+            result.add(step)
             if on_step is not None:
                 on_step(step)
             terminated = terminated or truncated

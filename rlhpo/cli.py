@@ -21,6 +21,7 @@ from rlhpo.cli_options import (
     data_dir_option,
     device_option,
     emit,
+    executor_options,
     json_option,
     make_task,
     policy_option,
@@ -151,25 +152,7 @@ def train_cmd(
 @click.option(
     "--configs", type=click.IntRange(min=1), default=None, help="Configs per task instance (default: the file's)."
 )
-@click.option(
-    "--workers",
-    type=click.IntRange(min=1),
-    default=1,
-    show_default=True,
-    help="Worker processes (--executor ray without --address: the local Ray instance's CPUs).",
-)
-@click.option(
-    "--executor",
-    type=click.Choice(["local", "ray"]),
-    default="local",
-    show_default=True,
-    help="Where runs train: local worker processes, or Ray tasks (needs pip install 'rlhpo[ray]').",
-)
-@click.option(
-    "--address",
-    default=None,
-    help="--executor ray: the Ray cluster to use, 'auto' or HOST:PORT (default: start a local Ray instance).",
-)
+@executor_options("runs", "Worker processes (--executor ray without --address: the local Ray instance's CPUs).")
 @click.option(
     "--seed", type=int, default=None, help="Seed of the config design and the drawn instances (default: the file's)."
 )
@@ -441,24 +424,8 @@ def train_agent_cmd(
     help="Also add every trial to an Optuna study here: a database URL (sqlite:///study.db) or a journal file.",
 )
 @click.option("--study-name", default=None, help="The Optuna study (with --storage); an existing one is continued.")
-@click.option(
-    "--workers",
-    type=click.IntRange(min=1),
-    default=1,
-    show_default=True,
-    help="Trials at once: each step trains the policy's N most likely new configs concurrently (on CPU).",
-)
-@click.option(
-    "--executor",
-    type=click.Choice(["local", "ray"]),
-    default="local",
-    show_default=True,
-    help="Where --workers trials train: local processes, or Ray tasks (needs pip install 'rlhpo[ray]').",
-)
-@click.option(
-    "--address",
-    default=None,
-    help="--executor ray: the Ray cluster to use, 'auto' or HOST:PORT (default: start a local Ray instance).",
+@executor_options(
+    "--workers trials", "Trials at once: each step trains the policy's N most likely new configs concurrently (on CPU)."
 )
 @runs_dir_option
 @json_option

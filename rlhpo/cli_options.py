@@ -57,6 +57,25 @@ policy_option = click.option(
 )
 
 
+def executor_options(what: str, workers_help: str) -> Callable[[F], F]:
+    """``--workers``, ``--executor`` and ``--address``: where ``what`` (runs, trials) train, and on how many workers."""
+    return _options(
+        click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True, help=workers_help),
+        click.option(
+            "--executor",
+            type=click.Choice(["local", "ray"]),
+            default="local",
+            show_default=True,
+            help=f"Where {what} train: local worker processes, or Ray tasks (needs pip install 'rlhpo[ray]').",
+        ),
+        click.option(
+            "--address",
+            default=None,
+            help="--executor ray: the Ray cluster to use, 'auto' or HOST:PORT (default: start a local Ray instance).",
+        ),
+    )
+
+
 def space_option(default: str) -> Callable[[F], F]:
     """``--space``, a search-space YAML; ``default`` says which space is used without it."""
     return click.option(
