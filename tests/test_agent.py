@@ -277,6 +277,7 @@ def test_meta_training_on_config_subsets_is_seeded(tmp_path_factory, tmp_path):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.needs_data  # the tiny store records trec
 def test_a_policy_that_searches_tunes_at_every_budget_without_repeats(tmp_path_factory, tmp_path):
     """history + drawn budgets + a seeded first trial: one policy for 1 to 30 FTE, never a repeat or overspend."""
     from rlhpo.agents.base import run_tuner
