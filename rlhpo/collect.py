@@ -318,9 +318,7 @@ class LocalExecutor:
 EXECUTORS = ("local", "ray")
 
 
-def make_executor(
-    kind: str = "local", workers: int = 1, address: str | None = None, keep: bool = False
-) -> Executor:
+def make_executor(kind: str = "local", workers: int = 1, address: str | None = None, keep: bool = False) -> Executor:
     """The executor ``rlhpo collect --executor`` names: ``workers`` local processes, or Ray tasks.
 
     ``ray`` without ``address`` starts a local Ray instance with ``workers`` CPUs; with it
