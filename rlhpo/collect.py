@@ -191,9 +191,9 @@ def design_configs(space: SearchSpace, n: int, seed: int, modality: str | None =
     After the default config come the points of one scrambled Sobol sequence
     (``scipy.stats.qmc.Sobol``, seeded) over the unit cube of the eight hyperparameters but
     epochs, plus one coordinate for the family; coordinate ``u`` of a hyperparameter with ``k``
-    choices picks choice ``floor(u * k)``. ``families`` is the list the family coordinate picks
-    from (an instance that leaves the family to the config; the default config takes the first
-    of the list, its modality's default); ``None`` leaves the family to the task.
+    choices picks choice ``floor(u * k)``. The family coordinate picks among the space's families
+    of ``modality`` (for an instance that leaves the family to the config; the default config
+    takes the modality's default family); ``modality=None`` leaves the family to the task.
 
     Every instance walks the same sequence, so instances of one modality record the same
     configs in the same order (a "matched" design, as in HPO-B and PD1): an instance with ``n``
