@@ -148,33 +148,22 @@ def calibration(data: CurveData, p: Predictions) -> dict[str, float]:
 def run(data: CurveData, settings: SurrogateSettings, seed: int, log: Callable[[str], None]) -> dict:
     space = load_search_space()
     split = halves(data, seed)
-    tasks = np.array(data.run_task)
     groups = np.array([data_group(data, k) for k in data.run_task])
     datasets = np.array([data.records[k].task.dataset for k in data.run_task])
+    folds = {  # each scheme: what it holds out, and each run's fold
+        "half": ("half split", split),
+        "loio": ("leave one instance out (data subsamples)", groups),
+        "lodo": ("leave one dataset out", datasets),
+    }
     results = {}
-
-    t = time.perf_counter()
-    half = Predictions(data)
-    for h in (0, 1):
-        half.fill(data, split != h, settings)
-    log(f"half split: {time.perf_counter() - t:.0f}s")
+    for name, (what, labels) in folds.items():
+        t = time.perf_counter()
+        predictions = Predictions(data)
+        for fold in dict.fromkeys(labels):
+            predictions.fill(data, labels != fold, settings)
+        log(f"{what}, {len(set(labels))} folds: {time.perf_counter() - t:.0f}s")
+        results[name] = predictions
     nn = nearest_neighbour(data, split, space)
-    results["half"] = half
-
-    t = time.perf_counter()
-    loio = Predictions(data)
-    for g in dict.fromkeys(groups):
-        loio.fill(data, groups != g, settings)
-    log(f"leave one instance out ({len(set(groups))} data subsamples): {time.perf_counter() - t:.0f}s")
-    results["loio"] = loio
-
-    t = time.perf_counter()
-    lodo = Predictions(data)
-    for d in dict.fromkeys(datasets):
-        lodo.fill(data, datasets != d, settings)
-    log(f"leave one dataset out ({len(set(datasets))} datasets): {time.perf_counter() - t:.0f}s")
-    results["lodo"] = lodo
-    del tasks
     return {"nn": nn, **results}
 
 
