@@ -21,7 +21,7 @@ import logging
 import shlex
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +52,7 @@ from rlhpo.agents.policy import (
     one_torch_thread,
     save_policy,
 )
+from rlhpo.agents.portfolio import PortfolioActions, learn_portfolio
 from rlhpo.agents.sb3_logging import run_logger
 from rlhpo.agents.settings import TrainAgentSettings, settings_from_dict
 from rlhpo.envs.backends import Backend, RecordedBackend, SubsetBackend
@@ -62,7 +63,7 @@ from rlhpo.errors import RlhpoError
 from rlhpo.files import write_atomic
 from rlhpo.runs import interruptible, make_run_dir, runs_root, write_run_files, write_summary
 from rlhpo.settings import read_yaml
-from rlhpo.space import SearchSpace
+from rlhpo.space import Config, SearchSpace
 from rlhpo.store import CurveStore
 
 log = logging.getLogger(__name__)
@@ -73,12 +74,16 @@ EVAL_METHODS = ("ppo", "default", "random")
 
 
 def make_vec_env(
-    settings: TrainAgentSettings, backend: RecordedBackend | SurrogateModel, space: SearchSpace
+    settings: TrainAgentSettings,
+    backend: RecordedBackend | SurrogateModel,
+    space: SearchSpace,
+    portfolio: Sequence[Config] = (),
 ) -> DummyVecEnv:
     """``ppo.n_envs`` HPOEnvs (sharing one recorded backend or surrogate), each in SB3's Monitor.
 
     On a surrogate, env ``i`` draws its episodes' noise from seed ``seed + i``; ``config_fraction``
-    does not apply (every config answers, with noise, so there is no lookup to recall).
+    does not apply (every config answers, with noise, so there is no lookup to recall). With a
+    ``portfolio``, the policy's actions pick among its configs (:class:`PortfolioActions`).
     """
     budget = settings.budget_epochs(space)
 
@@ -104,6 +109,8 @@ def make_vec_env(
                 env = DrawnBudget(env, *settings.budget_fte_range, seed=settings.seed + i)
             if settings.history:
                 env = HistoryObservation(env, settings.history)
+            if portfolio:
+                env = PortfolioActions(env, portfolio)
             return Monitor(env if settings.meta_features else HideMetaFeatures(env))
 
         return build
@@ -218,7 +225,17 @@ def _train_agent(
         run_dir,
     )
 
-    venv = make_vec_env(settings, answers, space)
+    portfolio: list[Config] = []
+    if settings.portfolio:  # learned from the meta-training tasks only, like the learned list it starts from
+        portfolio = learn_portfolio(
+            backend.store,
+            space,
+            settings.portfolio,
+            train_seed=settings.train_seed,
+            exclude_datasets=settings.exclude_datasets,
+        )
+        log.info("train-agent: a portfolio of %d configs (the learned list's first)", len(portfolio))
+    venv = make_vec_env(settings, answers, space, portfolio)
     model, start_steps = _model(settings, venv, run_dir, resume is not None)
     logger = run_logger(run_dir, resume_step=start_steps if resume is not None else None)
     model.set_logger(logger)
@@ -229,7 +246,7 @@ def _train_agent(
         _learn(model, settings, run_dir, metrics, progress)
     train_seconds = time.perf_counter() - started
     # The policy file says what space its actions index and how it was trained.
-    info = PolicyInfo(space=space, budget_epochs=budget, settings=settings.to_dict())
+    info = PolicyInfo(space=space, budget_epochs=budget, settings=settings.to_dict(), portfolio=tuple(portfolio))
     save_policy(model, checkpoint_path(run_dir / CHECKPOINTS, model.num_timesteps), info)
     save_policy(model, run_dir / POLICY_FILE, info)
 

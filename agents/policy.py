@@ -25,10 +25,11 @@ import torch
 from stable_baselines3 import PPO
 
 from rlhpo.agents.base import Tuner
+from rlhpo.agents.portfolio import portfolio_action, portfolio_features
 from rlhpo.envs.hpo_env import HPOEnv, history_names
 from rlhpo.errors import RlhpoError
 from rlhpo.settings import SHIPPED_POLICY, shipped_file
-from rlhpo.space import SearchSpace
+from rlhpo.space import HYPERPARAMETERS, Config, SearchSpace
 from rlhpo.tasks.features import META_FEATURES
 
 POLICY_FILE = "policy.zip"
@@ -44,6 +45,7 @@ class PolicyInfo:
     space: SearchSpace | None = None  # None: a file that did not say (the shipped space is used)
     budget_epochs: int | None = None
     settings: dict[str, Any] = field(default_factory=dict)  # train-agent's settings, as config.yaml holds them
+    portfolio: tuple[Config, ...] = ()  # a portfolio policy's configs (rlhpo.agents.portfolio); () acts in the space
 
     @property
     def meta_features(self) -> bool:
@@ -70,6 +72,7 @@ class PolicyInfo:
             "space": self.space.to_dict() if self.space else None,
             "budget_epochs": self.budget_epochs,
             "settings": self.settings,
+            "portfolio": [c.to_dict() for c in self.portfolio],
         }
 
     @classmethod
@@ -79,6 +82,7 @@ class PolicyInfo:
             space=SearchSpace.from_dict(space) if space else None,
             budget_epochs=data.get("budget_epochs"),
             settings=dict(data.get("settings") or {}),
+            portfolio=tuple(Config(**c) for c in data.get("portfolio") or ()),
         )
 
 
@@ -162,7 +166,14 @@ class PPOTuner(Tuner):
         super().start(env, seed)
         self._first = True
         nvec = [int(n) for n in getattr(self.model.action_space, "nvec", [])]
-        if nvec != self.space.nvec:
+        if self.info.portfolio:
+            expected = [len(self.info.portfolio), len(self.space.choices["epochs"])]
+            if nvec != expected:
+                raise RlhpoError(
+                    f"The policy's actions are {nvec}, but its file lists {len(self.info.portfolio)} portfolio configs "
+                    f"and the space has {expected[1]} epochs choices: the file is damaged or mixed up."
+                )
+        elif nvec != self.space.nvec:
             raise RlhpoError(
                 f"The policy chooses among {nvec} choices per hyperparameter, but the environment's search "
                 f"space has {self.space.nvec}; use the space the policy was trained in."
@@ -181,9 +192,19 @@ class PPOTuner(Tuner):
             if first and self.info.first_trial_top > 1:
                 return self._drawn_first(obs)
             action, _ = self.model.predict(obs, deterministic=True)
-            action = np.asarray(action, dtype=np.int64)
+            action = self.env_action(np.asarray(action, dtype=np.int64))
             if self._is_repeat(action):
                 action = self._most_likely_new(obs, action)
+        return action
+
+    def env_action(self, action: np.ndarray) -> np.ndarray:
+        """The env's action (choice indices in its space) of one of the policy's actions.
+
+        The same, but for a portfolio policy, whose action ``[i, e]`` names a portfolio config and
+        its epochs (:mod:`rlhpo.agents.portfolio`).
+        """
+        if self.info.portfolio:
+            return portfolio_action(self.env, self.info.portfolio, action)
         return action
 
     def _drawn_first(self, obs: np.ndarray) -> np.ndarray:
@@ -192,14 +213,16 @@ class PPOTuner(Tuner):
         So another seed may open another way, while every opening is one the policy rates highly.
         """
         log_probs = self._log_probs(obs)
-        candidates = []
+        candidates, weights = [], []
         for action in itertools.islice(most_likely_first(log_probs), MAX_CANDIDATES):
-            if not self._is_repeat(action):
-                candidates.append(action)
+            env_action = self.env_action(action)
+            if not self._is_repeat(env_action):
+                candidates.append(env_action)
+                weights.append(math.exp(sum(lp[a] for lp, a in zip(log_probs, action))))
                 if len(candidates) == self.info.first_trial_top:
                     break
-        weights = np.exp([sum(lp[a] for lp, a in zip(log_probs, action)) for action in candidates])
-        return candidates[int(self.rng.choice(len(candidates), p=weights / weights.sum()))]
+        p = np.asarray(weights) / sum(weights)
+        return candidates[int(self.rng.choice(len(candidates), p=p))]
 
     def ranked(self, obs: np.ndarray) -> Iterator[np.ndarray]:
         """The policy's actions at ``obs``, most likely first (:func:`most_likely_first`), repeats included.
@@ -210,18 +233,21 @@ class PPOTuner(Tuner):
         obs = self.policy_view(obs)
         with one_torch_thread():
             log_probs = self._log_probs(obs)
-        return itertools.islice(most_likely_first(log_probs), MAX_CANDIDATES)
+        return (self.env_action(a) for a in itertools.islice(most_likely_first(log_probs), MAX_CANDIDATES))
 
     def policy_view(self, obs: np.ndarray) -> np.ndarray:
         """What the policy sees of the env's observation, as in its meta-training.
 
-        The meta-features hidden if it was trained without them, and the episode's best trials
-        appended if it was trained to see them (:class:`HistoryObservation`).
+        The meta-features hidden if it was trained without them, the episode's best trials
+        appended if it was trained to see them (:class:`HistoryObservation`), then a portfolio
+        policy's view of its configs (:class:`rlhpo.agents.portfolio.PortfolioActions`).
         """
         if not self.info.meta_features:
             obs = hide_meta_features(obs)
         if self.info.history:
             obs = np.concatenate([obs, self.env.history_features(self.info.history)]).astype(np.float32)
+        if self.info.portfolio:
+            obs = np.concatenate([obs, portfolio_features(self.env, self.info.portfolio)]).astype(np.float32)
         expected = self.model.observation_space.shape
         if np.shape(obs) != expected:
             raise RlhpoError(f"The policy observes vectors of shape {expected}, but got {np.shape(obs)}.")
@@ -238,9 +264,22 @@ class PPOTuner(Tuner):
 
     def _most_likely_new(self, obs: np.ndarray, fallback: np.ndarray) -> np.ndarray:
         for action in itertools.islice(most_likely_first(self._log_probs(obs)), MAX_CANDIDATES):
+            env_action = self.env_action(action)
+            if not self._is_repeat(env_action):
+                return env_action
+        if self.info.portfolio:  # every portfolio config is known in full: go on as the learned list does
+            return self._random_new(fallback)
+        return fallback  # every candidate looked at is a repeat: the budget will end the episode
+
+    def _random_new(self, fallback: np.ndarray) -> np.ndarray:
+        """A uniformly random config at full fidelity that is not a repeat (``fallback`` if none is found)."""
+        epochs = HYPERPARAMETERS.index("epochs")
+        for _ in range(MAX_CANDIDATES):
+            action = self.env.sample_action(self.rng)
+            action[epochs] = self.space.choices["epochs"].index(self.space.max_epochs)
             if not self._is_repeat(action):
                 return action
-        return fallback  # every candidate looked at is a repeat: the budget will end the episode
+        return fallback
 
 
 def most_likely_first(log_probs: list[np.ndarray]) -> Iterator[np.ndarray]:

@@ -50,6 +50,8 @@ def main() -> None:
     parser.add_argument("--history", type=int, default=None, help="best trials the policy observes (override)")
     parser.add_argument("--budget-fte-range", default=None, help="LOW,HIGH: a budget drawn per episode (override)")
     parser.add_argument("--first-trial-top", type=int, default=None, help="override first_trial_top")
+    parser.add_argument("--portfolio", type=int, default=None, help="portfolio policy of N configs (override)")
+    parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated tuners to bench")
     parser.add_argument("--datasets", default=None, help="comma-separated (default: every dataset of the store)")
     parser.add_argument("--budgets", default="1,3,10,30")
     parser.add_argument("--seeds", type=int, default=5)
@@ -72,6 +74,9 @@ def main() -> None:
         base = dataclasses.replace(base, budget_fte_range=(low, high))
     if args.first_trial_top is not None:
         base = dataclasses.replace(base, first_trial_top=args.first_trial_top)
+    if args.portfolio is not None:
+        base = dataclasses.replace(base, portfolio=args.portfolio)
+    methods = tuple(args.methods.split(","))
     backend = args.backend or base.backend
     store = CurveStore(base.store_path(), readonly=True)
     datasets = (
@@ -97,7 +102,12 @@ def main() -> None:
             train_agent(settings, run_name=policy_dir.name, runs_dir=runs, argv=["benchmarks/leave_one_out.py"])
         timings[dataset] = json.loads((policy_dir / "summary.json").read_text())["train_seconds"]
         bench = BenchSettings(
-            tasks=(dataset,), budgets=budgets, seeds=args.seeds, policy=str(policy_dir), store=base.store
+            tasks=(dataset,),
+            methods=methods,
+            budgets=budgets,
+            seeds=args.seeds,
+            policy=str(policy_dir),
+            store=base.store,
         )
         run_bench(bench, runs / f"bench-{dataset}", argv=["benchmarks/leave_one_out.py"])
         rows += read_csv(runs / f"bench-{dataset}" / "bench.csv")
@@ -106,15 +116,15 @@ def main() -> None:
         for name in ("bench.md", "bench.png", "bench.csv"):
             shutil.copy(runs / f"bench-{dataset}" / name, kept / dataset / name)
         print(f"{dataset}: done", flush=True)
-    pooled = BenchSettings(tasks=tuple(datasets), budgets=budgets, seeds=args.seeds)
+    pooled = BenchSettings(tasks=tuple(datasets), methods=methods, budgets=budgets, seeds=args.seeds)
     report = summarise(rows, anytime, pooled)
     plot(report, pooled, Path(args.out).with_suffix(".png"))
-    write_report(Path(args.out), rows, report, datasets, budgets, base, args, timings, backend)
+    write_report(Path(args.out), rows, report, datasets, methods, budgets, base, args, timings, backend)
 
 
 def write_report(
-    out: Path, rows: list[dict[str, Any]], report: dict[str, Any], datasets: list[str], budgets: tuple[float, ...],
-    base: Any, args: Any, timings: dict[str, float], backend: str,
+    out: Path, rows: list[dict[str, Any]], report: dict[str, Any], datasets: list[str], methods: tuple[str, ...],
+    budgets: tuple[float, ...], base: Any, args: Any, timings: dict[str, float], backend: str,
 ) -> None:  # fmt: skip
     ref = 3.0 if 3.0 in budgets else budgets[0]
     lines = [
@@ -125,21 +135,22 @@ def write_report(
         f"{'shipped' if args.config is None else args.config}, {base.total_steps} PPO steps each, "
         f"meta_features={str(base.meta_features).lower()}, config_fraction={base.config_fraction}, "
         f"meta-trained on the {backend} backend, history={base.history}, budget_fte_range={base.budget_fte_range}, "
-        f"first_trial_top={base.first_trial_top}, the held-out dataset excluded (from the surrogate's fit too); "
+        f"first_trial_top={base.first_trial_top}, portfolio={base.portfolio}, "
+        "the held-out dataset excluded (from the surrogate's fit too); "
         "the learned list learns from the same tasks. Judged on the recorded curves of the held-out dataset, "
         f"{args.seeds} seeds per task (10000..), regret at full fidelity (normalised accuracy), mean ± s.e.",
         "",
         f"## Regret at {ref:g} FTE, per held-out dataset",
         "",
-        "| held-out dataset | tasks | " + " | ".join(METHODS) + " |",
-        "| --- | --- | " + " | ".join("---" for _ in METHODS) + " |",
+        "| held-out dataset | tasks | " + " | ".join(methods) + " |",
+        "| --- | --- | " + " | ".join("---" for _ in methods) + " |",
     ]
     for d in datasets:
         mine = [r for r in rows if r["dataset"] == d and r["budget_fte"] == ref]
         n_tasks = len({r["task"] for r in mine})
-        best = min(METHODS, key=lambda m: statistics.fmean([r["regret"] for r in mine if r["method"] == m] or [9]))
+        best = min(methods, key=lambda m: statistics.fmean([r["regret"] for r in mine if r["method"] == m] or [9]))
         cells = []
-        for m in METHODS:
+        for m in methods:
             text = pm(mean_se([r["regret"] for r in mine if r["method"] == m]))
             cells.append(f"**{text}**" if m == best else text)
         lines.append(f"| {d} | {n_tasks} | " + " | ".join(cells) + " |")
@@ -154,7 +165,7 @@ def write_report(
         "| method | " + " | ".join(f"regret @ {b:g}" for b in budgets) + " | area | mean rank | speedup |",
         "| --- | " + " | ".join("---" for _ in budgets) + " | --- | --- | --- |",
     ]
-    for m in METHODS:
+    for m in methods:
         e = report["methods"][m]
         cells = [pm(e["regret"].get(b)) for b in budgets]
         lines.append(

@@ -389,6 +389,7 @@ class HPOEnv(gym.Env[np.ndarray, np.ndarray]):
         self._last: Trial | None = None
         self._trained: dict[str, int] = {}  # config key (epochs left out) -> most epochs trained this episode
         self._known: dict[str, int] = {}  # the same, for the configs asked and the configs that answered
+        self._latest: dict[str, float] = {}  # config key (asked or answering) -> its latest trial's score
         self._trials: list[tuple[float, Config]] = []  # (score, answering config at its epochs), in order
         self._done = True
 
@@ -419,6 +420,7 @@ class HPOEnv(gym.Env[np.ndarray, np.ndarray]):
         self._last = None
         self._trained = {}
         self._known = {}
+        self._latest = {}
         self._trials = []
         self._done = False
         return self._get_obs(), self._reset_info()
@@ -431,9 +433,10 @@ class HPOEnv(gym.Env[np.ndarray, np.ndarray]):
         paid = epochs - resume_from
         trial = self.backend.run(self._record.task, config, epochs, resume_from=resume_from)
         self._trained[config.key()] = max(epochs, self._trained.get(config.key(), 0))
+        score = trial_score(trial)
         for known in (config, trial.config):  # a recorded answer makes the answering config known too
             self._known[known.key()] = max(epochs, self._known.get(known.key(), 0))
-        score = trial_score(trial)
+            self._latest[known.key()] = score
         before = self._incumbent
         if score > self._best_score:  # the incumbent config is the best trial's, even below chance
             self._best_score = score
@@ -502,6 +505,12 @@ class HPOEnv(gym.Env[np.ndarray, np.ndarray]):
         done = self._known.get(config.key(), 0)
         epochs, _ = fidelity(self._epochs_choices, config.epochs, done, self.budget_remaining)
         return epochs <= done
+
+    def seen(self, config: Config) -> tuple[int, float]:
+        """(epochs, score) the episode knows of ``config``: the most epochs it was trained or answered to, and the
+        score of its latest trial; (0, 0.0) when it has not been tried. Epochs of ``config`` itself are ignored."""
+        key = config.key()
+        return self._known.get(key, 0), self._latest.get(key, 0.0)
 
     def history_features(self, k: int) -> np.ndarray:
         """What a policy that searches observes beyond :attr:`observation_names` (:func:`history_names`).

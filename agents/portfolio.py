@@ -1,0 +1,127 @@
+"""A policy that chooses among a portfolio of configs learned from the meta-training tasks.
+
+The learned list (:mod:`rlhpo.agents.learned_list`) is hard to beat at small budgets: a few
+configs that did well across the meta-training tasks. It cannot adapt: it trains the same
+configs, at full fidelity, in the same order, on every task. A *portfolio policy* acts on the
+same configs but decides, from the task's meta-features and the curves seen so far, which one to
+train next and for how many epochs (screening several at 1 epoch, continuing the promising
+ones, stopping early on one that diverges).
+
+With ``portfolio: N`` in ``configs/train_agent.yaml``, the policy's action is not a whole
+config but ``[i, e]``: the ``i``-th of the first ``N`` configs of the learned list (learned from
+the meta-training tasks only) trained to the ``e``-th epochs choice. Every portfolio config is
+recorded on every meta-training task, so meta-training's answers are exact (no nearest
+neighbour to exploit). The observation gains ``1 + 2N`` entries (:func:`portfolio_names`): the
+budget's size, then per portfolio config the epochs the episode knows of it (a fraction of the
+largest choice) and its latest score. The portfolio is saved in the policy file
+(:class:`rlhpo.agents.policy.PolicyInfo`), so a tuner plays exactly the configs it was trained on.
+On a task of another family the configs are played with the task's family, as the learned list
+does. Once every portfolio config is known at full fidelity, :class:`~rlhpo.agents.policy.PPOTuner`
+goes on with random new configs at full fidelity, as the learned list does past its end.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+
+from rlhpo.agents.learned_list import LearnedListTuner
+from rlhpo.envs.hpo_env import HPOEnv
+from rlhpo.errors import RlhpoError
+from rlhpo.space import Config, SearchSpace
+from rlhpo.store import CurveStore
+
+
+def learn_portfolio(
+    store: CurveStore | str | Path,
+    space: SearchSpace,
+    size: int,
+    *,
+    train_seed: int = 0,
+    exclude_datasets: Sequence[str] = (),
+) -> list[Config]:
+    """The first ``size`` configs of the learned list of the store's tasks less ``exclude_datasets``."""
+    configs = LearnedListTuner.fit(store, space, train_seed=train_seed, exclude_datasets=exclude_datasets).configs
+    return configs[:size]
+
+
+def portfolio_names(size: int) -> tuple[str, ...]:
+    """The entries :func:`portfolio_features` gives, in order."""
+    return (
+        ("budget_size",)
+        + tuple(f"portfolio{i + 1}_epochs" for i in range(size))
+        + tuple(f"portfolio{i + 1}_score" for i in range(size))
+    )
+
+
+def portfolio_config(env: HPOEnv, configs: Sequence[Config], action: Any) -> Config:
+    """The config a portfolio action ``[i, e]`` asks for on the env's current task."""
+    i, e = (int(a) for a in np.asarray(action).reshape(-1))
+    if not (0 <= i < len(configs) and 0 <= e < len(env.space.choices["epochs"])):
+        raise RlhpoError(
+            f"A portfolio action is [config index < {len(configs)}, epochs index < "
+            f"{len(env.space.choices['epochs'])}], but got {list(np.asarray(action).reshape(-1))}."
+        )
+    config = configs[i].with_epochs(env.space.choices["epochs"][e])
+    return config.with_family(env.task_family) if env.space.families else config
+
+
+def portfolio_action(env: HPOEnv, configs: Sequence[Config], action: Any) -> np.ndarray:
+    """The env's action (choice indices in its space) of a portfolio action ``[i, e]``."""
+    return env.space.indices(portfolio_config(env, configs, action), env.modality)
+
+
+def portfolio_features(env: HPOEnv, configs: Sequence[Config]) -> np.ndarray:
+    """The budget's size, then per portfolio config the epochs known of it (fraction of the largest), then its score."""
+    n = len(configs)
+    out = np.zeros(1 + 2 * n, dtype=np.float32)
+    out[0] = env.history_features(0)[0]
+    for i in range(n):
+        epochs, score = env.seen(portfolio_config(env, configs, [i, 0]))
+        out[1 + i] = epochs / env.max_epochs
+        out[1 + n + i] = score
+    return out
+
+
+class PortfolioActions(gym.Wrapper):
+    """The policy's action is ``[portfolio index, epochs index]``; it observes each portfolio config's status.
+
+    Wraps an :class:`HPOEnv` (possibly inside observation wrappers): actions are mapped onto the
+    env's space, and :func:`portfolio_features` is appended to every observation.
+    """
+
+    def __init__(self, env: gym.Env, configs: Sequence[Config]) -> None:
+        super().__init__(env)
+        if not configs:
+            raise RlhpoError("A portfolio needs at least one config.")
+        self.configs = list(configs)
+        hpo: HPOEnv = env.unwrapped  # type: ignore[assignment]
+        self.action_space = gym.spaces.MultiDiscrete([len(self.configs), len(hpo.space.choices["epochs"])])
+        base = env.observation_space
+        assert isinstance(base, gym.spaces.Box)
+        n = len(self.configs)
+        low = np.concatenate([np.zeros(1 + n), -np.ones(n)]).astype(np.float32)
+        self.observation_space = gym.spaces.Box(
+            low=np.concatenate([base.low, low]),
+            high=np.concatenate([base.high, np.ones(1 + 2 * n, dtype=np.float32)]),
+            dtype=np.float32,
+        )
+
+    @property
+    def hpo(self) -> HPOEnv:
+        return self.env.unwrapped  # type: ignore[return-value]
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict]:
+        obs, info = self.env.reset(seed=seed, options=options)
+        return self._observe(obs), info
+
+    def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict]:
+        obs, reward, terminated, truncated, info = self.env.step(portfolio_action(self.hpo, self.configs, action))
+        return self._observe(obs), reward, terminated, truncated, info
+
+    def _observe(self, obs: np.ndarray) -> np.ndarray:
+        return np.concatenate([obs, portfolio_features(self.hpo, self.configs)]).astype(np.float32)

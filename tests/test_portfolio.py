@@ -1,0 +1,94 @@
+"""A portfolio policy: actions pick among the learned list's configs and their epochs (agents/portfolio.py)."""
+
+from __future__ import annotations
+
+import helpers
+import numpy as np
+import pytest
+from helpers import one_torch_thread  # noqa: F401 (an autouse fixture)
+
+from rlhpo.agents.base import run_tuner
+from rlhpo.agents.meta_train import train_agent
+from rlhpo.agents.policy import PolicyInfo, PPOTuner
+from rlhpo.agents.portfolio import PortfolioActions, learn_portfolio, portfolio_names
+from rlhpo.agents.settings import TrainAgentSettings
+from rlhpo.envs.hpo_env import HPOEnv
+from rlhpo.errors import RlhpoError
+from rlhpo.space import load_search_space
+
+pytestmark = pytest.mark.needs_data  # the tiny store records trec
+
+
+@pytest.fixture(scope="module")
+def space(tmp_path_factory):
+    return load_search_space(helpers.tiny_space_path(tmp_path_factory))
+
+
+@pytest.fixture(scope="module")
+def portfolio(tmp_path_factory, space):
+    return learn_portfolio(helpers.tiny_store(tmp_path_factory), space, 4, exclude_datasets=["trec"])
+
+
+@pytest.fixture(scope="module")
+def portfolio_policy(tmp_path_factory):
+    runs = tmp_path_factory.mktemp("portfolio-runs")
+    settings = helpers.tiny_settings(tmp_path_factory, portfolio=4)
+    summary = train_agent(settings, run_name="portfolio", runs_dir=runs, argv=["test"], progress=False)
+    return PPOTuner.load(summary["policy"])
+
+
+def test_the_portfolio_is_the_learned_lists_head_from_the_meta_training_tasks(tmp_path_factory, space, portfolio):
+    from rlhpo.agents.learned_list import LearnedListTuner
+
+    full = LearnedListTuner.fit(helpers.tiny_store(tmp_path_factory), space, exclude_datasets=["trec"]).configs
+    assert portfolio == full[:4] and len({c.key() for c in portfolio}) == 4
+
+
+def test_actions_train_portfolio_configs_and_the_observation_shows_what_is_known(tmp_path_factory, space, portfolio):
+    env = PortfolioActions(HPOEnv("recorded", helpers.tiny_store(tmp_path_factory), space=space), portfolio)
+    assert env.action_space.nvec.tolist() == [4, 2]  # 4 configs x epochs choices 1, 3
+    obs, _ = env.reset(seed=0, options={"task": helpers.DIGITS.key()})
+    base = len(env.unwrapped.observation_names)
+    assert obs.shape == env.observation_space.shape == (base + len(portfolio_names(4)),)
+    assert np.all(obs[base + 1 :] == 0)  # nothing known yet
+
+    obs, _, _, _, info = env.step([2, 0])  # portfolio config 3 for 1 epoch
+    result = info["result"]
+    assert result.config == portfolio[2].with_epochs(1) and result.exact
+    assert obs[base + 1 + 2] == pytest.approx(1 / 3) and obs[base + 1 + 4 + 2] == pytest.approx(result.score)
+    assert env.observation_space.contains(obs)
+
+    obs, _, _, _, info = env.step([2, 1])  # the same config to 3 epochs: continued, pays 2 epochs
+    assert (info["result"].resumed_from, info["result"].paid_epochs) == (1, 2)
+    assert obs[base + 1 + 2] == pytest.approx(1.0) and obs[base + 1 + 4 + 2] == pytest.approx(info["result"].score)
+    with pytest.raises(RlhpoError, match="portfolio action"):
+        env.step([4, 0])
+
+
+def test_a_portfolio_policy_plays_its_configs_then_new_random_ones_never_a_repeat(
+    tmp_path_factory, space, portfolio, portfolio_policy
+):
+    assert portfolio_policy.info.portfolio == tuple(portfolio)
+    keys = {c.key() for c in portfolio}
+    store = helpers.tiny_store(tmp_path_factory)
+    for fte, seed in ((2, 0), (2, 1), (8, 0)):
+        env = HPOEnv("recorded", store, space=space, budget_epochs=fte * space.max_epochs)
+        result = run_tuner(portfolio_policy, env, seed, task=helpers.DIGITS.key())
+        trials = [(t.config.key(), t.epochs) for t in result.trials]
+        assert len(trials) == len(set(trials)), trials  # never a repeat
+        assert result.epochs_used <= env.budget_epochs
+        known_in_full = {k for k, e in trials if k in keys and e == space.max_epochs}
+        for key, _ in trials:  # a config from outside the portfolio only once all of it is known in full
+            assert key in keys or known_in_full == keys, trials
+    assert len(set(trials)) > 4  # 8 FTE: past the portfolio, random new configs at full fidelity
+
+
+def test_policy_info_keeps_the_portfolio(tmp_path, portfolio, space):
+    info = PolicyInfo(space=space, budget_epochs=6, settings={"portfolio": 4}, portfolio=tuple(portfolio))
+    assert PolicyInfo.from_dict(info.to_dict()) == info
+    assert PolicyInfo.from_dict({"space": None}).portfolio == ()  # files from before portfolios
+
+
+def test_a_negative_portfolio_is_a_clear_error():
+    with pytest.raises(RlhpoError, match="portfolio"):
+        TrainAgentSettings(portfolio=-1)
