@@ -7,7 +7,8 @@
   params, each epoch's score as an intermediate value, the final score as the value).
 - :func:`import_study`: the trials of a user's study that fit the space, as curves in a store,
   so that ``rlhpo train-agent`` can meta-train on the user's history.
-- :class:`PPOTPETuner` (``ppo_tpe``): the policy's first trials, then TPE warm-started with them.
+- :class:`PPOTPETuner` (``ppo_tpe``): the policy's first trials, then the learned list's configs
+  enqueued, then TPE warm-started with all of them.
 
 Values are scores: validation accuracy normalised per task, ``(acc − 1/k) / (1 − 1/k)``.
 """
@@ -17,6 +18,7 @@ from __future__ import annotations
 import logging
 import math
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -324,33 +326,49 @@ def _families(space: SearchSpace, record: TaskRecord) -> tuple[str, ...]:
 
 
 class PPOTPETuner(TPETuner):
-    """The policy's first trials, then Optuna TPE warm-started with them (every TPE trial at full fidelity).
+    """The policy's first trials, then known-good configs enqueued, then Optuna TPE warm-started with all of them.
 
-    The policy proposes until the episode has spent the budget it was meta-trained for (its
-    ``PolicyInfo.budget_epochs``, 3 FTE for the shipped one), or the whole budget if smaller,
-    and it plays those trials as in an episode of that budget: it observes the budget used, the
-    budget left and the steps as fractions of its own horizon. That is the episode its choices
-    were learned on; in a longer one, it reads the large budget left as room to explore, and
-    would be cut off mid-plan (on ag_news at 10 FTE it found the best config one trial later
-    than at 3 FTE). So up to the horizon, this tuner plays exactly as ``ppo`` does with a budget
-    of 3 FTE; past it, the policy has no more than a fixed plan, while TPE builds a model of
-    this task from the trials seen. A trial count would depend on the fidelities the policy
-    picks; a budget share does not. Each policy trial is added to the study as a
-    complete trial (``create_trial``): the params of the config that answered, its score as the
-    value (at the fidelity it ran; a low-fidelity score is an underestimate, which TPE takes as
-    it is) and each epoch's score as an intermediate value. Params are encoded as
-    :class:`TPETuner` asks them (choice indices, so TPE uses their order).
+    Three phases, the last two at full fidelity, as ``tpe``'s trials:
+
+    1. **The policy** proposes until the episode has spent the budget it was meta-trained for
+       (its ``PolicyInfo.budget_epochs``, 3 FTE for the shipped one), or the whole budget if
+       smaller, and it plays those trials as in an episode of that budget: it observes the
+       budget used, the budget left and the steps as fractions of its own horizon. That is the
+       episode its choices were learned on; in a longer one, it reads the large budget left as
+       room to explore, and would be cut off mid-plan (on ag_news at 10 FTE it found the best
+       config one trial later than at 3 FTE). So up to the horizon, this tuner plays exactly as
+       ``ppo`` does with a budget of 3 FTE. A trial count would depend on the fidelities the
+       policy picks; a budget share does not. Each policy trial is added to the study as a
+       complete trial (``create_trial``): the params of the config that answered, its score as
+       the value (at the fidelity it ran; a low-fidelity score is an underestimate, which TPE
+       takes as it is) and each epoch's score as an intermediate value.
+    2. **The configs** (``make_tuners``: the learned list, learned from the policy's
+       meta-training tasks) are enqueued into the study one by one, in order
+       (``study.enqueue_trial``, Optuna's way to run known-good configs first): each is the
+       study's next asked trial, trained at full fidelity. A config the episode already knows that far
+       (the env's ``is_repeat``: the policy tried it, or its recorded curve answered a trial)
+       is skipped, not trained again. Past its horizon the policy has no more than a fixed
+       plan, and TPE on a few trials samples mostly at random; the list holds the configs that
+       did best across the meta-training tasks together, the best hedge before a model of
+       this task exists.
+    3. **TPE** then samples on its own, with a model of this task built from every trial so far.
+
+    Params, enqueued or added, are encoded as :class:`TPETuner` asks them (choice indices, so
+    TPE uses their order). A config without a family (the learned list's) is played with the
+    task's own family where the space searches the family, as ``learned_list`` plays it.
 
     Args:
         policy: the PPO tuner.
         policy_epochs: epochs the policy proposes for; default its meta-training budget.
+        configs: enqueued after the policy's trials, in order; none: TPE follows the policy directly.
     """
 
     name = "ppo_tpe"
 
-    def __init__(self, policy: PPOTuner, policy_epochs: int | None = None) -> None:
+    def __init__(self, policy: PPOTuner, policy_epochs: int | None = None, *, configs: Sequence[Config] = ()) -> None:
         self.policy = policy
         self.policy_epochs = policy_epochs
+        self.configs = list(configs)
 
     def start(self, env: HPOEnv, seed: int) -> None:
         super().start(env, seed)
@@ -358,11 +376,27 @@ class PPOTPETuner(TPETuner):
         horizon = self.policy_epochs or self.policy.info.budget_epochs or self.space.budget_epochs()
         self._policy_until = min(horizon, env.budget_epochs)
         self._from_policy = False
+        self._next = 0  # the next of ``configs`` to enqueue
 
     def propose(self, obs: np.ndarray) -> np.ndarray:
         used = self.env.budget_epochs - self.env.budget_remaining
         self._from_policy = used < self._policy_until
-        return self.policy.propose(self._within_horizon(obs, used)) if self._from_policy else super().propose(obs)
+        if self._from_policy:
+            return self.policy.propose(self._within_horizon(obs, used))
+        self._enqueue_next()
+        return super().propose(obs)  # the trial enqueued, if any, else TPE's own
+
+    def _enqueue_next(self) -> None:
+        """Enqueue the next of ``configs`` that would not repeat what the episode knows; none once they run out."""
+        while self._next < len(self.configs):
+            config = self.configs[self._next].with_epochs(self.space.max_epochs)
+            self._next += 1
+            if self.space.families and config.family is None:
+                config = config.with_family(self.env.task_family)
+            if not self.env.is_repeat(config):
+                self.study.enqueue_trial(self._params(config)[0])
+                return
+            log.debug("ppo_tpe: %s is known already, not enqueued", config.to_dict())
 
     def _within_horizon(self, obs: np.ndarray, used: int) -> np.ndarray:
         """``obs`` as in an episode whose budget is the policy's horizon: its budget and step fractions."""

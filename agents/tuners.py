@@ -28,8 +28,9 @@ def make_tuners(
 ) -> list[Tuner]:
     """The tuners named ``methods``, in that order.
 
-    ``ppo`` plays ``policy``, and ``ppo_tpe`` starts with it; ``learned_list`` learns its list from ``store`` less
-    ``exclude_datasets`` (give it the policy's, so both learn from the same tasks).
+    ``ppo`` plays ``policy``; ``learned_list`` learns its list from ``store`` less ``exclude_datasets`` (give it
+    the policy's, so both learn from the same tasks); ``ppo_tpe`` plays ``policy``, then enqueues that same
+    list, then runs TPE (:class:`PPOTPETuner`).
     """
     out: list[Tuner] = []
     for method in methods:
@@ -40,16 +41,29 @@ def make_tuners(
         elif method == "ppo_tpe":
             if policy is None:
                 raise ValueError("make_tuners needs a policy for 'ppo_tpe'")
-            out.append(PPOTPETuner(policy))
+            out.append(
+                PPOTPETuner(policy, configs=_learned_list(method, store, space, train_seed, exclude_datasets).configs)
+            )
         elif method == "learned_list":
-            if store is None:
-                raise ValueError("make_tuners needs a store for 'learned_list'")
-            out.append(LearnedListTuner.fit(store, space, train_seed=train_seed, exclude_datasets=exclude_datasets))
+            out.append(_learned_list(method, store, space, train_seed, exclude_datasets))
         elif method in SIMPLE:
             out.append(SIMPLE[method]())
         else:
             raise unknown("method", method, METHODS)
     return out
+
+
+def _learned_list(
+    method: str,
+    store: CurveStore | str | Path | None,
+    space: SearchSpace,
+    train_seed: int,
+    exclude_datasets: Sequence[str],
+) -> LearnedListTuner:
+    """The learned list of ``store`` less ``exclude_datasets``: ``learned_list`` plays it, ``ppo_tpe`` enqueues it."""
+    if store is None:
+        raise ValueError(f"make_tuners needs a store for {method!r}")
+    return LearnedListTuner.fit(store, space, train_seed=train_seed, exclude_datasets=exclude_datasets)
 
 
 SIMPLE: dict[str, type[Tuner]] = {t.name: t for t in (DefaultTuner, RandomTuner, TPETuner, HyperbandTuner, TopKTuner)}

@@ -20,6 +20,7 @@ from helpers import one_torch_thread  # noqa: F401 (an autouse fixture)
 import rlhpo
 from rlhpo.agents.base import run_tuner
 from rlhpo.agents.evaluate import FullFidelity
+from rlhpo.agents.learned_list import LearnedListTuner
 from rlhpo.agents.optuna_interop import (
     ANOTHER_TASK,
     NO_INTERMEDIATE,
@@ -31,7 +32,8 @@ from rlhpo.agents.optuna_interop import (
     optuna_distributions,
     suggest_to_study,
 )
-from rlhpo.agents.policy import PPOTuner
+from rlhpo.agents.policy import PolicyInfo, PPOTuner
+from rlhpo.agents.tuners import make_tuners
 from rlhpo.cli import main
 from rlhpo.envs.hpo_env import HPOEnv
 from rlhpo.errors import RlhpoError
@@ -288,3 +290,71 @@ def test_ppo_tpe_plays_the_policy_for_its_budget_then_tpe_warm_started(policy):
     warm = tuner.study.trials[: len(from_policy)]
     assert [t.value for t in warm] == [t.score for t in from_policy]
     assert all(t.intermediate_values for t in warm) and len(tuner.study.trials) == len(both.trials)
+
+
+def test_ppo_tpe_enqueues_the_list_after_the_policy_in_order_skipping_repeats_then_tpe(policy):
+    store = CurveStore(shipped_file(SHIPPED_STORE), readonly=True)
+    task = "ag_news/gru/n500/call/s0"
+    space, horizon = policy.policy_space, policy.info.budget_epochs
+
+    def play(tuner, budget):
+        env = HPOEnv("recorded", store, space=space, budget_epochs=budget)
+        return run_tuner(tuner, env, 10_000, task=task)
+
+    # make_tuners enqueues the learned list, learned exactly as learned_list's.
+    ppo_tpe, learned_list = make_tuners(
+        ["ppo_tpe", "learned_list"], space=space, policy=policy, store=store,
+        exclude_datasets=policy.info.exclude_datasets,
+    )  # fmt: skip
+    assert isinstance(ppo_tpe, PPOTPETuner) and ppo_tpe.configs == learned_list.configs
+    alone = play(policy, horizon).trials  # what the policy plays in ppo_tpe (the previous test)
+    assert alone[0].epochs == space.max_epochs  # so asking it again at full fidelity is a repeat
+    known = {k for t in alone for k in (t.config.key(), t.answered_config.key())}
+    fresh = [c for c in learned_list.configs if c.key() not in known]
+    # Repeats: a config the policy asked, one whose curve answered the policy, one the list itself played.
+    answered = next(t.answered_config for t in alone if t.answered_config.key() != t.config.key())
+    configs = [alone[0].config, fresh[0], answered, fresh[0], fresh[1], fresh[2]]
+    tuner = PPOTPETuner(policy, configs=configs)
+    both = play(tuner, 10 * space.max_epochs)  # 10 FTE: 3 for the policy, 3 for the list, 4 for TPE
+    n = len(alone)
+    assert [t.action for t in both.trials[:n]] == [t.action for t in alone]
+    listed = both.trials[n : n + 3]
+    assert [t.config for t in listed] == [c.with_epochs(space.max_epochs) for c in fresh[:3]]
+    rest = both.trials[n + 3 :]
+    assert rest and all(t.epochs == space.max_epochs for t in rest)
+    # In the study: the policy's trials added, the list's enqueued (fixed params), then TPE's own.
+    trials = tuner.study.trials
+    assert len(trials) == len(both.trials) and [t.value for t in trials] == [t.score for t in both.trials]
+    assert [("fixed_params" in t.system_attrs) for t in trials] == [False] * n + [True] * 3 + [False] * len(rest)
+    # A list of repeats only: TPE follows the policy directly, as with no list.
+    repeats = PPOTPETuner(policy, configs=[alone[0].config, answered])
+    again, plain = play(repeats, 5 * space.max_epochs), play(PPOTPETuner(policy), 5 * space.max_epochs)
+    assert [t.action for t in again.trials] == [t.action for t in plain.trials]
+    assert not any("fixed_params" in t.system_attrs for t in repeats.study.trials)
+
+
+class _DefaultFirst:
+    """A stand-in for a policy in a space that searches the family: the default config, for one trial."""
+
+    info = PolicyInfo(budget_epochs=1)
+
+    def start(self, env: HPOEnv, seed: int) -> None:
+        self.env = env
+
+    def propose(self, obs: np.ndarray) -> np.ndarray:
+        return self.env.default_action()
+
+
+def test_ppo_tpe_plays_the_family_less_list_with_the_tasks_family():
+    space = load_search_space(shipped_file(SHIPPED_SPACE))
+    if not space.families:
+        pytest.skip("the shipped space searches no family")
+    store = CurveStore(shipped_file(SHIPPED_STORE), readonly=True)
+    learned = LearnedListTuner.fit(store, space, exclude_datasets=["trec"]).configs
+    assert all(c.family is None for c in learned)
+    tuner = PPOTPETuner(_DefaultFirst(), configs=learned[:2])  # type: ignore[arg-type]
+    env = HPOEnv("recorded", store, space=space, budget_epochs=4 * space.max_epochs)
+    result = run_tuner(tuner, env, 0, task="trec/lstm/n500/call/s0")
+    listed = [t.config for t in result.trials[1:3]]
+    assert [c.family for c in listed] == ["lstm", "lstm"]
+    assert [c.with_family(None) for c in listed] == [c.with_epochs(space.max_epochs) for c in learned[:2]]
