@@ -63,7 +63,7 @@ STORE_FILE = "store.sqlite"  # live backend: every curve trained in the bench
 COLUMNS = (
     "task", "dataset", "method", "seed", "budget_fte", "budget_epochs", "epochs_used", "trials", "heldout",
     "incumbent_score", "full_fidelity_score", "regret", "test_accuracy", "test_macro_f1", "test_loss",
-    "tuning_seconds", "policy_seconds", "incumbent_config",
+    "tuning_seconds", "policy_seconds", "train_seconds", "incumbent_config",
 )  # fmt: skip
 ANYTIME_COLUMNS = ("task", "method", "seed", "epochs", "fte", "regret")
 
@@ -121,8 +121,7 @@ def run_bench(
     finished = {(k[0], k[1], k[2]) for k in done if k[3] == float(largest)}
     anytime = [p for p in _read_anytime(run_dir) if (p["task"], p["method"], p["seed"]) in finished] if done else []
     csv_path = run_dir / CSV_FILE
-    if not done:
-        _write_csv(csv_path, [], COLUMNS)
+    _write_csv(csv_path, rows, COLUMNS)  # resumed: the rows so far under today's columns (a new one left empty)
     _write_csv(run_dir / ANYTIME_FILE, anytime, ANYTIME_COLUMNS)
     if rollouts is not None:
         write_rollouts_header(rollouts, rollouts_header(backend, space, settings, reward))
@@ -408,6 +407,7 @@ def _row(task: Task, result: TuneResult, budget: float, epochs: int, heldout: bo
         "incumbent_score": result.incumbent_score,
         "tuning_seconds": round(result.tuning_seconds, 4),
         "policy_seconds": round(result.policy_seconds, 4),
+        "train_seconds": round(sum(t.seconds for t in result.trials), 3),
         "incumbent_config": result.incumbent_config.to_dict() if result.incumbent_config else None,
     }
     if result.incumbent_config is not None:

@@ -172,6 +172,20 @@ def write_report(
             f"| {m} | " + " | ".join(cells) + f" | {pm(e.get('area'))} | {e['mean_rank']:.2f} | "
             f"{speedup_text(e['speedup'])} |"
         )
+    lines += [
+        "",
+        "Recorded training seconds of the epochs each method paid for (pooled mean per episode; the budget is in "
+        "epochs, and a method that picks smaller models spends fewer seconds on the same budget):",
+        "",
+        "| method | " + " | ".join(f"seconds @ {b:g}" for b in budgets) + " |",
+        "| --- | " + " | ".join("---" for _ in budgets) + " |",
+    ]
+    for m in methods:
+        cells = []
+        for b in budgets:
+            spent = [r["train_seconds"] for r in rows if r["method"] == m and r["budget_fte"] == b]
+            cells.append(f"{statistics.fmean(spent):.0f}" if spent and None not in spent else "-")
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
     lines += ["", f"![pooled anytime regret]({out.with_suffix('.png').name})"]
     if timings:
         minutes = ", ".join(f"{d} {s / 60:.1f}" for d, s in timings.items())

@@ -19,7 +19,8 @@ from rlhpo.space import load_search_space
 from rlhpo.store import CurveStore, store_rows
 
 FULL_FIDELITY_ONLY = ("default", "tpe", "learned_list")  # every trial at the largest epochs choice
-SECONDS = ("tuning_seconds", "policy_seconds")  # wall-clock: the only columns two runs of a bench differ in
+# Wall-clock (train_seconds too on the live backend, where it is measured): the only columns two runs differ in.
+SECONDS = ("tuning_seconds", "policy_seconds", "train_seconds")
 
 
 def rows_but_seconds(out) -> list[dict]:
@@ -71,6 +72,7 @@ def test_regret_is_never_negative_and_full_fidelity_methods_improve_with_budget(
     assert all(r["regret"] >= 0 for r in rows)
     for r in rows:
         assert r["epochs_used"] <= r["budget_epochs"] == round(r["budget_fte"] * 3)
+        assert r["train_seconds"] > 0  # the recorded seconds of the epochs the episode paid for
     # A method that trains only at full fidelity picks by the very score regret is measured on,
     # and with one seed a larger budget only adds trials: its regret cannot rise with budget.
     for method in FULL_FIDELITY_ONLY:
@@ -125,6 +127,23 @@ def test_an_interrupted_bench_resumes_where_it_stopped(tiny, tmp_path):
     assert sorted(map(str, read_csv(tmp_path / "anytime.csv"))) == anytime  # redone episodes, no duplicates
     with pytest.raises(RlhpoError, match="other settings"):
         run_bench(BenchSettings(tasks=("trec",), methods=("random",), budgets=(1.0,), **tiny), tmp_path)
+
+
+def test_a_bench_csv_from_before_a_new_column_resumes_under_todays_columns(tiny, tmp_path):
+    import csv
+
+    settings = BenchSettings(tasks=("trec",), methods=("random",), budgets=(1.0,), seeds=2, **tiny)
+    run_bench(settings, tmp_path)
+    with (tmp_path / "bench.csv").open(newline="") as f:
+        old = [{k: v for k, v in r.items() if k != "train_seconds"} for r in csv.DictReader(f)][:1]
+    with (tmp_path / "bench.csv").open("w", newline="") as f:  # one episode, written before train_seconds existed
+        writer = csv.DictWriter(f, fieldnames=list(old[0]))
+        writer.writeheader()
+        writer.writerows(old)
+    run_bench(settings, tmp_path)
+    rows = read_csv(tmp_path / "bench.csv")
+    assert (tmp_path / "bench.csv").read_text().splitlines()[0].split(",") == list(COLUMNS)
+    assert [r["train_seconds"] is None for r in rows] == [True, False]  # the old row kept, the new one complete
 
 
 def test_episodes_on_worker_processes_give_the_rows_of_the_sequential_bench_and_resume(bench, tmp_path):
