@@ -52,7 +52,7 @@ from rlhpo.agents.policy import (
     one_torch_thread,
     save_policy,
 )
-from rlhpo.agents.portfolio import PortfolioActions, learn_portfolio
+from rlhpo.agents.portfolio import PortfolioActions, imitate_list_order, learn_portfolio
 from rlhpo.agents.sb3_logging import run_logger
 from rlhpo.agents.settings import TrainAgentSettings, settings_from_dict
 from rlhpo.envs.backends import Backend, RecordedBackend, SubsetBackend
@@ -237,6 +237,13 @@ def _train_agent(
         log.info("train-agent: a portfolio of %d configs (the learned list's first)", len(portfolio))
     venv = make_vec_env(settings, answers, space, portfolio)
     model, start_steps = _model(settings, venv, run_dir, resume is not None)
+    if settings.imitation_episodes and resume is None:
+        loss = imitate_list_order(model, venv, settings.imitation_episodes, seed=settings.seed)
+        log.info(
+            "train-agent: the policy imitates the learned list's plan (%d episodes, loss %.3f)",
+            settings.imitation_episodes,
+            loss,
+        )
     logger = run_logger(run_dir, resume_step=start_steps if resume is not None else None)
     model.set_logger(logger)
     oracle = FullFidelity(backend.store, space, settings.train_seed)

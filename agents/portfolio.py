@@ -18,6 +18,11 @@ largest choice) and its latest score. The portfolio is saved in the policy file
 On a task of another family the configs are played with the task's family, as the learned list
 does. Once every portfolio config is known at full fidelity, :class:`~rlhpo.agents.policy.PPOTuner`
 goes on with random new configs at full fidelity, as the learned list does past its end.
+
+PPO from a random policy need not find even the list's own plan (train the configs in order, at
+full fidelity) in a short run. With ``imitation_episodes: K``, the policy is first fitted to that
+plan by behaviour cloning on K meta-training episodes (:func:`imitate_list_order`); PPO then
+starts from the learned list and departs from it where the reward says so.
 """
 
 from __future__ import annotations
@@ -28,6 +33,9 @@ from typing import Any
 
 import gymnasium as gym
 import numpy as np
+import torch
+from stable_baselines3 import PPO
+from stable_baselines3.common.vec_env import VecEnv
 
 from rlhpo.agents.learned_list import LearnedListTuner
 from rlhpo.envs.hpo_env import HPOEnv
@@ -125,3 +133,64 @@ class PortfolioActions(gym.Wrapper):
 
     def _observe(self, obs: np.ndarray) -> np.ndarray:
         return np.concatenate([obs, portfolio_features(self.hpo, self.configs)]).astype(np.float32)
+
+
+def list_order_action(obs: np.ndarray, size: int, max_epochs_index: int) -> np.ndarray:
+    """The learned list's plan as portfolio actions, from observations: the first config not yet known in full.
+
+    ``obs`` ends with :func:`portfolio_features` (one row per observation); once every config is
+    known in full, the last one (a repeat, which :class:`~rlhpo.agents.policy.PPOTuner` replaces).
+    """
+    known = np.atleast_2d(obs)[:, -2 * size : -size]
+    untried = known < 1.0 - 1e-6
+    index = np.where(untried.any(axis=1), untried.argmax(axis=1), size - 1)
+    return np.stack([index, np.full_like(index, max_epochs_index)], axis=1)
+
+
+def imitate_list_order(
+    model: PPO,
+    venv: VecEnv,
+    episodes: int,
+    *,
+    epochs: int = 50,
+    batch_size: int = 64,
+    learning_rate: float = 1e-3,
+    seed: int = 0,
+) -> float:
+    """Fit ``model``'s policy to :func:`list_order_action` on ``episodes`` episodes of ``venv``; the last loss.
+
+    The episodes are played by the plan itself on the meta-training tasks (the venv's), their
+    observations and actions kept, and the policy's log-likelihood of the actions maximised
+    (cross-entropy; Adam at ``learning_rate`` on minibatches of ``batch_size``, ``epochs`` passes;
+    PPO keeps its own optimizer).
+    """
+    action_space = venv.action_space
+    assert isinstance(action_space, gym.spaces.MultiDiscrete)
+    size, max_epochs_index = int(action_space.nvec[0]), int(action_space.nvec[1]) - 1
+    venv.seed(seed)
+    obs = venv.reset()
+    seen, actions, done_episodes = [], [], 0
+    while done_episodes < episodes:
+        action = list_order_action(obs, size, max_epochs_index)
+        seen.append(obs)
+        actions.append(action)
+        obs, _, dones, _ = venv.step(action)
+        done_episodes += int(np.sum(dones))
+    x = torch.as_tensor(np.concatenate(seen), dtype=torch.float32)
+    y = torch.as_tensor(np.concatenate(actions), dtype=torch.int64)
+    rng = np.random.default_rng(seed)
+    policy = model.policy
+    optimizer = torch.optim.Adam(policy.parameters(), lr=learning_rate)
+    policy.set_training_mode(True)
+    loss = torch.zeros(())
+    for _ in range(epochs):
+        order = rng.permutation(len(x))
+        for start in range(0, len(x), batch_size):
+            batch = torch.as_tensor(order[start : start + batch_size])
+            _, log_prob, _ = policy.evaluate_actions(x[batch], y[batch])
+            loss = -log_prob.mean()
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    policy.set_training_mode(False)
+    return float(loss.detach())

@@ -89,6 +89,7 @@ class TrainAgentSettings:
     history: int = 0  # the policy also observes the budget's size and the episode's best `history` trials
     first_trial_top: int = 1  # the tuner's first trial: drawn by seed among the policy's this many most likely
     portfolio: int = 0  # > 0: the policy picks among the learned list's first `portfolio` configs (agents/portfolio.py)
+    imitation_episodes: int = 0  # portfolio: before PPO, behaviour-clone the list's plan on this many episodes
     meta_features: bool = True  # the policy sees the task's meta-features; False: zeros, it acts on curves alone
     config_fraction: float = 0.5  # share of a task's recorded configs each episode may be answered from
     total_steps: int = 200_000  # environment steps (all envs together)
@@ -120,6 +121,9 @@ class TrainAgentSettings:
         _check_int("history", self.history, minimum=0)
         _check_int("first_trial_top", self.first_trial_top, minimum=1)
         _check_int("portfolio", self.portfolio, minimum=0)
+        _check_int("imitation_episodes", self.imitation_episodes, minimum=0)
+        if self.imitation_episodes and not self.portfolio:
+            raise RlhpoError("imitation_episodes clones the learned list's plan: it needs portfolio: N > 0.")
         if self.budget_fte_range is not None:
             low_high = self.budget_fte_range
             if not isinstance(low_high, list | tuple) or len(low_high) != 2 or not 0 < low_high[0] <= low_high[1]:

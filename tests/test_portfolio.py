@@ -92,3 +92,25 @@ def test_policy_info_keeps_the_portfolio(tmp_path, portfolio, space):
 def test_a_negative_portfolio_is_a_clear_error():
     with pytest.raises(RlhpoError, match="portfolio"):
         TrainAgentSettings(portfolio=-1)
+
+
+def test_imitation_fits_the_policy_to_the_lists_plan(tmp_path_factory, space, portfolio):
+    from rlhpo.agents.meta_train import make_vec_env, new_model
+    from rlhpo.agents.portfolio import imitate_list_order
+    from rlhpo.envs.backends import RecordedBackend
+
+    settings = helpers.tiny_settings(tmp_path_factory, portfolio=4, imitation_episodes=60, config_fraction=1.0)
+    backend = RecordedBackend(settings.store_path(), space, exclude_datasets=settings.exclude_datasets)
+    venv = make_vec_env(settings, backend, space, portfolio)
+    model = new_model(settings, venv)
+    loss = imitate_list_order(model, venv, settings.imitation_episodes, epochs=100, batch_size=16)
+    assert loss < 0.1
+    tuner = PPOTuner(model, PolicyInfo(space=space, budget_epochs=12, portfolio=tuple(portfolio)))
+    env = HPOEnv("recorded", settings.store_path(), space=space, budget_epochs=12)
+    result = run_tuner(tuner, env, 0, task=helpers.DIGITS.key())
+    assert [t.config for t in result.trials] == [c.with_epochs(space.max_epochs) for c in portfolio]
+
+
+def test_imitation_needs_a_portfolio():
+    with pytest.raises(RlhpoError, match="imitation_episodes"):
+        TrainAgentSettings(imitation_episodes=10)
