@@ -52,6 +52,7 @@ def main() -> None:
     parser.add_argument("--first-trial-top", type=int, default=None, help="override first_trial_top")
     parser.add_argument("--portfolio", type=int, default=None, help="portfolio policy of N configs (override)")
     parser.add_argument("--imitation-episodes", type=int, default=None, help="override imitation_episodes")
+    parser.add_argument("--compute-cost", type=float, default=None, help="override reward.compute_cost")
     parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated tuners to bench")
     parser.add_argument("--datasets", default=None, help="comma-separated (default: every dataset of the store)")
     parser.add_argument("--budgets", default="1,3,10,30")
@@ -77,6 +78,8 @@ def main() -> None:
         base = dataclasses.replace(base, first_trial_top=args.first_trial_top)
     if args.portfolio is not None:
         base = dataclasses.replace(base, portfolio=args.portfolio)
+    if args.compute_cost is not None:
+        base = dataclasses.replace(base, reward=dataclasses.replace(base.reward, compute_cost=args.compute_cost))
     if args.imitation_episodes is not None:
         base = dataclasses.replace(base, imitation_episodes=args.imitation_episodes)
     methods = tuple(args.methods.split(","))
@@ -139,7 +142,7 @@ def write_report(
         f"meta_features={str(base.meta_features).lower()}, config_fraction={base.config_fraction}, "
         f"meta-trained on the {backend} backend, history={base.history}, budget_fte_range={base.budget_fte_range}, "
         f"first_trial_top={base.first_trial_top}, portfolio={base.portfolio}, "
-        f"imitation_episodes={base.imitation_episodes}, "
+        f"imitation_episodes={base.imitation_episodes}, reward={dataclasses.asdict(base.reward)}, "
         "the held-out dataset excluded (from the surrogate's fit too); "
         "the learned list learns from the same tasks. Judged on the recorded curves of the held-out dataset, "
         f"{args.seeds} seeds per task (10000..), regret at full fidelity (normalised accuracy), mean ± s.e.",
