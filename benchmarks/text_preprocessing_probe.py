@@ -46,10 +46,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import torch
-from torch import nn
 
 import rlhpo.training
-from rlhpo.models import BOW_BUCKETS, bigram_ids, model_family
+from rlhpo.models import BOW_BUCKETS, BagOfNgrams, model_family
 from rlhpo.space import Config
 from rlhpo.tasks import BUILTINS, Task, TaskData, load_task, preprocess
 from rlhpo.tasks.cache import CACHE_DIR_ENV
@@ -107,29 +106,9 @@ def variant_data(dataset: str, variant: str, cache_root: Path) -> Iterator[dict[
             os.environ[CACHE_DIR_ENV] = saved[0]
 
 
-class BagHead(nn.Module):
-    """``rlhpo.models.BagOfNgrams`` with its pooling and bigram buckets as arguments."""
-
-    def __init__(
-        self, vocab_size: int, n_classes: int, num_layers: int, units: int, dropout: float, pool: str, buckets: int
-    ):
-        super().__init__()
-        self.vocab_size, self.buckets = vocab_size, buckets
-        self.embed = nn.EmbeddingBag(vocab_size + buckets, units, mode=pool, padding_idx=0)
-        layers: list[nn.Module] = []
-        for _ in range(num_layers):
-            layers += [nn.Linear(units, units), nn.ReLU(), nn.Dropout(dropout)]
-        layers.append(nn.Linear(units, n_classes))
-        self.net = nn.Sequential(*layers)
-
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        bag = torch.cat([tokens, bigram_ids(tokens, self.vocab_size, self.buckets)], dim=1)
-        return self.net(self.embed(bag))
-
-
 @contextlib.contextmanager
 def bow_head(pool: str, bits: int) -> Iterator[None]:
-    """Inside: ``bow`` models are :class:`BagHead` (pool, 2**bits) unless that is the shipped model."""
+    """Inside: ``bow`` models are :class:`BagOfNgrams` (pool, 2**bits) unless that is the shipped model."""
     if pool == "mean" and 2**bits == BOW_BUCKETS:
         yield
         return
@@ -138,7 +117,9 @@ def bow_head(pool: str, bits: int) -> Iterator[None]:
     def model_for(data, config):  # noqa: ANN001, ANN202
         if model_family(data, config) != "bow":
             return shipped(data, config)
-        return BagHead(data.vocab_size, data.n_classes, config.num_layers, config.units, config.dropout, pool, 2**bits)
+        return BagOfNgrams(
+            data.vocab_size, data.n_classes, config.num_layers, config.units, config.dropout, pool=pool, buckets=2**bits
+        )
 
     rlhpo.training.model_for = model_for
     try:

@@ -183,11 +183,23 @@ def bigram_ids(tokens: torch.Tensor, vocab_size: int, buckets: int = BOW_BUCKETS
 
 
 class BagOfNgrams(nn.Module):
-    def __init__(self, vocab_size: int, n_classes: int, num_layers: int, units: int, dropout: float):
+    """The ``bow`` family; ``pool`` (``mean`` or ``sum``) and ``buckets`` are fixed for it, and free for probes."""
+
+    def __init__(
+        self,
+        vocab_size: int,
+        n_classes: int,
+        num_layers: int,
+        units: int,
+        dropout: float,
+        *,
+        pool: str = "mean",
+        buckets: int = BOW_BUCKETS,
+    ):
         super().__init__()
-        self.vocab_size = vocab_size
+        self.vocab_size, self.buckets = vocab_size, buckets
         # mode="mean" leaves padding_idx entries out of the mean; an all-padding text gives zeros.
-        self.embed = nn.EmbeddingBag(vocab_size + BOW_BUCKETS, units, mode="mean", padding_idx=PAD_ID)
+        self.embed = nn.EmbeddingBag(vocab_size + buckets, units, mode=pool, padding_idx=PAD_ID)
         layers: list[nn.Module] = []
         for _ in range(num_layers):
             layers += [nn.Linear(units, units), nn.ReLU(), nn.Dropout(dropout)]
@@ -195,7 +207,7 @@ class BagOfNgrams(nn.Module):
         self.net = nn.Sequential(*layers)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        bag = torch.cat([tokens, bigram_ids(tokens, self.vocab_size)], dim=1)
+        bag = torch.cat([tokens, bigram_ids(tokens, self.vocab_size, self.buckets)], dim=1)
         return self.net(self.embed(bag))
 
 
