@@ -11,7 +11,7 @@ With ``portfolio: N`` in ``configs/train_agent.yaml``, the policy's action is no
 config but ``[i, e]``: the ``i``-th of the first ``N`` configs of the learned list (learned from
 the meta-training tasks only) trained to the ``e``-th epochs choice. Every portfolio config is
 recorded on every meta-training task, so meta-training's answers are exact (no nearest
-neighbour to exploit). The observation gains ``1 + 2N`` entries (:func:`portfolio_names`): the
+neighbour to exploit), but for those that ``config_fraction`` < 1 leaves out of an episode. The observation gains ``1 + 2N`` entries (:func:`portfolio_names`): the
 budget's size, then per portfolio config the epochs the episode knows of it (a fraction of the
 largest choice) and its latest score. The portfolio is saved in the policy file
 (:class:`rlhpo.agents.policy.PolicyInfo`), so a tuner plays exactly the configs it was trained on.
