@@ -375,6 +375,7 @@ class PPOTPETuner(TPETuner):
         self.policy.start(env, seed)
         horizon = self.policy_epochs or self.policy.info.budget_epochs or self.space.budget_epochs()
         self._policy_until = min(horizon, env.budget_epochs)
+        self.policy.shown_budget = self._policy_until  # a policy that observes the budget's size sees its horizon
         self._from_policy = False
         self._next = 0  # the next of ``configs`` to enqueue
 

@@ -139,6 +139,9 @@ class PPOTuner(Tuner):
         self.model = model
         self.info = info or PolicyInfo()
         self.path = path
+        # The budget the policy is told of (its observed budget size), None: the episode's. ``ppo_tpe``
+        # plays the policy as in an episode of its meta-training budget and sets it to that.
+        self.shown_budget: int | None = None
 
     @property
     def policy_space(self) -> SearchSpace | None:
@@ -165,6 +168,7 @@ class PPOTuner(Tuner):
     def start(self, env: HPOEnv, seed: int) -> None:
         super().start(env, seed)
         self._first = True
+        self.shown_budget = None  # each episode starts with its own budget shown
         nvec = [int(n) for n in getattr(self.model.action_space, "nvec", [])]
         if self.info.portfolio:
             expected = [len(self.info.portfolio), len(self.space.choices["epochs"])]
@@ -245,9 +249,11 @@ class PPOTuner(Tuner):
         if not self.info.meta_features:
             obs = hide_meta_features(obs)
         if self.info.history:
-            obs = np.concatenate([obs, self.env.history_features(self.info.history)]).astype(np.float32)
+            extra = self.env.history_features(self.info.history, self.shown_budget)
+            obs = np.concatenate([obs, extra]).astype(np.float32)
         if self.info.portfolio:
-            obs = np.concatenate([obs, portfolio_features(self.env, self.info.portfolio)]).astype(np.float32)
+            extra = portfolio_features(self.env, self.info.portfolio, self.shown_budget)
+            obs = np.concatenate([obs, extra]).astype(np.float32)
         expected = self.model.observation_space.shape
         if np.shape(obs) != expected:
             raise RlhpoError(f"The policy observes vectors of shape {expected}, but got {np.shape(obs)}.")

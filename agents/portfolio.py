@@ -11,9 +11,10 @@ With ``portfolio: N`` in ``configs/train_agent.yaml``, the policy's action is no
 config but ``[i, e]``: the ``i``-th of the first ``N`` configs of the learned list (learned from
 the meta-training tasks only) trained to the ``e``-th epochs choice. Every portfolio config is
 recorded on every meta-training task, so meta-training's answers are exact (no nearest
-neighbour to exploit), but for those that ``config_fraction`` < 1 leaves out of an episode. The observation gains ``1 + 2N`` entries (:func:`portfolio_names`): the
-budget's size, then per portfolio config the epochs the episode knows of it (a fraction of the
-largest choice) and its latest score. The portfolio is saved in the policy file
+neighbour to exploit), but for those that ``config_fraction`` < 1 leaves out of an episode.
+The observation gains ``1 + 2N`` entries (:func:`portfolio_names`): the budget's size, then per
+portfolio config the epochs the episode knows of it (a fraction of the largest choice) and its
+latest score. The portfolio is saved in the policy file
 (:class:`rlhpo.agents.policy.PolicyInfo`), so a tuner plays exactly the configs it was trained on.
 On a task of another family the configs are played with the task's family, as the learned list
 does. Once every portfolio config is known at full fidelity, :class:`~rlhpo.agents.policy.PPOTuner`
@@ -83,11 +84,14 @@ def portfolio_action(env: HPOEnv, configs: Sequence[Config], action: Any) -> np.
     return env.space.indices(portfolio_config(env, configs, action), env.modality)
 
 
-def portfolio_features(env: HPOEnv, configs: Sequence[Config]) -> np.ndarray:
-    """The budget's size, then per portfolio config the epochs known of it (fraction of the largest), then its score."""
+def portfolio_features(env: HPOEnv, configs: Sequence[Config], budget_epochs: int | None = None) -> np.ndarray:
+    """The budget's size, then per portfolio config the epochs known of it (fraction of the largest), then its score.
+
+    The budget is the episode's, or ``budget_epochs`` (what :attr:`PPOTuner.shown_budget` shows the policy).
+    """
     n = len(configs)
     out = np.zeros(1 + 2 * n, dtype=np.float32)
-    out[0] = env.history_features(0)[0]
+    out[0] = env.history_features(0, budget_epochs)[0]
     for i in range(n):
         epochs, score = env.seen(portfolio_config(env, configs, [i, 0]))
         out[1 + i] = epochs / env.max_epochs

@@ -512,7 +512,7 @@ class HPOEnv(gym.Env[np.ndarray, np.ndarray]):
         key = config.key()
         return self._known.get(key, 0), self._latest.get(key, 0.0)
 
-    def history_features(self, k: int) -> np.ndarray:
+    def history_features(self, k: int, budget_epochs: int | None = None) -> np.ndarray:
         """What a policy that searches observes beyond :attr:`observation_names` (:func:`history_names`).
 
         The budget's size, ``log(1 + budget in FTE) / log(1 + 30)`` (the base observation holds
@@ -524,7 +524,8 @@ class HPOEnv(gym.Env[np.ndarray, np.ndarray]):
         assert self._record is not None, "reset() first"
         width = len(self.space.dims) + 2
         out = np.zeros(1 + k * width, dtype=np.float32)
-        out[0] = min(math.log1p(self.budget_epochs / self.max_epochs) / math.log1p(MAX_BUDGET_FTE), 1.0)
+        budget = self.budget_epochs if budget_epochs is None else budget_epochs
+        out[0] = min(math.log1p(budget / self.max_epochs) / math.log1p(MAX_BUDGET_FTE), 1.0)
         best = sorted(enumerate(self._trials), key=lambda it: (-it[1][0], it[0]))[:k]
         for slot, (_, (score, config)) in enumerate(best):
             start = 1 + slot * width

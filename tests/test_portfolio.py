@@ -114,3 +114,20 @@ def test_imitation_fits_the_policy_to_the_lists_plan(tmp_path_factory, space, po
 def test_imitation_needs_a_portfolio():
     with pytest.raises(RlhpoError, match="imitation_episodes"):
         TrainAgentSettings(imitation_episodes=10)
+
+
+def test_ppo_tpe_shows_the_policy_its_meta_training_budget_and_ppo_the_episodes(
+    tmp_path_factory, space, portfolio_policy
+):
+    from rlhpo.agents.optuna_interop import PPOTPETuner
+
+    env = HPOEnv("recorded", helpers.tiny_store(tmp_path_factory), space=space, budget_epochs=8 * space.max_epochs)
+    obs, _ = env.reset(seed=0, options={"task": helpers.DIGITS.key()})
+    size = len(portfolio_names(4))
+    horizon = portfolio_policy.info.budget_epochs
+    assert horizon == 2 * space.max_epochs
+    PPOTPETuner(portfolio_policy).start(env, 0)
+    assert portfolio_policy.policy_view(obs)[-size] == pytest.approx(env.history_features(0, horizon)[0])
+    portfolio_policy.start(env, 0)  # the same policy as plain ppo: the episode's own budget
+    assert portfolio_policy.policy_view(obs)[-size] == pytest.approx(env.history_features(0)[0])
+    assert env.history_features(0)[0] > env.history_features(0, horizon)[0]
