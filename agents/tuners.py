@@ -33,6 +33,14 @@ def make_tuners(
     list, then runs TPE (:class:`PPOTPETuner`).
     """
     out: list[Tuner] = []
+    listed: LearnedListTuner | None = None  # fitted once, for the first method that needs it
+
+    def learned_list(method: str) -> LearnedListTuner:
+        nonlocal listed
+        if listed is None:
+            listed = _learned_list(method, store, space, train_seed, exclude_datasets)
+        return listed
+
     for method in methods:
         if method == "ppo":
             if policy is None:
@@ -41,11 +49,9 @@ def make_tuners(
         elif method == "ppo_tpe":
             if policy is None:
                 raise ValueError("make_tuners needs a policy for 'ppo_tpe'")
-            out.append(
-                PPOTPETuner(policy, configs=_learned_list(method, store, space, train_seed, exclude_datasets).configs)
-            )
+            out.append(PPOTPETuner(policy, configs=learned_list(method).configs))
         elif method == "learned_list":
-            out.append(_learned_list(method, store, space, train_seed, exclude_datasets))
+            out.append(learned_list(method))
         elif method in SIMPLE:
             out.append(SIMPLE[method]())
         else:
