@@ -4,18 +4,26 @@ No RL and no adaptation: a meta-learned portfolio ("learning multiple defaults")
 full-fidelity scores recorded on the meta-training tasks, the list starts with the config of
 least mean regret over the tasks; each next config is the one that most lowers the mean over
 tasks of the best regret in the list so far. Only configs recorded on every meta-training
-task compete, so every candidate is judged on the same tasks. The tuner trains the list in
+task (of the modality) compete, so every candidate is judged on the same tasks. The tuner trains the list in
 order, each at full fidelity; past its end it draws uniformly random configs.
 
-In a space that searches the model family, the list is still learned from each task's own
-family (the family-less space: a config is compared across tasks of different modalities), and
-played with the task's own family.
+One list is learned per modality (image, text, tabular), from the meta-training tasks of that
+modality, and a task plays its modality's list. Families differ by modality, so in the matched
+design (:func:`rlhpo.collect.design_configs`) no config is recorded on tasks of two modalities;
+and what works on text need not work on images. A modality without meta-training tasks plays
+random configs; a list given as one sequence (:data:`ANY_MODALITY`) is played on every modality.
+
+In a space that searches the model family, how configs are compared depends on the instances.
+Where every instance of the modality leaves the family to the config (the matched design), a
+config is compared with its family. Where some pin a family (``trec/gru``, ``trec/lstm``: older
+stores), a config is compared without it, on each task's own family, so that tasks pinning
+different families still share configs; such a config is played with the task's own family.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +35,16 @@ from rlhpo.envs.hpo_env import HPOEnv
 from rlhpo.errors import RlhpoError
 from rlhpo.space import HYPERPARAMETERS, Config, SearchSpace
 from rlhpo.store import CurveStore
+from rlhpo.tasks.task import Task
+
+ANY_MODALITY = "*"  # the key of a list learned from the tasks of every modality
+
+ConfigLists = Mapping[str, Sequence[Config]]  # modality (or ANY_MODALITY) -> configs in order
+
+
+def for_modality(lists: ConfigLists, modality: str) -> list[Config]:
+    """The list a task of ``modality`` plays: its modality's, else the one of every modality, else none."""
+    return list(lists.get(modality) or lists.get(ANY_MODALITY) or ())
 
 
 def learn_list(oracle: FullFidelity, task_keys: Sequence[str]) -> list[Config]:
@@ -54,8 +72,9 @@ class LearnedListTuner(Tuner):
 
     name = "learned_list"
 
-    def __init__(self, configs: Sequence[Config]) -> None:
-        self.configs = list(configs)
+    def __init__(self, lists: ConfigLists | Sequence[Config]) -> None:
+        """``lists``: configs by modality (:data:`ConfigLists`), or one list for every modality."""
+        self.lists = {ANY_MODALITY: list(lists)} if not isinstance(lists, Mapping) else dict(lists)
 
     @classmethod
     def fit(
@@ -66,21 +85,33 @@ class LearnedListTuner(Tuner):
         train_seed: int = 0,
         exclude_datasets: Sequence[str] = (),
     ) -> LearnedListTuner:
-        """Learn the list on the store's tasks less ``exclude_datasets`` (the policy's meta-training tasks)."""
-        space = dataclasses.replace(space, families=None, default_families=None)  # see the class docstring
-        backend = RecordedBackend(store, space, train_seed=train_seed, exclude_datasets=exclude_datasets)
-        tasks = [t.key() for t in backend.default_tasks()]
-        return cls(learn_list(FullFidelity(backend.store, space, train_seed), tasks))
+        """One list per modality, from the store's tasks less ``exclude_datasets`` (the meta-training tasks)."""
+        flat = dataclasses.replace(space, families=None, default_families=None)  # see the module docstring
+        backend = RecordedBackend(store, flat, train_seed=train_seed, exclude_datasets=exclude_datasets)
+        by_modality: dict[str, list[Task]] = {}
+        for task in backend.default_tasks():
+            by_modality.setdefault(backend.describe(task).modality, []).append(task)
+        lists = {}
+        for modality, tasks in sorted(by_modality.items()):
+            open_family = bool(space.families) and all(t.family is None for t in tasks)
+            oracle = FullFidelity(backend.store, space if open_family else flat, train_seed)
+            lists[modality] = learn_list(oracle, [t.key() for t in tasks])
+        return cls(lists)
+
+    def configs_for(self, modality: str) -> list[Config]:
+        """The configs a task of ``modality`` trains, in order (:func:`for_modality`)."""
+        return for_modality(self.lists, modality)
 
     def start(self, env: HPOEnv, seed: int) -> None:
         super().start(env, seed)
         self._next = 0
+        self._configs = self.configs_for(env.modality)
 
     def propose(self, obs: np.ndarray) -> np.ndarray:
-        if self._next < len(self.configs):
+        if self._next < len(self._configs):
             self._next += 1
-            config = self.configs[self._next - 1].with_epochs(self.space.max_epochs)
-            if self.space.families:
+            config = self._configs[self._next - 1].with_epochs(self.space.max_epochs)
+            if self.space.families and config.family is None:
                 config = config.with_family(self.env.task_family)
             return self.space.indices(config, self.env.modality)
         action = self.env.sample_action(self.rng)

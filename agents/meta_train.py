@@ -21,7 +21,7 @@ import logging
 import shlex
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +42,7 @@ from rlhpo.agents.callbacks import (
     latest_checkpoint,
 )
 from rlhpo.agents.evaluate import FullFidelity, pm, summarise
+from rlhpo.agents.learned_list import ConfigLists
 from rlhpo.agents.policy import (
     POLICY_FILE,
     DrawnBudget,
@@ -52,7 +53,7 @@ from rlhpo.agents.policy import (
     one_torch_thread,
     save_policy,
 )
-from rlhpo.agents.portfolio import PortfolioActions, imitate_list_order, learn_portfolio
+from rlhpo.agents.portfolio import PortfolioActions, imitate_list_order, learn_portfolio, portfolio_size
 from rlhpo.agents.sb3_logging import run_logger
 from rlhpo.agents.settings import TrainAgentSettings, settings_from_dict
 from rlhpo.envs.backends import Backend, RecordedBackend, SubsetBackend
@@ -77,13 +78,13 @@ def make_vec_env(
     settings: TrainAgentSettings,
     backend: RecordedBackend | SurrogateModel,
     space: SearchSpace,
-    portfolio: Sequence[Config] = (),
+    portfolio: ConfigLists | None = None,
 ) -> DummyVecEnv:
     """``ppo.n_envs`` HPOEnvs (sharing one recorded backend or surrogate), each in SB3's Monitor.
 
     On a surrogate, env ``i`` draws its episodes' noise from seed ``seed + i``; ``config_fraction``
     does not apply (every config answers, with noise, so there is no lookup to recall). With a
-    ``portfolio``, the policy's actions pick among its configs (:class:`PortfolioActions`).
+    ``portfolio`` (configs by modality), the policy's actions pick among its configs (:class:`PortfolioActions`).
     """
     budget = settings.budget_epochs(space)
 
@@ -225,7 +226,7 @@ def _train_agent(
         run_dir,
     )
 
-    portfolio: list[Config] = []
+    portfolio: dict[str, tuple[Config, ...]] = {}
     if settings.portfolio:  # learned from the meta-training tasks only, like the learned list it starts from
         portfolio = learn_portfolio(
             backend.store,
@@ -234,7 +235,11 @@ def _train_agent(
             train_seed=settings.train_seed,
             exclude_datasets=settings.exclude_datasets,
         )
-        log.info("train-agent: a portfolio of %d configs (the learned list's first)", len(portfolio))
+        log.info(
+            "train-agent: a portfolio of %d configs per modality (%s; the learned lists' first)",
+            portfolio_size(portfolio),
+            ", ".join(portfolio),
+        )
     venv = make_vec_env(settings, answers, space, portfolio)
     model, start_steps = _model(settings, venv, run_dir, resume is not None)
     if settings.imitation_episodes and resume is None:
@@ -253,7 +258,7 @@ def _train_agent(
         _learn(model, settings, run_dir, metrics, progress)
     train_seconds = time.perf_counter() - started
     # The policy file says what space its actions index and how it was trained.
-    info = PolicyInfo(space=space, budget_epochs=budget, settings=settings.to_dict(), portfolio=tuple(portfolio))
+    info = PolicyInfo(space=space, budget_epochs=budget, settings=settings.to_dict(), portfolio=portfolio)
     save_policy(model, checkpoint_path(run_dir / CHECKPOINTS, model.num_timesteps), info)
     save_policy(model, run_dir / POLICY_FILE, info)
 

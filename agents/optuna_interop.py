@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import math
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +28,7 @@ import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution
 from optuna.trial import FrozenTrial, TrialState
 
+from rlhpo.agents.learned_list import ANY_MODALITY, ConfigLists, for_modality
 from rlhpo.agents.optuna_tuners import TPETuner, _ask_indices
 from rlhpo.agents.policy import PPOTuner
 from rlhpo.agents.suggest import suggest
@@ -360,15 +361,18 @@ class PPOTPETuner(TPETuner):
     Args:
         policy: the PPO tuner.
         policy_epochs: epochs the policy proposes for; default its meta-training budget.
-        configs: enqueued after the policy's trials, in order; none: TPE follows the policy directly.
+        configs: enqueued after the policy's trials, in order: the learned lists by modality (the task's
+            modality's is played), or one list for every modality; none: TPE follows the policy directly.
     """
 
     name = "ppo_tpe"
 
-    def __init__(self, policy: PPOTuner, policy_epochs: int | None = None, *, configs: Sequence[Config] = ()) -> None:
+    def __init__(
+        self, policy: PPOTuner, policy_epochs: int | None = None, *, configs: ConfigLists | Sequence[Config] = ()
+    ) -> None:
         self.policy = policy
         self.policy_epochs = policy_epochs
-        self.configs = list(configs)
+        self.lists = dict(configs) if isinstance(configs, Mapping) else {ANY_MODALITY: list(configs)}
 
     def start(self, env: HPOEnv, seed: int) -> None:
         super().start(env, seed)
@@ -377,6 +381,7 @@ class PPOTPETuner(TPETuner):
         self._policy_until = min(horizon, env.budget_epochs)
         self.policy.shown_budget = self._policy_until  # a policy that observes the budget's size sees its horizon
         self._from_policy = False
+        self._configs = for_modality(self.lists, env.modality)
         self._next = 0  # the next of ``configs`` to enqueue
 
     def propose(self, obs: np.ndarray) -> np.ndarray:
@@ -389,8 +394,8 @@ class PPOTPETuner(TPETuner):
 
     def _enqueue_next(self) -> None:
         """Enqueue the next of ``configs`` that would not repeat what the episode knows; none once they run out."""
-        while self._next < len(self.configs):
-            config = self.configs[self._next].with_epochs(self.space.max_epochs)
+        while self._next < len(self._configs):
+            config = self._configs[self._next].with_epochs(self.space.max_epochs)
             self._next += 1
             if self.space.families and config.family is None:
                 config = config.with_family(self.env.task_family)

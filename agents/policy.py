@@ -12,6 +12,7 @@ import contextlib
 import heapq
 import itertools
 import json
+import logging
 import math
 import zipfile
 from collections.abc import Iterator
@@ -25,7 +26,8 @@ import torch
 from stable_baselines3 import PPO
 
 from rlhpo.agents.base import Tuner
-from rlhpo.agents.portfolio import portfolio_action, portfolio_features
+from rlhpo.agents.learned_list import ANY_MODALITY, for_modality
+from rlhpo.agents.portfolio import portfolio_action, portfolio_features, portfolio_size
 from rlhpo.envs.hpo_env import HPOEnv, history_names
 from rlhpo.errors import RlhpoError
 from rlhpo.settings import SHIPPED_POLICY, shipped_file
@@ -37,6 +39,8 @@ INFO_MEMBER = "rlhpo.json"  # the member of policy.zip that holds its PolicyInfo
 LEGACY_ATTRIBUTE = "rlhpo"  # where policies saved before INFO_MEMBER kept it
 MAX_CANDIDATES = 10_000  # most likely actions looked at to replace a repeated trial
 
+log = logging.getLogger(__name__)
+
 
 @dataclass(frozen=True)
 class PolicyInfo:
@@ -45,7 +49,8 @@ class PolicyInfo:
     space: SearchSpace | None = None  # None: a file that did not say (the shipped space is used)
     budget_epochs: int | None = None
     settings: dict[str, Any] = field(default_factory=dict)  # train-agent's settings, as config.yaml holds them
-    portfolio: tuple[Config, ...] = ()  # a portfolio policy's configs (rlhpo.agents.portfolio); () acts in the space
+    # A portfolio policy's configs per modality (rlhpo.agents.portfolio); empty: the policy acts in the space.
+    portfolio: dict[str, tuple[Config, ...]] = field(default_factory=dict)
 
     @property
     def meta_features(self) -> bool:
@@ -72,7 +77,7 @@ class PolicyInfo:
             "space": self.space.to_dict() if self.space else None,
             "budget_epochs": self.budget_epochs,
             "settings": self.settings,
-            "portfolio": [c.to_dict() for c in self.portfolio],
+            "portfolio": {m: [c.to_dict() for c in configs] for m, configs in self.portfolio.items()},
         }
 
     @classmethod
@@ -82,8 +87,17 @@ class PolicyInfo:
             space=SearchSpace.from_dict(space) if space else None,
             budget_epochs=data.get("budget_epochs"),
             settings=dict(data.get("settings") or {}),
-            portfolio=tuple(Config(**c) for c in data.get("portfolio") or ()),
+            portfolio=_portfolio(data.get("portfolio")),
         )
+
+
+def _portfolio(data: Any) -> dict[str, tuple[Config, ...]]:
+    """A policy file's portfolio: configs by modality, or one list for every modality (files before per-modality)."""
+    if not data:
+        return {}
+    if isinstance(data, list):
+        return {ANY_MODALITY: tuple(Config(**c) for c in data)}
+    return {m: tuple(Config(**c) for c in configs) for m, configs in data.items()}
 
 
 def save_policy(model: PPO, path: str | Path, info: PolicyInfo) -> Path:
@@ -170,11 +184,19 @@ class PPOTuner(Tuner):
         self._first = True
         self.shown_budget = None  # each episode starts with its own budget shown
         nvec = [int(n) for n in getattr(self.model.action_space, "nvec", [])]
+        # A portfolio policy on a modality its meta-training never saw has no configs to choose
+        # among: it plays random configs at full fidelity, as the learned list does there.
+        self._blind = bool(self.info.portfolio) and not for_modality(self.info.portfolio, env.modality)
+        if self._blind:
+            log.warning(
+                "The portfolio policy has no configs for %s tasks (it never saw one); it plays random configs.",
+                env.modality,
+            )
         if self.info.portfolio:
-            expected = [len(self.info.portfolio), len(self.space.choices["epochs"])]
+            expected = [portfolio_size(self.info.portfolio), len(self.space.choices["epochs"])]
             if nvec != expected:
                 raise RlhpoError(
-                    f"The policy's actions are {nvec}, but its file lists {len(self.info.portfolio)} portfolio configs "
+                    f"The policy's actions are {nvec}, but its file lists {expected[0]} portfolio configs "
                     f"and the space has {expected[1]} epochs choices: the file is damaged or mixed up."
                 )
         elif nvec != self.space.nvec:
@@ -190,6 +212,8 @@ class PPOTuner(Tuner):
         budget, so the most likely action is replaced by the next most likely one that is new
         (:func:`most_likely_first`).
         """
+        if self._blind:
+            return self._random_new(self.env.default_action())
         obs = self.policy_view(obs)
         first, self._first = self._first, False
         with one_torch_thread():
@@ -234,6 +258,8 @@ class PPOTuner(Tuner):
         ``rlhpo tune --workers N`` takes the first N that are new from here: what :meth:`propose`
         would pick, then the runners-up it would have picked had that one been tried already.
         """
+        if self._blind:
+            return (self._random_new(self.env.default_action()) for _ in range(MAX_CANDIDATES))
         obs = self.policy_view(obs)
         with one_torch_thread():
             log_probs = self._log_probs(obs)

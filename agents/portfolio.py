@@ -8,8 +8,10 @@ train next and for how many epochs (screening several at 1 epoch, continuing the
 ones, stopping early on one that diverges).
 
 With ``portfolio: N`` in ``configs/train_agent.yaml``, the policy's action is not a whole
-config but ``[i, e]``: the ``i``-th of the first ``N`` configs of the learned list (learned from
-the meta-training tasks only) trained to the ``e``-th epochs choice. Every portfolio config is
+config but ``[i, e]``: the ``i``-th of the first ``N`` configs of the learned list of the task's
+modality (learned from the meta-training tasks only) trained to the ``e``-th epochs choice. Every
+modality's portfolio has the same length (the shortest modality list's, if under ``N``), so
+index ``i`` means "the modality's ``i``-th best" on every task. Every portfolio config is
 recorded on every meta-training task, so meta-training's answers are exact (no nearest
 neighbour to exploit), but for those that ``config_fraction`` < 1 leaves out of an episode.
 The observation gains ``1 + 2N`` entries (:func:`portfolio_names`): the budget's size, then per
@@ -28,7 +30,7 @@ starts from the learned list and departs from it where the reward says so.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +40,7 @@ import torch
 from stable_baselines3 import PPO
 from stable_baselines3.common.vec_env import VecEnv
 
-from rlhpo.agents.learned_list import LearnedListTuner
+from rlhpo.agents.learned_list import ConfigLists, LearnedListTuner, for_modality
 from rlhpo.envs.hpo_env import HPOEnv
 from rlhpo.errors import RlhpoError
 from rlhpo.space import Config, SearchSpace
@@ -52,10 +54,22 @@ def learn_portfolio(
     *,
     train_seed: int = 0,
     exclude_datasets: Sequence[str] = (),
-) -> list[Config]:
-    """The first ``size`` configs of the learned list of the store's tasks less ``exclude_datasets``."""
-    configs = LearnedListTuner.fit(store, space, train_seed=train_seed, exclude_datasets=exclude_datasets).configs
-    return configs[:size]
+) -> dict[str, tuple[Config, ...]]:
+    """Per modality, the first configs of the learned list of the store's tasks less ``exclude_datasets``.
+
+    ``size`` of each, or fewer where a modality's list is shorter: every modality gets the same number.
+    """
+    lists = LearnedListTuner.fit(store, space, train_seed=train_seed, exclude_datasets=exclude_datasets).lists
+    n = min([size] + [len(configs) for configs in lists.values()])
+    return {modality: tuple(configs[:n]) for modality, configs in lists.items()}
+
+
+def portfolio_size(portfolio: ConfigLists) -> int:
+    """The number of configs a portfolio policy chooses among (each modality's portfolio has that many)."""
+    sizes = {len(configs) for configs in portfolio.values()}
+    if len(sizes) > 1:
+        raise RlhpoError(f"Every modality's portfolio must hold as many configs, but they hold {sorted(sizes)}.")
+    return sizes.pop() if sizes else 0
 
 
 def portfolio_names(size: int) -> tuple[str, ...]:
@@ -67,8 +81,9 @@ def portfolio_names(size: int) -> tuple[str, ...]:
     )
 
 
-def portfolio_config(env: HPOEnv, configs: Sequence[Config], action: Any) -> Config:
-    """The config a portfolio action ``[i, e]`` asks for on the env's current task."""
+def portfolio_config(env: HPOEnv, portfolio: ConfigLists, action: Any) -> Config:
+    """The config a portfolio action ``[i, e]`` asks for on the env's current task (its modality's portfolio)."""
+    configs = for_modality(portfolio, env.modality)
     i, e = (int(a) for a in np.asarray(action).reshape(-1))
     if not (0 <= i < len(configs) and 0 <= e < len(env.space.choices["epochs"])):
         raise RlhpoError(
@@ -76,24 +91,24 @@ def portfolio_config(env: HPOEnv, configs: Sequence[Config], action: Any) -> Con
             f"{len(env.space.choices['epochs'])}], but got {list(np.asarray(action).reshape(-1))}."
         )
     config = configs[i].with_epochs(env.space.choices["epochs"][e])
-    return config.with_family(env.task_family) if env.space.families else config
+    return config.with_family(env.task_family) if env.space.families and config.family is None else config
 
 
-def portfolio_action(env: HPOEnv, configs: Sequence[Config], action: Any) -> np.ndarray:
+def portfolio_action(env: HPOEnv, portfolio: ConfigLists, action: Any) -> np.ndarray:
     """The env's action (choice indices in its space) of a portfolio action ``[i, e]``."""
-    return env.space.indices(portfolio_config(env, configs, action), env.modality)
+    return env.space.indices(portfolio_config(env, portfolio, action), env.modality)
 
 
-def portfolio_features(env: HPOEnv, configs: Sequence[Config], budget_epochs: int | None = None) -> np.ndarray:
+def portfolio_features(env: HPOEnv, portfolio: ConfigLists, budget_epochs: int | None = None) -> np.ndarray:
     """The budget's size, then per portfolio config the epochs known of it (fraction of the largest), then its score.
 
     The budget is the episode's, or ``budget_epochs`` (what :attr:`PPOTuner.shown_budget` shows the policy).
     """
-    n = len(configs)
+    n = portfolio_size(portfolio)
     out = np.zeros(1 + 2 * n, dtype=np.float32)
     out[0] = env.history_features(0, budget_epochs)[0]
     for i in range(n):
-        epochs, score = env.seen(portfolio_config(env, configs, [i, 0]))
+        epochs, score = env.seen(portfolio_config(env, portfolio, [i, 0]))
         out[1 + i] = epochs / env.max_epochs
         out[1 + n + i] = score
     return out
@@ -106,16 +121,16 @@ class PortfolioActions(gym.Wrapper):
     env's space, and :func:`portfolio_features` is appended to every observation.
     """
 
-    def __init__(self, env: gym.Env, configs: Sequence[Config]) -> None:
+    def __init__(self, env: gym.Env, portfolio: ConfigLists) -> None:
         super().__init__(env)
-        if not configs:
+        n = portfolio_size(portfolio)
+        if not n:
             raise RlhpoError("A portfolio needs at least one config.")
-        self.configs = list(configs)
+        self.portfolio: Mapping[str, Sequence[Config]] = portfolio
         hpo: HPOEnv = env.unwrapped  # type: ignore[assignment]
-        self.action_space = gym.spaces.MultiDiscrete([len(self.configs), len(hpo.space.choices["epochs"])])
+        self.action_space = gym.spaces.MultiDiscrete([n, len(hpo.space.choices["epochs"])])
         base = env.observation_space
         assert isinstance(base, gym.spaces.Box)
-        n = len(self.configs)
         low = np.concatenate([np.zeros(1 + n), -np.ones(n)]).astype(np.float32)
         self.observation_space = gym.spaces.Box(
             low=np.concatenate([base.low, low]),
@@ -132,11 +147,11 @@ class PortfolioActions(gym.Wrapper):
         return self._observe(obs), info
 
     def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict]:
-        obs, reward, terminated, truncated, info = self.env.step(portfolio_action(self.hpo, self.configs, action))
+        obs, reward, terminated, truncated, info = self.env.step(portfolio_action(self.hpo, self.portfolio, action))
         return self._observe(obs), reward, terminated, truncated, info
 
     def _observe(self, obs: np.ndarray) -> np.ndarray:
-        return np.concatenate([obs, portfolio_features(self.hpo, self.configs)]).astype(np.float32)
+        return np.concatenate([obs, portfolio_features(self.hpo, self.portfolio)]).astype(np.float32)
 
 
 def list_order_action(obs: np.ndarray, size: int, max_epochs_index: int) -> np.ndarray:

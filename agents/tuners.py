@@ -49,7 +49,7 @@ def make_tuners(
         elif method == "ppo_tpe":
             if policy is None:
                 raise ValueError("make_tuners needs a policy for 'ppo_tpe'")
-            out.append(PPOTPETuner(policy, configs=learned_list(method).configs))
+            out.append(PPOTPETuner(policy, configs=learned_list(method).lists))
         elif method == "learned_list":
             out.append(learned_list(method))
         elif method in SIMPLE:

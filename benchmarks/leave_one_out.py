@@ -3,8 +3,10 @@
 For each dataset of the store, train a policy with ``rlhpo train-agent``'s settings less that
 dataset (``exclude_datasets: [<dataset>]``), then run ``rlhpo bench`` (recorded backend) on that
 dataset's tasks with every method; the learned list learns from the same meta-training tasks as
-the policy. A dataset whose policy or bench folder already exists is reused, so an interrupted
-run goes on where it stopped. Writes one Markdown page with the table of every dataset.
+the policy. Datasets read from the same data (``trec`` and ``trec_fine``: the same questions,
+coarse and fine labels) are held out together, so a held-out dataset's texts are never seen. A
+dataset whose policy or bench folder already exists is reused, so an interrupted run goes on
+where it stopped. Writes one Markdown page with the table of every dataset.
 
 Usage::
 
@@ -36,11 +38,13 @@ from rlhpo.agents.meta_train import train_agent
 from rlhpo.agents.settings import METHODS, load_train_agent_settings
 from rlhpo.envs.surrogate import SurrogateSettings, fit_surrogate
 from rlhpo.store import CurveStore
+from rlhpo.tasks.registry import get_spec
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default=None, help="train-agent settings (default: the shipped ones)")
+    parser.add_argument("--store", default=None, help="curve store to meta-train and judge on (default: the config's)")
     parser.add_argument("--total-steps", type=int, default=None, help="PPO steps per policy (default: the config's)")
     parser.add_argument("--no-meta-features", action="store_true", help="train blind policies (meta_features: false)")
     parser.add_argument("--config-fraction", type=float, default=None, help="override config_fraction")
@@ -63,6 +67,8 @@ def main() -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
 
     base = load_train_agent_settings(args.config)
+    if args.store:
+        base = dataclasses.replace(base, store=args.store)
     if args.total_steps:
         base = dataclasses.replace(base, total_steps=args.total_steps)
     if args.no_meta_features:
@@ -85,10 +91,9 @@ def main() -> None:
     methods = tuple(args.methods.split(","))
     backend = args.backend or base.backend
     store = CurveStore(base.store_path(), readonly=True)
-    datasets = (
-        args.datasets.split(",") if args.datasets else sorted({r.task.dataset for r in store.tasks(with_runs=True)})
-    )
+    in_store = sorted({r.task.dataset for r in store.tasks(with_runs=True)})
     store.close()
+    datasets = args.datasets.split(",") if args.datasets else in_store
     runs = Path(args.runs_dir)
     budgets = tuple(float(b) for b in args.budgets.split(","))
     rows: list[dict[str, Any]] = []
@@ -96,13 +101,14 @@ def main() -> None:
     timings: dict[str, float] = {}
     kept = Path(args.out).with_suffix("")  # each dataset's table, plot and rows are kept beside the report
     for dataset in datasets:
-        policy_dir = runs / f"policy-{dataset}"
+        held_out = same_data(dataset, in_store)
+        policy_dir = runs / f"policy-{'+'.join(held_out)}"
         if not (policy_dir / "summary.json").exists():
-            settings = dataclasses.replace(base, exclude_datasets=(dataset,))
+            settings = dataclasses.replace(base, exclude_datasets=held_out)
             if backend == "surrogate":  # fit without the held-out dataset: it must never see it
-                surrogate = runs / f"surrogate-{dataset}.joblib"
+                surrogate = runs / f"surrogate-{'+'.join(held_out)}.joblib"
                 if not surrogate.exists():
-                    fit = SurrogateSettings(train_seed=base.train_seed, exclude_datasets=(dataset,))
+                    fit = SurrogateSettings(train_seed=base.train_seed, exclude_datasets=held_out)
                     fit_surrogate(base.store_path(), fit, space=base.search_space()).save(surrogate)
                 settings = dataclasses.replace(settings, backend="surrogate", surrogate=str(surrogate))
             train_agent(settings, run_name=policy_dir.name, runs_dir=runs, argv=["benchmarks/leave_one_out.py"])
@@ -128,6 +134,16 @@ def main() -> None:
     write_report(Path(args.out), rows, report, datasets, methods, budgets, base, args, timings, backend)
 
 
+def same_data(dataset: str, datasets: list[str]) -> tuple[str, ...]:
+    """``dataset`` and the datasets among ``datasets`` read from the same data (same hub name or folder)."""
+
+    def source(name: str) -> str:
+        spec = get_spec(name)
+        return spec.hub_path or str(spec.local_path or spec.folder or spec.name)
+
+    return tuple(sorted({dataset} | {d for d in datasets if source(d) == source(dataset)}))
+
+
 def write_report(
     out: Path, rows: list[dict[str, Any]], report: dict[str, Any], datasets: list[str], methods: tuple[str, ...],
     budgets: tuple[float, ...], base: Any, args: Any, timings: dict[str, float], backend: str,
@@ -143,7 +159,7 @@ def write_report(
         f"meta-trained on the {backend} backend, history={base.history}, budget_fte_range={base.budget_fte_range}, "
         f"first_trial_top={base.first_trial_top}, portfolio={base.portfolio}, "
         f"imitation_episodes={base.imitation_episodes}, reward={dataclasses.asdict(base.reward)}, "
-        "the held-out dataset excluded (from the surrogate's fit too); "
+        "the held-out dataset excluded (with any dataset read from the same data; from the surrogate's fit too); "
         "the learned list learns from the same tasks. Judged on the recorded curves of the held-out dataset, "
         f"{args.seeds} seeds per task (10000..), regret at full fidelity (normalised accuracy), mean ± s.e.",
         "",

@@ -3,8 +3,9 @@
 Each is one trial at full fidelity on every recorded task instance of each dataset, answered by
 the recorded backend (a config that was not recorded is answered by the nearest recorded one, as
 in ``rlhpo bench``; the exact/distance columns say how often) and judged by its full-fidelity
-regret. ``--policies DIR`` takes one policy per held-out dataset (``DIR/policy-<dataset>/``, as
-``benchmarks/leave_one_out.py`` leaves them); without it, the shipped policy plays every dataset
+regret. ``--policies DIR`` takes one policy per held-out dataset (``DIR/policy-<dataset>/``, or
+``DIR/policy-trec+trec_fine/`` for datasets held out together, as ``benchmarks/leave_one_out.py``
+leaves them); without it, the shipped policy plays every dataset
 (held out only on ag_news). The learned list learns from the same tasks as the policy.
 
     python benchmarks/zero_shot.py [--policies runs/loo] [--out docs/benchmarks/zero_shot.json]
@@ -41,8 +42,8 @@ def main() -> None:
     print(f"| dataset | tasks | {' | '.join(METHODS)} | suggest exact |")
     print("| --- | ---: |" + " ---: |" * (len(METHODS) + 1))
     for dataset in datasets:
-        path = Path(args.policies) / f"policy-{dataset}" if args.policies else None
-        if path is not None and not path.is_dir():
+        path = policy_dir(Path(args.policies), dataset) if args.policies else None
+        if args.policies and path is None:
             continue
         rows = regrets(store, dataset, PPOTuner.load(path))
         out[dataset] = rows
@@ -53,12 +54,18 @@ def main() -> None:
         Path(args.out).write_text(json.dumps(out, indent=1) + "\n")
 
 
+def policy_dir(folder: Path, dataset: str) -> Path | None:
+    """The policy of ``folder`` that held ``dataset`` out: ``policy-<datasets joined by +>/``."""
+    found = [p for p in folder.glob("policy-*") if p.is_dir() and dataset in p.name[len("policy-") :].split("+")]
+    return found[0] if found else None
+
+
 def regrets(store: CurveStore, dataset: str, policy: PPOTuner) -> list[dict[str, Any]]:
     """Each method's one-trial regret on every task instance of ``dataset``."""
     space = policy.policy_space
     assert space is not None, "the policy file must say its space"
     oracle = FullFidelity(store, space, 0)
-    first = LearnedListTuner.fit(store, space, exclude_datasets=policy.info.exclude_datasets).configs[0]
+    lists = LearnedListTuner.fit(store, space, exclude_datasets=policy.info.exclude_datasets)
     env = HPOEnv("recorded", store, space=space, budget_epochs=space.max_epochs)
     rows = []
     for record in store.tasks(with_runs=True):
@@ -73,6 +80,7 @@ def regrets(store: CurveStore, dataset: str, policy: PPOTuner) -> list[dict[str,
                 action = env.default_action()
             else:
                 # The list's configs keep the family they were recorded with: none on a pinned instance.
+                first = lists.configs_for(env.modality)[0]
                 family = (first.family or env.task_family) if space.families else None
                 action = space.indices(first.with_epochs(space.max_epochs).with_family(family), env.modality)
             result = env.step(action)[4]["result"]

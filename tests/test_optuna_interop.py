@@ -306,11 +306,11 @@ def test_ppo_tpe_enqueues_the_list_after_the_policy_in_order_skipping_repeats_th
         ["ppo_tpe", "learned_list"], space=space, policy=policy, store=store,
         exclude_datasets=policy.info.exclude_datasets,
     )  # fmt: skip
-    assert isinstance(ppo_tpe, PPOTPETuner) and ppo_tpe.configs == learned_list.configs
+    assert isinstance(ppo_tpe, PPOTPETuner) and ppo_tpe.lists == learned_list.lists
     alone = play(policy, horizon).trials  # what the policy plays in ppo_tpe (the previous test)
     assert alone[0].epochs == space.max_epochs  # so asking it again at full fidelity is a repeat
     known = {k for t in alone for k in (t.config.key(), t.answered_config.key())}
-    fresh = [c for c in learned_list.configs if c.key() not in known]
+    fresh = [c for c in learned_list.configs_for("tabular") if c.key() not in known]
     # Repeats: a config the policy asked, one whose curve answered the policy, one the list itself played.
     answered = next(t.answered_config for t in alone if t.answered_config.key() != t.config.key())
     configs = [alone[0].config, fresh[0], answered, fresh[0], fresh[1], fresh[2]]
@@ -350,7 +350,7 @@ def test_ppo_tpe_plays_the_family_less_list_with_the_tasks_family():
     if not space.families:
         pytest.skip("the shipped space searches no family")
     store = CurveStore(shipped_file(SHIPPED_STORE), readonly=True)
-    learned = LearnedListTuner.fit(store, space, exclude_datasets=["trec"]).configs
+    learned = LearnedListTuner.fit(store, space, exclude_datasets=["trec"]).configs_for("text")
     assert all(c.family is None for c in learned)
     tuner = PPOTPETuner(_DefaultFirst(), configs=learned[:2])  # type: ignore[arg-type]
     env = HPOEnv("recorded", store, space=space, budget_epochs=4 * space.max_epochs)

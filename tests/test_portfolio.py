@@ -10,7 +10,13 @@ from helpers import one_torch_thread  # noqa: F401 (an autouse fixture)
 from rlhpo.agents.base import run_tuner
 from rlhpo.agents.meta_train import train_agent
 from rlhpo.agents.policy import PolicyInfo, PPOTuner
-from rlhpo.agents.portfolio import PortfolioActions, learn_portfolio, portfolio_names
+from rlhpo.agents.portfolio import (
+    PortfolioActions,
+    learn_portfolio,
+    portfolio_config,
+    portfolio_names,
+    portfolio_size,
+)
 from rlhpo.agents.settings import TrainAgentSettings
 from rlhpo.envs.hpo_env import HPOEnv
 from rlhpo.errors import RlhpoError
@@ -40,8 +46,23 @@ def portfolio_policy(tmp_path_factory):
 def test_the_portfolio_is_the_learned_lists_head_from_the_meta_training_tasks(tmp_path_factory, space, portfolio):
     from rlhpo.agents.learned_list import LearnedListTuner
 
-    full = LearnedListTuner.fit(helpers.tiny_store(tmp_path_factory), space, exclude_datasets=["trec"]).configs
-    assert portfolio == full[:4] and len({c.key() for c in portfolio}) == 4
+    full = LearnedListTuner.fit(helpers.tiny_store(tmp_path_factory), space, exclude_datasets=["trec"]).lists
+    assert set(full) == {"tabular"}  # one list per modality of the meta-training tasks: digits only
+    assert portfolio == {"tabular": tuple(full["tabular"][:4])} and len({c.key() for c in portfolio["tabular"]}) == 4
+
+
+def test_each_modality_plays_its_own_portfolio_of_one_length(tmp_path_factory, space):
+    store = helpers.tiny_store(tmp_path_factory)
+    both = learn_portfolio(store, space, 50)
+    assert set(both) == {"tabular", "text"}
+    assert len(both["tabular"]) == len(both["text"]) == portfolio_size(both)  # the shorter list's length
+    env = HPOEnv("recorded", store, space=space)
+    for task, modality in ((helpers.DIGITS.key(), "tabular"), (helpers.TREC.key(), "text")):
+        env.reset(seed=0, options={"task": task})
+        played = portfolio_config(env, both, [0, 0])
+        assert played.with_family(None) == both[modality][0].with_epochs(1).with_family(None)
+    with pytest.raises(RlhpoError, match="as many configs"):
+        portfolio_size({"tabular": both["tabular"], "text": both["text"][:1]})
 
 
 def test_actions_train_portfolio_configs_and_the_observation_shows_what_is_known(tmp_path_factory, space, portfolio):
@@ -54,7 +75,7 @@ def test_actions_train_portfolio_configs_and_the_observation_shows_what_is_known
 
     obs, _, _, _, info = env.step([2, 0])  # portfolio config 3 for 1 epoch
     result = info["result"]
-    assert result.config == portfolio[2].with_epochs(1) and result.exact
+    assert result.config == portfolio["tabular"][2].with_epochs(1) and result.exact
     assert obs[base + 1 + 2] == pytest.approx(1 / 3) and obs[base + 1 + 4 + 2] == pytest.approx(result.score)
     assert env.observation_space.contains(obs)
 
@@ -68,8 +89,8 @@ def test_actions_train_portfolio_configs_and_the_observation_shows_what_is_known
 def test_a_portfolio_policy_plays_its_configs_then_new_random_ones_never_a_repeat(
     tmp_path_factory, space, portfolio, portfolio_policy
 ):
-    assert portfolio_policy.info.portfolio == tuple(portfolio)
-    keys = {c.key() for c in portfolio}
+    assert portfolio_policy.info.portfolio == portfolio
+    keys = {c.key() for c in portfolio["tabular"]}
     store = helpers.tiny_store(tmp_path_factory)
     for fte, seed in ((2, 0), (2, 1), (8, 0)):
         env = HPOEnv("recorded", store, space=space, budget_epochs=fte * space.max_epochs)
@@ -84,9 +105,11 @@ def test_a_portfolio_policy_plays_its_configs_then_new_random_ones_never_a_repea
 
 
 def test_policy_info_keeps_the_portfolio(tmp_path, portfolio, space):
-    info = PolicyInfo(space=space, budget_epochs=6, settings={"portfolio": 4}, portfolio=tuple(portfolio))
+    info = PolicyInfo(space=space, budget_epochs=6, settings={"portfolio": 4}, portfolio=portfolio)
     assert PolicyInfo.from_dict(info.to_dict()) == info
-    assert PolicyInfo.from_dict({"space": None}).portfolio == ()  # files from before portfolios
+    assert PolicyInfo.from_dict({"space": None}).portfolio == {}  # files from before portfolios
+    one_list = {"space": None, "portfolio": [c.to_dict() for c in portfolio["tabular"]]}  # before per-modality ones
+    assert PolicyInfo.from_dict(one_list).portfolio == {"*": portfolio["tabular"]}
 
 
 def test_a_negative_portfolio_is_a_clear_error():
@@ -105,10 +128,10 @@ def test_imitation_fits_the_policy_to_the_lists_plan(tmp_path_factory, space, po
     model = new_model(settings, venv)
     loss = imitate_list_order(model, venv, settings.imitation_episodes, epochs=100, batch_size=16)
     assert loss < 0.1
-    tuner = PPOTuner(model, PolicyInfo(space=space, budget_epochs=12, portfolio=tuple(portfolio)))
+    tuner = PPOTuner(model, PolicyInfo(space=space, budget_epochs=12, portfolio=portfolio))
     env = HPOEnv("recorded", settings.store_path(), space=space, budget_epochs=12)
     result = run_tuner(tuner, env, 0, task=helpers.DIGITS.key())
-    assert [t.config for t in result.trials] == [c.with_epochs(space.max_epochs) for c in portfolio]
+    assert [t.config for t in result.trials] == [c.with_epochs(space.max_epochs) for c in portfolio["tabular"]]
 
 
 def test_imitation_needs_a_portfolio():
