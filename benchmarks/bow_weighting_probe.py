@@ -1,6 +1,6 @@
 """Is `bow`'s gap to TF-IDF + LinearSVC its pooling / weighting and regularisation, or its inputs?
 
-    python benchmarks/bow_weighting_probe.py --data-dir ../shared/data [--datasets ag_news,trec,imdb] \\
+    python benchmarks/bow_weighting_probe.py --data-dir <data folder> [--datasets ag_news,trec,imdb] \\
         [--parts svm,bow,tfidf] [--seeds 0] [--tfidf H/LR/BS/DROPOUT/WD,...]
 
 Every part trains on the same data as ``rlhpo tune --seed 0`` and as

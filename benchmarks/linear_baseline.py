@@ -15,7 +15,7 @@ Prints Markdown tables:
    :func:`rlhpo.training.train` on each text dataset at full local size (task seed 0) with each
    family asked for: test accuracy, macro-F1 and seconds.
 
-    python benchmarks/linear_baseline.py --data-dir ../shared/data --out docs/benchmarks/linear_baseline.md
+    python benchmarks/linear_baseline.py --data-dir <data folder> --out docs/benchmarks/linear_baseline.md
 """
 
 from __future__ import annotations

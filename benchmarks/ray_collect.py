@@ -18,7 +18,7 @@ Timed parts wait until no other benchmark, bench, collect, leave-one-out or pyte
 first, and the ratio would measure that instead. The cluster is stopped by the PIDs of the processes it started
 (not ``ray stop``, which stops every Ray instance on the machine).
 
-    python benchmarks/ray_collect.py --data-dir ../shared/data [--configs 24] [--repeats 3] \\
+    python benchmarks/ray_collect.py --data-dir <data folder> [--configs 24] [--repeats 3] \\
         [--out docs/benchmarks/ray_collect.md]
 """
 

@@ -4,7 +4,7 @@ Prints, per dataset, the test accuracy and macro-F1 that ``rlhpo train`` reaches
 config (``configs/search_space.yaml``), next to what a quick hand-written loop reached on the same
 data when the project started. Far below that neighbourhood means something is broken.
 
-    python benchmarks/reference.py --data-dir ../shared/data --out docs/benchmarks/reference.md
+    python benchmarks/reference.py --data-dir <data folder> --out docs/benchmarks/reference.md
 """
 
 from __future__ import annotations

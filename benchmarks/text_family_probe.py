@@ -1,6 +1,6 @@
 """Test accuracy of the fast text families at full local size, on a few hand-picked configs.
 
-    python benchmarks/text_family_probe.py --data-dir ../shared/data [--datasets ag_news,trec,imdb]
+    python benchmarks/text_family_probe.py --data-dir <data folder> [--datasets ag_news,trec,imdb]
 
 Each config trains for 9 epochs on the whole local training split (less the validation split)
 with one torch thread, then is tested once. It answers "how close do bow and textcnn get to

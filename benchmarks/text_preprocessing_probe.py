@@ -1,7 +1,7 @@
 """Does the shared text preprocessing hold the text families back? Test accuracy at full local size
 with today's preprocessing and with longer sequences and/or a larger BPE vocabulary.
 
-    python benchmarks/text_preprocessing_probe.py --data-dir ../shared/data \\
+    python benchmarks/text_preprocessing_probe.py --data-dir <data folder> \\
         [--datasets imdb,ag_news,trec] [--variants today,long,vocab,long+vocab] [--families bow,textcnn] \\
         [--seeds 0] [--lrs LR,...] [--bow-heads mean/16] [--cache-dir DIR]
 

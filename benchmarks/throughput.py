@@ -15,7 +15,7 @@ process would see it (the loader's in-process memo is cleared first).
 
 Usage::
 
-    RLHPO_DATA_DIR=../shared/data python benchmarks/throughput.py --out docs/benchmarks/throughput.md
+    RLHPO_DATA_DIR=<data folder> python benchmarks/throughput.py --out docs/benchmarks/throughput.md
 """
 
 from __future__ import annotations

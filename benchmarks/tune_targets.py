@@ -11,7 +11,7 @@ torch's default thread count.
 
 Usage (the whole datasets take hours on 2 cores; ``--n-train`` subsamples for a quick look)::
 
-    RLHPO_DATA_DIR=../shared/data python benchmarks/tune_targets.py --out docs/benchmarks/tune.md
+    RLHPO_DATA_DIR=<data folder> python benchmarks/tune_targets.py --out docs/benchmarks/tune.md
 """
 
 from __future__ import annotations

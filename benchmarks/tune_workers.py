@@ -11,7 +11,7 @@ The sequential tune trains with torch's default threads; the workers train with 
 (as collect's do). Timed runs wait until no other benchmark, bench, collect or pytest runs here
 (``--no-wait`` skips the check), since the comparison is of wall-clock on a shared machine.
 
-    python benchmarks/tune_workers.py --data-dir ../shared/data [--task ag_news] [--budget 3] \\
+    python benchmarks/tune_workers.py --data-dir <data folder> [--task ag_news] [--budget 3] \\
         [--workers 2] [--repeats 1] [--out docs/benchmarks/tune_workers.md]
     python benchmarks/tune_workers.py --task digits --n-train 300 --budget 1 --no-wait   # a quick check
 """
