@@ -156,6 +156,7 @@ class PPOTuner(Tuner):
         # The budget the policy is told of (its observed budget size), None: the episode's. ``ppo_tpe``
         # plays the policy as in an episode of its meta-training budget and sets it to that.
         self.shown_budget: int | None = None
+        self._blind = False  # a portfolio policy on a modality it has no configs for (set by start)
 
     @property
     def policy_space(self) -> SearchSpace | None:

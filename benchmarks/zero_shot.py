@@ -46,6 +46,9 @@ def main() -> None:
         if args.policies and path is None:
             continue
         rows = regrets(store, dataset, PPOTuner.load(path))
+        if not rows:
+            print(f"| {dataset} | - | no meta-training task of its modality: nothing learned to suggest |")
+            continue
         out[dataset] = rows
         means = [statistics.fmean(r[m] for r in rows) for m in METHODS]
         exact = sum(r["suggest_exact"] for r in rows)
@@ -72,6 +75,9 @@ def regrets(store: CurveStore, dataset: str, policy: PPOTuner) -> list[dict[str,
         if record.task.dataset != dataset:
             continue
         row: dict[str, Any] = {"task": record.key}
+        env.reset(options={"task": record.key})
+        if not lists.configs_for(env.modality):
+            return []  # e.g. digits held out: the only tabular dataset
         for method in METHODS:
             obs, _ = env.reset(options={"task": record.key})
             if method == "suggest":

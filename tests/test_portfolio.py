@@ -154,3 +154,13 @@ def test_ppo_tpe_shows_the_policy_its_meta_training_budget_and_ppo_the_episodes(
     portfolio_policy.start(env, 0)  # the same policy as plain ppo: the episode's own budget
     assert portfolio_policy.policy_view(obs)[-size] == pytest.approx(env.history_features(0)[0])
     assert env.history_features(0)[0] > env.history_features(0, horizon)[0]
+
+
+def test_a_portfolio_policy_plays_random_new_configs_on_a_modality_it_never_saw(
+    tmp_path_factory, space, portfolio_policy
+):
+    assert set(portfolio_policy.info.portfolio) == {"tabular"}  # trec (text) was held out of its meta-training
+    env = HPOEnv("recorded", helpers.tiny_store(tmp_path_factory), space=space, budget_epochs=3 * space.max_epochs)
+    result = run_tuner(portfolio_policy, env, 0, task=helpers.TREC.key())
+    trials = [(t.config.key(), t.epochs) for t in result.trials]
+    assert len(trials) == len(set(trials)) == 3 and all(e == space.max_epochs for _, e in trials)
