@@ -10,8 +10,11 @@ order, each at full fidelity; past its end it draws uniformly random configs.
 One list is learned per modality (image, text, tabular), from the meta-training tasks of that
 modality, and a task plays its modality's list. Families differ by modality, so in the matched
 design (:func:`rlhpo.collect.design_configs`) no config is recorded on tasks of two modalities;
-and what works on text need not work on images. A modality without meta-training tasks plays
-random configs; a list given as one sequence (:data:`ANY_MODALITY`) is played on every modality.
+and what works on text need not work on images. A modality without meta-training tasks (digits,
+when it is held out, is the only tabular dataset) plays the list of the family-less configs
+recorded on every meta-training task (:data:`ANY_MODALITY`): on the shipped store an MLP config
+that did well on images and text; where no config is on every task (the matched design), random
+configs. A list given as one sequence is played on every modality.
 
 In a space that searches the model family, how configs are compared depends on the instances.
 Where every instance of the modality leaves the family to the config (the matched design), a
@@ -96,6 +99,11 @@ class LearnedListTuner(Tuner):
             open_family = bool(space.families) and all(t.family is None for t in tasks)
             oracle = FullFidelity(backend.store, space if open_family else flat, train_seed)
             lists[modality] = learn_list(oracle, [t.key() for t in tasks])
+        try:  # for a modality without meta-training tasks: the family-less configs every task shares
+            every = [t.key() for tasks in by_modality.values() for t in tasks]
+            lists[ANY_MODALITY] = learn_list(FullFidelity(backend.store, flat, train_seed), every)
+        except RlhpoError:
+            pass  # no config on every task (the matched design's families differ): random configs there
         return cls(lists)
 
     def configs_for(self, modality: str) -> list[Config]:

@@ -40,7 +40,7 @@ import torch
 from stable_baselines3 import PPO
 from stable_baselines3.common.vec_env import VecEnv
 
-from rlhpo.agents.learned_list import ConfigLists, LearnedListTuner, for_modality
+from rlhpo.agents.learned_list import ANY_MODALITY, ConfigLists, LearnedListTuner, for_modality
 from rlhpo.envs.hpo_env import HPOEnv
 from rlhpo.errors import RlhpoError
 from rlhpo.space import Config, SearchSpace
@@ -58,10 +58,12 @@ def learn_portfolio(
     """Per modality, the first configs of the learned list of the store's tasks less ``exclude_datasets``.
 
     ``size`` of each, or fewer where a modality's list is shorter: every modality gets the same number.
+    The list for modalities without meta-training tasks (:data:`ANY_MODALITY`) is kept if it is as
+    long; otherwise such a modality plays random configs.
     """
     lists = LearnedListTuner.fit(store, space, train_seed=train_seed, exclude_datasets=exclude_datasets).lists
-    n = min([size] + [len(configs) for configs in lists.values()])
-    return {modality: tuple(configs[:n]) for modality, configs in lists.items()}
+    n = min([size] + [len(configs) for modality, configs in lists.items() if modality != ANY_MODALITY])
+    return {modality: tuple(configs[:n]) for modality, configs in lists.items() if len(configs) >= n}
 
 
 def portfolio_size(portfolio: ConfigLists) -> int:
