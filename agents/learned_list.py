@@ -45,6 +45,13 @@ ANY_MODALITY = "*"  # the key of a list learned from the tasks of every modality
 ConfigLists = Mapping[str, Sequence[Config]]  # modality (or ANY_MODALITY) -> configs in order
 
 
+def as_lists(configs: ConfigLists | Sequence[Config]) -> dict[str, list[Config]]:
+    """Configs by modality as given, or one list (a plain sequence) for every modality."""
+    if isinstance(configs, Mapping):
+        return {modality: list(listed) for modality, listed in configs.items()}
+    return {ANY_MODALITY: list(configs)} if configs else {}
+
+
 def for_modality(lists: ConfigLists, modality: str) -> list[Config]:
     """The list a task of ``modality`` plays: its modality's, else the one of every modality, else none."""
     return list(lists.get(modality) or lists.get(ANY_MODALITY) or ())
@@ -77,7 +84,7 @@ class LearnedListTuner(Tuner):
 
     def __init__(self, lists: ConfigLists | Sequence[Config]) -> None:
         """``lists``: configs by modality (:data:`ConfigLists`), or one list for every modality."""
-        self.lists = {ANY_MODALITY: list(lists)} if not isinstance(lists, Mapping) else dict(lists)
+        self.lists = as_lists(lists)
 
     @classmethod
     def fit(

@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import math
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,7 +28,7 @@ import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution
 from optuna.trial import FrozenTrial, TrialState
 
-from rlhpo.agents.learned_list import ANY_MODALITY, ConfigLists, for_modality
+from rlhpo.agents.learned_list import ConfigLists, as_lists, for_modality
 from rlhpo.agents.optuna_tuners import TPETuner, _ask_indices
 from rlhpo.agents.policy import PPOTuner
 from rlhpo.agents.suggest import suggest
@@ -372,7 +372,7 @@ class PPOTPETuner(TPETuner):
     ) -> None:
         self.policy = policy
         self.policy_epochs = policy_epochs
-        self.lists = dict(configs) if isinstance(configs, Mapping) else {ANY_MODALITY: list(configs)}
+        self.lists = as_lists(configs)
 
     def start(self, env: HPOEnv, seed: int) -> None:
         super().start(env, seed)

@@ -26,7 +26,7 @@ import torch
 from stable_baselines3 import PPO
 
 from rlhpo.agents.base import Tuner
-from rlhpo.agents.learned_list import ANY_MODALITY, for_modality
+from rlhpo.agents.learned_list import as_lists, for_modality
 from rlhpo.agents.portfolio import portfolio_action, portfolio_features, portfolio_size
 from rlhpo.envs.hpo_env import HPOEnv, history_names
 from rlhpo.errors import RlhpoError
@@ -93,11 +93,8 @@ class PolicyInfo:
 
 def _portfolio(data: Any) -> dict[str, tuple[Config, ...]]:
     """A policy file's portfolio: configs by modality, or one list for every modality (files before per-modality)."""
-    if not data:
-        return {}
-    if isinstance(data, list):
-        return {ANY_MODALITY: tuple(Config(**c) for c in data)}
-    return {m: tuple(Config(**c) for c in configs) for m, configs in data.items()}
+    listed = data if isinstance(data, dict) else as_lists(data or ())
+    return {m: tuple(Config(**c) for c in configs) for m, configs in listed.items()}
 
 
 def save_policy(model: PPO, path: str | Path, info: PolicyInfo) -> Path:

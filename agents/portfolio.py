@@ -12,7 +12,7 @@ config but ``[i, e]``: the ``i``-th of the first ``N`` configs of the learned li
 modality (learned from the meta-training tasks only) trained to the ``e``-th epochs choice. Every
 modality's portfolio has the same length (the shortest modality list's, if under ``N``), so
 index ``i`` means "the modality's ``i``-th best" on every task. Every portfolio config is
-recorded on every meta-training task, so meta-training's answers are exact (no nearest
+recorded on every meta-training task of its modality, so meta-training's answers are exact (no nearest
 neighbour to exploit), but for those that ``config_fraction`` < 1 leaves out of an episode.
 The observation gains ``1 + 2N`` entries (:func:`portfolio_names`): the budget's size, then per
 portfolio config the epochs the episode knows of it (a fraction of the largest choice) and its
