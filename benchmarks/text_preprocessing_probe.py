@@ -26,10 +26,11 @@ with ``--lrs``, once with each of those learning rates in place of its own), 9 e
 seed 0 (or each of ``--seeds``), one torch thread, tested once with the final model, as
 ``train_final`` does.
 
-``--bow-heads`` also varies the ``bow`` model itself: ``POOL/BITS``, pooling ``mean`` (the shipped
-one) or ``sum`` over ``2**BITS`` hashed bigram buckets (shipped: 16). A non-shipped head is a
-copy of ``rlhpo.models.BagOfNgrams`` with those two values, put in place of ``model_for`` for the
-run only.
+``--bow-heads`` replaces the ``bow`` model by the one this probe measured (``bow`` before it was
+TF-IDF-weighted): ``POOL/BITS``, the ``mean`` (that ``bow``'s) or ``sum`` of the embeddings of
+the tokens and of ``2**BITS`` hashed bigram buckets (that ``bow``'s: 16), then ``num_layers`` x
+[Linear(units), ReLU, Dropout] and a linear head (:class:`MeanBag`), put in place of
+``model_for`` for the run only. Its default, ``mean/16``, is that ``bow``, as measured.
 """
 
 from __future__ import annotations
@@ -46,9 +47,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import torch
+from torch import nn
 
 import rlhpo.training
-from rlhpo.models import BOW_BUCKETS, BagOfNgrams, model_family
+from rlhpo.models import PAD_ID, bigram_ids, model_family
 from rlhpo.space import Config
 from rlhpo.tasks import BUILTINS, Task, TaskData, load_task, preprocess
 from rlhpo.tasks.cache import CACHE_DIR_ENV
@@ -106,20 +108,35 @@ def variant_data(dataset: str, variant: str, cache_root: Path) -> Iterator[dict[
             os.environ[CACHE_DIR_ENV] = saved[0]
 
 
+class MeanBag(nn.Module):
+    """``bow`` as this probe measured it: the pooled embeddings of tokens and hashed bigrams, then an MLP."""
+
+    def __init__(
+        self, vocab_size: int, n_classes: int, num_layers: int, units: int, dropout: float, pool: str, buckets: int
+    ):
+        super().__init__()
+        self.vocab_size, self.buckets = vocab_size, buckets
+        self.embed = nn.EmbeddingBag(vocab_size + buckets, units, mode=pool, padding_idx=PAD_ID)
+        layers: list[nn.Module] = []
+        for _ in range(num_layers):
+            layers += [nn.Linear(units, units), nn.ReLU(), nn.Dropout(dropout)]
+        layers.append(nn.Linear(units, n_classes))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        bag = torch.cat([tokens, bigram_ids(tokens, self.vocab_size, self.buckets)], dim=1)
+        return self.net(self.embed(bag))
+
+
 @contextlib.contextmanager
 def bow_head(pool: str, bits: int) -> Iterator[None]:
-    """Inside: ``bow`` models are :class:`BagOfNgrams` (pool, 2**bits) unless that is the shipped model."""
-    if pool == "mean" and 2**bits == BOW_BUCKETS:
-        yield
-        return
+    """Inside: ``bow`` models are :class:`MeanBag` (pool, 2**bits)."""
     shipped = rlhpo.training.model_for
 
     def model_for(data, config):  # noqa: ANN001, ANN202
         if model_family(data, config) != "bow":
             return shipped(data, config)
-        return BagOfNgrams(
-            data.vocab_size, data.n_classes, config.num_layers, config.units, config.dropout, pool=pool, buckets=2**bits
-        )
+        return MeanBag(data.vocab_size, data.n_classes, config.num_layers, config.units, config.dropout, pool, 2**bits)
 
     rlhpo.training.model_for = model_for
     try:

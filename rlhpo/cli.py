@@ -243,6 +243,69 @@ def store_info_cmd(store_path: Path) -> None:
     )
 
 
+@store_group.command("drop-family")
+@click.argument("family")
+@store_option
+def store_drop_family_cmd(family: str, store_path: Path) -> None:
+    """Delete the runs that trained FAMILY (after its model changed); collect records them again."""
+    from rlhpo.store import CurveStore
+
+    if not store_path.is_file():
+        raise RlhpoError(f"No curve store at {store_path}.")
+    with CurveStore(store_path) as store:
+        dropped, left = store.drop_family(family), store.count()["runs"]
+    click.echo(f"{store_path}: dropped {dropped} runs of family {family!r}; {left} runs left")
+
+
+@store_group.command("retrain-family")
+@click.argument("family")
+@store_option
+@click.option(
+    "-o",
+    "--out",
+    "out_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    required=True,
+    help="The new store; an existing one is resumed.",
+)
+@executor_options("runs", "Worker processes (--executor ray without --address: the local Ray instance's CPUs).")
+@data_dir_option
+def store_retrain_family_cmd(
+    family: str,
+    store_path: Path,
+    out_path: Path,
+    workers: int,
+    executor: str,
+    address: str | None,
+    data_dir: Path | None,
+) -> None:
+    """Copy the store to OUT with FAMILY's runs trained again (after its model changed); resumable.
+
+    Every run of FAMILY is trained again on its task instance with its config, seed and epochs;
+    the other runs are copied. For a store whose collect plan is gone, such as the shipped
+    meta-dataset; on a store that collect keeps, drop-family and collect again do the same.
+    """
+    from rlhpo.collect import make_executor, retrain_family
+
+    if not store_path.is_file():
+        raise RlhpoError(f"No curve store at {store_path}.")
+    if data_dir is not None:
+        data_dir = data_dir.expanduser().resolve()
+    runner = make_executor(executor, workers, address)
+    try:
+        result = retrain_family(store_path, out_path, family, data_dir=data_dir, executor=runner)
+    except KeyboardInterrupt:
+        raise RunInterrupted(out_path, "run the same command again (finished runs are kept)", "store") from None
+    click.echo(
+        f"{result.runs} runs of {family!r}: trained {result.trained}, already there {result.skipped}, "
+        f"failed {len(result.failed)} in {result.seconds:.0f}s; store {result.store}"
+    )
+    for line in result.failed:
+        click.echo(f"failed: {line.splitlines()[0]}", err=True)
+    if result.failed:
+        raise SystemExit(1)
+
+
 @store_group.command("merge")
 @click.argument("sources", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
 @click.option(

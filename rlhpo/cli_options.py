@@ -95,7 +95,12 @@ task_options = _options(
         show_default=True,
         help="Built-in task, hub dataset name, or local folder of parquet/CSV files.",
     ),
-    click.option("--model", "family", default=None, help="Model family (cnn, mlp, gru, lstm, transformer, ...)."),
+    click.option(
+        "--model",
+        "family",
+        default=None,
+        help="Model family (cnn, mlp, bow, textcnn, gru, lstm, transformer; default: the dataset's).",
+    ),
     click.option("--n-train", type=click.IntRange(min=2), default=None, help="Subsample the training set."),
     click.option("--text-column", default=None, help="Text column of a user dataset."),
     click.option("--image-column", default=None, help="Image column of a user dataset."),

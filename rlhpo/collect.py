@@ -595,3 +595,74 @@ def collect(
         seconds=time.perf_counter() - started,
         store=str(store_path),
     )
+
+
+def retrain_family(
+    source: str | Path,
+    out: str | Path,
+    family: str,
+    *,
+    workers: int = 1,
+    data_dir: str | Path | None = None,
+    executor: Executor | None = None,
+    progress: bool = True,
+) -> CollectResult:
+    """Write ``out``: the store ``source`` with every run of ``family`` trained again.
+
+    For a store whose collect plan is gone (e.g. the shipped meta-dataset) after ``family``'s
+    model changed: each of its runs is trained again on the same task instance with the same
+    config, seed and epochs; every other run is copied as it is. ``source`` is only read. The
+    first call creates ``out`` (a merge of ``source`` without the family's runs); a call on an
+    existing ``out`` resumes, training the family's runs of ``source`` that ``out`` lacks, so
+    Ctrl-C loses only the runs in flight.
+    """
+    from tqdm import tqdm
+
+    from rlhpo.store import merge_stores
+
+    started = time.perf_counter()
+    out = Path(out)
+    with CurveStore(source, readonly=True) as src:
+        runs = src.family_runs(family)
+        tasks = {key: src.task(key) for key in {key for key, _, _ in runs}}
+    if not out.exists():
+        merge_stores([source], out)
+        with CurveStore(out) as fresh:
+            fresh.drop_family(family)
+    executor = executor or LocalExecutor(workers)
+    data_dir_text = str(data_dir) if data_dir is not None else None
+    failed: list[str] = []
+    trained = 0
+    with CurveStore(out) as store, store.exclusive():
+        items = [
+            WorkItem(task=tasks[key].task, config=config, seed=seed, data_dir=data_dir_text)
+            for key, config, seed in runs
+            if not store.has_run(key, config, seed, config.epochs)
+        ]
+        log.info("retrain %s: %d runs in %s, %d to train into %s", family, len(runs), source, len(items), out)
+        bar = tqdm(total=len(items), desc=f"retrain {family}", unit="run", file=sys.stderr, disable=not progress)
+        try:
+            for result in executor.map_unordered(train_item, items):
+                item = result.item
+                if result.curve is None:
+                    failed.append(f"{item.task.key()} {item.config.key()}: {result.error}")
+                    log.warning("run failed on %s with %s: %s", item.task.key(), item.config, result.error)
+                else:
+                    store.put_run(item.task.key(), item.config, item.seed, result.curve)
+                    trained += 1
+                bar.update(1)
+        except KeyboardInterrupt:
+            executor.shutdown()
+            log.warning("retrain interrupted: %d runs written to %s; run the same command to resume", trained, out)
+            raise
+        finally:
+            bar.close()
+    return CollectResult(
+        tasks=len(tasks),
+        runs=len(runs),
+        trained=trained,
+        skipped=len(runs) - len(items),
+        failed=failed,
+        seconds=time.perf_counter() - started,
+        store=str(out),
+    )

@@ -10,12 +10,17 @@
   packing is needed, and it costs half a bidirectional RNN on CPU.
 - ``transformer`` (token ids): a randomly initialised ``transformers`` BERT encoder sized by
   the hyperparameters, mean over the non-padding positions, linear.
-- ``bow`` (token ids): fastText-style. One ``EmbeddingBag`` of ``units``-wide vectors holds the
-  ``vocab_size`` token ids and ``BOW_BUCKETS`` (2**16) hashed bigram buckets; a text is the mean of
-  the embeddings of its tokens and of its bigrams (adjacent pairs of real tokens ``a, b``, bucket
-  ``(a * 116049371 + b) mod 2**16``, fastText's multiplier), padding excluded. Then
-  ``num_layers`` × [Linear(units), ReLU, Dropout], linear. Bigram ids are computed from the
-  token ids in ``forward``, so the tasks need nothing new.
+- ``bow`` (token ids): a TF-IDF-weighted bag of n-grams, Galke & Scherp's "WideMLP" (ACL 2022)
+  over fastText's hashed bigrams. The terms of a text are its token ids and its bigrams (adjacent
+  pairs of real tokens ``a, b``, bucket ``(a * 116049371 + b) mod 2**16`` of ``BOW_BUCKETS``,
+  fastText's multiplier). A text is the vector of its terms' sublinear tf x smooth idf,
+  L2-normalised: sklearn's ``TfidfVectorizer(sublinear_tf=True)`` over these terms. The idf is
+  that of the training tokens the model is built for (``train_tokens``; terms absent there weigh
+  0), kept in the model as a buffer. The first layer multiplies that vector by a table of
+  ``units``-wide rows (an ``EmbeddingBag`` sum with per-sample weights, initialised N(0, 0.01^2):
+  EmbeddingBag's own N(0, 1) is noise 9 epochs of Adam do not outgrow), adds a bias, then ReLU
+  and Dropout; ``num_layers - 1`` more [Linear(units), ReLU, Dropout]; a linear head. Bigram
+  ids and weights are computed from the token ids in ``forward``, so the tasks need nothing new.
 - ``textcnn`` (token ids): Kim (2014). A ``units``-wide embedding; three parallel branches of
   Conv1d with ``units`` channels and widths 3, 4 and 5, each followed by ReLU; each further layer
   (``num_layers`` > 1) is one more width-3, same-padded Conv1d + ReLU on every branch. Then max
@@ -23,7 +28,7 @@
   embedded text gets 4 zero positions on the right, so texts shorter than 5 tokens work, and
   positions at padding are zeroed after each layer, so padding changes no logit.
 
-Text embeddings are ``units`` wide in every text family, as in the RNNs.
+Text embeddings (and ``bow``'s first layer) are ``units`` wide in every text family, as in the RNNs.
 
 Weights are initialised from torch's global RNG: seed it (the trainer does) for repeatable models.
 """
@@ -49,6 +54,7 @@ TEXT_FAMILIES = FAMILIES_BY_MODALITY["text"]
 PAD_ID = 0
 BOW_BUCKETS = 2**16  # hashed bigram buckets of ``bow``
 BIGRAM_MULTIPLIER = 116049371  # fastText's n-gram hash multiplier
+BOW_INIT_STD = 0.01  # the init of ``bow``'s first layer
 TEXTCNN_WIDTHS = (3, 4, 5)
 
 
@@ -61,8 +67,13 @@ def build_model(
     num_layers: int,
     units: int,
     dropout: float,
+    train_tokens: torch.Tensor | None = None,
 ) -> nn.Module:
-    """A freshly initialised classifier of one family; it maps a batch of inputs to logits."""
+    """A freshly initialised classifier of one family; it maps a batch of inputs to logits.
+
+    ``train_tokens`` (N, L): the training split's token ids, which ``bow`` takes its idf from
+    (needed for ``bow`` only).
+    """
     if family not in FAMILIES:
         raise unknown("model family", family, FAMILIES)
     if num_layers < 1 or units < 1 or not 0.0 <= dropout < 1.0 or n_classes < 2:
@@ -81,7 +92,9 @@ def build_model(
     if family == "transformer":
         return _bert_classifier(input_shape[0], vocab_size, n_classes, num_layers, units, dropout)
     if family == "bow":
-        return BagOfNgrams(vocab_size, n_classes, num_layers, units, dropout)
+        if train_tokens is None:
+            raise RlhpoError("Family 'bow' weighs its terms by their idf, and needs the training tokens for it.")
+        return BagOfNgrams(vocab_size, n_classes, num_layers, units, dropout, smooth_idf(train_tokens, vocab_size))
     if family == "textcnn":
         return TextCNN(vocab_size, n_classes, num_layers, units, dropout)
     return RNNClassifier(family, vocab_size, n_classes, num_layers, units, dropout)
@@ -111,6 +124,7 @@ def model_for(data: TaskData, config: Config) -> nn.Module:
         num_layers=config.num_layers,
         units=config.units,
         dropout=config.dropout,
+        train_tokens=data.x_train if family == "bow" else None,
     )
 
 
@@ -182,33 +196,66 @@ def bigram_ids(tokens: torch.Tensor, vocab_size: int, buckets: int = BOW_BUCKETS
     return torch.where((first != PAD_ID) & (second != PAD_ID), ids, PAD_ID)
 
 
-class BagOfNgrams(nn.Module):
-    """The ``bow`` family; ``pool`` (``mean`` or ``sum``) and ``buckets`` are fixed for it, and free for probes."""
+def bag_ids(tokens: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """The terms of ``bow``: token ids, then hashed bigram ids, of ``tokens`` (N, L): (N, 2L - 1), padding 0."""
+    return torch.cat([tokens, bigram_ids(tokens, vocab_size)], dim=1)
 
-    def __init__(
-        self,
-        vocab_size: int,
-        n_classes: int,
-        num_layers: int,
-        units: int,
-        dropout: float,
-        *,
-        pool: str = "mean",
-        buckets: int = BOW_BUCKETS,
-    ):
+
+def smooth_idf(train_tokens: torch.Tensor, vocab_size: int, chunk: int = 1024) -> torch.Tensor:
+    """sklearn's smooth idf, ``ln((1 + n) / (1 + df)) + 1``, of every ``bow`` term over ``train_tokens``.
+
+    Terms that occur in no training text, and padding, get 0.
+    """
+    n_terms = vocab_size + BOW_BUCKETS
+    df = torch.zeros(n_terms, dtype=torch.float64)
+    for start in range(0, len(train_tokens), chunk):
+        bag = bag_ids(train_tokens[start : start + chunk].long().cpu(), vocab_size)
+        rows = torch.arange(len(bag)).unsqueeze(1) * n_terms
+        df += torch.bincount(torch.unique(bag + rows) % n_terms, minlength=n_terms).double()
+    idf = torch.log((1 + len(train_tokens)) / (1 + df)) + 1
+    idf[df == 0] = 0.0
+    idf[PAD_ID] = 0.0
+    return idf.float()
+
+
+def term_counts(bag: torch.Tensor, n_terms: int) -> torch.Tensor:
+    """How often each entry's term occurs in its own row of ``bag`` (N, M): (N, M) counts."""
+    rows = torch.arange(len(bag), device=bag.device).unsqueeze(1) * n_terms
+    _, inverse, counts = torch.unique(bag + rows, return_inverse=True, return_counts=True)
+    return counts[inverse]
+
+
+class BagOfNgrams(nn.Module):
+    """The ``bow`` family: a TF-IDF vector of token and bigram terms, then an MLP (module docstring)."""
+
+    def __init__(self, vocab_size: int, n_classes: int, num_layers: int, units: int, dropout: float, idf: torch.Tensor):
         super().__init__()
-        self.vocab_size, self.buckets = vocab_size, buckets
-        # mode="mean" leaves padding_idx entries out of the mean; an all-padding text gives zeros.
-        self.embed = nn.EmbeddingBag(vocab_size + buckets, units, mode=pool, padding_idx=PAD_ID)
-        layers: list[nn.Module] = []
-        for _ in range(num_layers):
+        self.vocab_size = vocab_size
+        self.register_buffer("idf", idf)
+        self.embed = nn.EmbeddingBag(vocab_size + BOW_BUCKETS, units, mode="sum", padding_idx=PAD_ID)
+        nn.init.normal_(self.embed.weight, std=BOW_INIT_STD)
+        with torch.no_grad():
+            self.embed.weight[PAD_ID] = 0.0
+        self.bias = nn.Parameter(torch.zeros(units))
+        layers: list[nn.Module] = [nn.ReLU(), nn.Dropout(dropout)]
+        for _ in range(num_layers - 1):
             layers += [nn.Linear(units, units), nn.ReLU(), nn.Dropout(dropout)]
         layers.append(nn.Linear(units, n_classes))
         self.net = nn.Sequential(*layers)
 
+    def tfidf(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The terms of ``tokens`` (N, L) and a weight per term entry, such that summing the weights
+        of each term gives the text's L2-normalised TF-IDF vector: two (N, 2L - 1) tensors."""
+        bag = bag_ids(tokens, self.vocab_size)
+        tf = term_counts(bag, len(self.idf)).to(self.idf.dtype)
+        value = (1 + tf.log()) * self.idf[bag]  # each entry carries its term's TF-IDF ...
+        share = value / tf  # ... and a term with tf entries gets it once in the sum
+        norm = (share * value).sum(dim=1, keepdim=True).sqrt().clamp(min=1e-12)
+        return bag, share / norm
+
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        bag = torch.cat([tokens, bigram_ids(tokens, self.vocab_size, self.buckets)], dim=1)
-        return self.net(self.embed(bag))
+        bag, weights = self.tfidf(tokens)
+        return self.net(self.embed(bag, per_sample_weights=weights) + self.bias)
 
 
 class TextCNN(nn.Module):

@@ -460,6 +460,28 @@ class CurveStore:
             for ck, me, cj, dv in heads
         ]
 
+    def family_runs(self, family: str) -> list[tuple[str, Config, int]]:
+        """``(task_key, config, seed)`` of every run that trained ``family`` (the config's family, else
+        the task's), each config at the epochs the run was asked for."""
+        rows = self.conn.execute(
+            "SELECT r.task_key, r.seed, r.max_epochs, r.config_json, t.family "
+            "FROM runs r JOIN tasks t USING (task_key) ORDER BY r.task_key, r.config_key, r.seed"
+        ).fetchall()
+        runs = [(tk, config_from_json(cj).with_epochs(me), sd, tf) for tk, sd, me, cj, tf in rows]
+        return [(tk, config, sd) for tk, config, sd, tf in runs if (config.family or tf) == family]
+
+    def drop_family(self, family: str) -> int:
+        """Delete every run (and its epochs) that trained ``family``: the config's family, else the task's.
+
+        For when a family's model changes and its recorded curves no longer describe it: collect
+        then records those runs again. Returns the number of runs deleted; one transaction.
+        """
+        with self._transaction() as conn:
+            keys = [(tk, config.key(), sd) for tk, config, sd in self.family_runs(family)]
+            for table in ("epochs", "runs"):
+                conn.executemany(f"DELETE FROM {table} WHERE task_key = ? AND config_key = ? AND seed = ?", keys)
+        return len(keys)
+
     def count(self) -> dict[str, int]:
         """Number of rows per table."""
         return {t: self.conn.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0] for t in ("tasks", "runs", "epochs")}

@@ -52,7 +52,7 @@ def test_train_json_writes_summary_and_run_folder(run, tmp_path, data_dir):
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert summary.keys() >= helpers.TRAIN_JSON_KEYS
-    assert summary["task"] == "trec" and summary["model"] == "gru" and summary["config"]["units"] == 32
+    assert summary["task"] == "trec" and summary["model"] == "bow" and summary["config"]["units"] == 32
     assert [e["epoch"] for e in summary["curve"]] == [1, 2]
     assert summary["config"]["epochs"] == 2  # the config reported is the one trained
     assert 0.0 <= summary["test_accuracy"] <= 1.0 and summary["diverged"] is False

@@ -6,6 +6,7 @@ import dataclasses
 import math
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -28,6 +29,7 @@ from rlhpo.collect import (
     load_collect_settings,
     plan_items,
     record_tasks,
+    retrain_family,
     task_designs,
 )
 from rlhpo.errors import RlhpoError
@@ -226,6 +228,29 @@ def test_an_open_family_instance_copies_the_runs_of_its_pinned_twin(tmp_path):
     runs = store.runs(Task("digits", n_train=150).key(), 0)
     assert len(runs) == 3 and all(r.config.family == "mlp" for r in runs)
     assert all(r.curve == twin[r.config.with_family(None).key()] for r in runs)
+
+
+def test_retrain_family_trains_a_familys_runs_again_into_a_new_store_and_resumes(tmp_path):
+    """Stale curves of one family are trained again (same instance, config, seed); the source stays as it was."""
+    source, out = tmp_path / "s.sqlite", tmp_path / "out.sqlite"
+    settings = CollectSettings(
+        instances=[InstanceGroup(datasets=["digits"], n_train=[150], families=["mlp"])], configs=3
+    )
+    collect(settings, source, executor=InlineExecutor(), progress=False)
+    key = settings.tasks()[0].key()
+    fresh = {r.config.key(): [e.val_accuracy for e in r.curve.epochs] for r in CurveStore(source).runs(key, 0)}
+    with sqlite3.connect(source) as conn:
+        conn.execute("UPDATE epochs SET val_accuracy = 0.0")  # curves of a model that has since changed
+
+    result = retrain_family(source, out, "mlp", executor=InlineExecutor(), progress=False)
+    assert (result.runs, result.trained, result.skipped, result.failed) == (3, 3, 0, [])
+    retrained = {r.config.key(): [e.val_accuracy for e in r.curve.epochs] for r in CurveStore(out).runs(key, 0)}
+    assert retrained == fresh
+    assert all(e.val_accuracy == 0.0 for r in CurveStore(source).runs(key, 0) for e in r.curve.epochs)
+    again = retrain_family(source, out, "mlp", executor=InlineExecutor(), progress=False)
+    assert (again.trained, again.skipped) == (0, 3)
+    other = retrain_family(source, tmp_path / "cnn.sqlite", "cnn", executor=InlineExecutor(), progress=False)
+    assert (other.runs, other.trained) == (0, 0) and CurveStore(tmp_path / "cnn.sqlite").count()["runs"] == 3
 
 
 def test_config_families_need_instances_that_leave_the_family_to_the_config(tmp_path):

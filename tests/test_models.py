@@ -7,7 +7,16 @@ import pytest
 import torch
 
 from rlhpo.errors import RlhpoError
-from rlhpo.models import BOW_BUCKETS, FAMILIES, TEXT_FAMILIES, bigram_ids, build_model, masked_mean, model_for
+from rlhpo.models import (
+    BOW_BUCKETS,
+    FAMILIES,
+    TEXT_FAMILIES,
+    bag_ids,
+    bigram_ids,
+    build_model,
+    masked_mean,
+    model_for,
+)
 from rlhpo.space import Config
 from rlhpo.tasks import load_task
 from rlhpo.tasks.task import Task, TaskData
@@ -36,6 +45,9 @@ def _batch(family: str, n: int, gen: torch.Generator) -> torch.Tensor:
     return tokens
 
 
+TRAIN_TOKENS = torch.randint(1, VOCAB, (40, SEQ_LEN), generator=torch.Generator().manual_seed(1))  # bow's idf
+
+
 def _model(family: str, *, num_layers: int = 2, units: int = 32, dropout: float = 0.1, n_classes: int = 5):
     return build_model(
         family,
@@ -45,6 +57,7 @@ def _model(family: str, *, num_layers: int = 2, units: int = 32, dropout: float 
         num_layers=num_layers,
         units=units,
         dropout=dropout,
+        train_tokens=TRAIN_TOKENS if family in TEXT_FAMILIES else None,
     )
 
 
@@ -100,6 +113,34 @@ def test_bow_sees_word_order_through_bigrams():
     with torch.inference_mode():
         logits = model(tokens)
     assert not torch.allclose(logits[0], logits[1], atol=1e-4)
+
+
+def test_bow_weighs_terms_as_sklearns_tfidf_vectorizer():
+    """bow's first layer sees sklearn's sublinear TF-IDF vector of the token and bigram terms."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    test_tokens = torch.randint(1, VOCAB, (6, SEQ_LEN), generator=torch.Generator().manual_seed(2))
+    test_tokens[:, 8:] = 0
+    test_tokens[0, :4] = torch.tensor([5, 5, 5, 9])  # a term with tf 3
+
+    def terms(row: torch.Tensor) -> list[int]:
+        return [int(t) for t in bag_ids(row.unsqueeze(0), VOCAB)[0] if t != 0]
+
+    vectorizer = TfidfVectorizer(analyzer=terms, sublinear_tf=True).fit(list(TRAIN_TOKENS))
+    expected = torch.zeros(len(test_tokens), VOCAB + BOW_BUCKETS, dtype=torch.float64)
+    sparse = vectorizer.transform(list(test_tokens)).tocoo()
+    columns = torch.tensor(vectorizer.get_feature_names_out()[sparse.col].astype(int))
+    expected[torch.tensor(sparse.row), columns] = torch.tensor(sparse.data)
+
+    bag, weights = _model("bow").tfidf(test_tokens)
+    got = torch.zeros_like(expected).scatter_add_(1, bag, weights.double())
+    got[:, 0] = 0.0  # padding entries weigh 0 and the embedding skips them
+    assert torch.allclose(got, expected, atol=1e-6)
+
+
+def test_bow_needs_the_training_tokens_for_its_idf():
+    with pytest.raises(RlhpoError, match="training tokens"):
+        build_model("bow", input_shape=(SEQ_LEN,), n_classes=2, vocab_size=VOCAB, num_layers=1, units=8, dropout=0.0)
 
 
 def test_bigram_ids_hash_real_pairs_past_the_vocabulary():

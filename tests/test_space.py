@@ -124,7 +124,7 @@ def test_the_shipped_space_searches_the_family_with_the_default_config_best_fami
         "text": ("bow", "textcnn", "gru", "lstm", "transformer"),
         "tabular": ("mlp",),
     }
-    assert space.default_families == {"image": "cnn", "text": "gru", "tabular": "mlp"}
+    assert space.default_families == {"image": "cnn", "text": "bow", "tabular": "mlp"}
 
 
 def test_a_config_without_a_family_keeps_the_key_it_always_had(space):

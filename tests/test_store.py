@@ -322,3 +322,27 @@ def test_a_writer_killed_inside_put_run_leaves_no_half_written_run(tmp_path):
     reopened = CurveStore(path)
     assert reopened.count() == {"tasks": 1, "runs": 1, "epochs": 9}
     assert reopened.get_run(TASK.key(), SPACE.default, 0) is None
+
+
+def test_drop_family_deletes_the_runs_of_one_family_and_their_epochs(store, tmp_path):
+    """A run's family is its config's, else its task's; the other runs stay as they were."""
+    from click.testing import CliRunner
+
+    from rlhpo.cli import main
+
+    own, bow = configs(3), configs(4)[3].with_family("bow")
+    for config in own:
+        store.put_run(record().key, config, 0, curve(9))
+    store.put_run(record().key, bow, 0, curve(9))
+    assert store.drop_family("bow") == 1
+    assert store.count() == {"tasks": 1, "runs": 3, "epochs": 27}
+    assert store.get_run(record().key, bow, 0) is None and store.get_run(record().key, own[0], 0) is not None
+    store.close()
+
+    result = CliRunner().invoke(main, ["store", "drop-family", "mlp", "--store", str(store.path)])
+    assert result.exit_code == 0, result.output
+    assert "dropped 3 runs of family 'mlp'; 0 runs left" in result.output
+    with CurveStore(store.path, readonly=True) as again:
+        assert again.count() == {"tasks": 1, "runs": 0, "epochs": 0}
+    missing = CliRunner().invoke(main, ["store", "drop-family", "bow", "--store", str(tmp_path / "none.sqlite")])
+    assert missing.exit_code == 1 and "No curve store" in missing.output

@@ -6,9 +6,12 @@ import math
 
 import numpy as np
 
-from rlhpo.tasks.task import FAMILIES_BY_MODALITY, MODALITIES, TaskData
+from rlhpo.tasks.task import MODALITIES, TaskData
 
 # The fixed order of the meta-feature vector the environment observes; each lies in [0, 1].
+# ``family_*`` is the task's own family, one-hot over the families there were when the vector was
+# fixed: bow and textcnn (text's default is bow) came later and have no slot, so their tasks show
+# all zeros there. The vector keeps its length so that every saved policy still loads.
 META_FEATURES = (
     "modality_image",
     "modality_text",
@@ -24,7 +27,7 @@ META_FEATURES = (
     "log_input_size",  # log10(prod(input_shape)) / 4: pixels*channels, sequence length or features
     "log_vocab_size",  # log10(vocab_size + 1) / 5; 0 for non-text
 )
-FAMILIES = tuple(dict.fromkeys(f for families in FAMILIES_BY_MODALITY.values() for f in families))
+FAMILIES = tuple(name.removeprefix("family_") for name in META_FEATURES if name.startswith("family_"))
 
 
 def meta_features(data: TaskData) -> dict[str, float]:

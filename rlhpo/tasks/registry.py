@@ -13,7 +13,7 @@ from pathlib import Path
 
 from rlhpo.errors import unknown
 
-DEFAULT_FAMILY = {"image": "cnn", "text": "gru", "tabular": "mlp"}
+DEFAULT_FAMILY = {"image": "cnn", "text": "bow", "tabular": "mlp"}
 
 # Text datasets that are not built in: sequence-length cap and tokenizer vocabulary size.
 USER_MAX_LEN = 128
@@ -67,12 +67,12 @@ BUILTINS: dict[str, DatasetSpec] = {
     for spec in (
         DatasetSpec("mnist", "ylecun/mnist", "image", "image", "label", "cnn", n_classes=10),
         DatasetSpec("cifar10", "uoft-cs/cifar10", "image", "img", "label", "cnn", n_classes=10),
-        DatasetSpec("imdb", "stanfordnlp/imdb", "text", "text", "label", "gru", 256, 12_000, n_classes=2),
-        DatasetSpec("ag_news", "fancyzhx/ag_news", "text", "text", "label", "gru", 64, 10_000, n_classes=4),
-        DatasetSpec("trec", "CogComp/trec", "text", "text", "coarse_label", "gru", 32, 4_000, n_classes=6),
+        DatasetSpec("imdb", "stanfordnlp/imdb", "text", "text", "label", "bow", 1024, 12_000, n_classes=2),
+        DatasetSpec("ag_news", "fancyzhx/ag_news", "text", "text", "label", "bow", 64, 10_000, n_classes=4),
+        DatasetSpec("trec", "CogComp/trec", "text", "text", "coarse_label", "bow", 32, 4_000, n_classes=6),
         # TREC's 50 fine question types: the same questions, a harder task (many rare classes).
         DatasetSpec(
-            "trec_fine", "CogComp/trec", "text", "text", "fine_label", "gru", 32, 4_000, n_classes=50, folder="trec"
+            "trec_fine", "CogComp/trec", "text", "text", "fine_label", "bow", 32, 4_000, n_classes=50, folder="trec"
         ),
         DatasetSpec("digits", None, "tabular", None, "label", "mlp", n_classes=10, bundled="sklearn"),
     )

@@ -26,7 +26,7 @@ class Task:
     Attributes:
         dataset: a built-in name (``mnist``, ``cifar10``, ``imdb``, ``ag_news``, ``trec``,
             ``digits``), a hub dataset name, or a local folder of parquet/CSV files.
-        family: model family; ``None`` takes the dataset's default (``cnn``/``gru``/``mlp``).
+        family: model family; ``None`` takes the dataset's default (``cnn``/``bow``/``mlp``).
         n_train: training examples to subsample (stratified, seeded); ``None`` keeps them all.
         classes: class subset (original label ids, relabelled 0..k-1); ``None`` keeps all.
         seed: seeds the validation split and the subsample.
