@@ -611,7 +611,8 @@ def retrain_family(
 
     For a store whose collect plan is gone (e.g. the shipped meta-dataset) after ``family``'s
     model changed: each of its runs is trained again on the same task instance with the same
-    config, seed and epochs; every other run is copied as it is. ``source`` is only read. The
+    config, seed and epochs, and its task instance is described again as loaded today; every other
+    run and task is copied as it is. ``source`` is only read. The
     first call creates ``out`` (a merge of ``source`` without the family's runs); a call on an
     existing ``out`` resumes, training the family's runs of ``source`` that ``out`` lacks, so
     Ctrl-C loses only the runs in flight.
@@ -634,6 +635,11 @@ def retrain_family(
     failed: list[str] = []
     trained = 0
     with CurveStore(out) as store, store.exclusive():
+        for record in tasks.values():  # described as loaded today (e.g. a changed default family's one-hot)
+            fresh = task_record(record.task, data_dir)
+            if fresh.key != record.key:
+                raise RlhpoError(f"Task {record.key!r} now loads as {fresh.key!r}; its runs cannot be trained again.")
+            store.put_task(fresh)
         items = [
             WorkItem(task=tasks[key].task, config=config, seed=seed, data_dir=data_dir_text)
             for key, config, seed in runs

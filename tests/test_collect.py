@@ -239,13 +239,16 @@ def test_retrain_family_trains_a_familys_runs_again_into_a_new_store_and_resumes
     collect(settings, source, executor=InlineExecutor(), progress=False)
     key = settings.tasks()[0].key()
     fresh = {r.config.key(): [e.val_accuracy for e in r.curve.epochs] for r in CurveStore(source).runs(key, 0)}
+    described = CurveStore(source).task(key)
     with sqlite3.connect(source) as conn:
         conn.execute("UPDATE epochs SET val_accuracy = 0.0")  # curves of a model that has since changed
+        conn.execute("UPDATE tasks SET meta_json = '{}'")  # and a description of the task since changed
 
     result = retrain_family(source, out, "mlp", executor=InlineExecutor(), progress=False)
     assert (result.runs, result.trained, result.skipped, result.failed) == (3, 3, 0, [])
     retrained = {r.config.key(): [e.val_accuracy for e in r.curve.epochs] for r in CurveStore(out).runs(key, 0)}
     assert retrained == fresh
+    assert CurveStore(out).task(key) == described  # described as loaded today
     assert all(e.val_accuracy == 0.0 for r in CurveStore(source).runs(key, 0) for e in r.curve.epochs)
     again = retrain_family(source, out, "mlp", executor=InlineExecutor(), progress=False)
     assert (again.trained, again.skipped) == (0, 3)
