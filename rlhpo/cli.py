@@ -32,7 +32,7 @@ from rlhpo.cli_options import (
     space_option,
     task_options,
 )
-from rlhpo.errors import RlhpoError, RunInterrupted
+from rlhpo.errors import RlhpoError, RunInterrupted, unknown
 from rlhpo.space import DEFAULT_BUDGET_FTE
 
 log = logging.getLogger(__name__)
@@ -143,6 +143,12 @@ def train_cmd(
     help="Comma-separated datasets of the instances file to record, or 'all'.",
 )
 @click.option(
+    "--families",
+    default="all",
+    show_default=True,
+    help="Comma-separated model families whose design runs to record (e.g. the cheap ones first), or 'all'.",
+)
+@click.option(
     "--instances",
     "instances_path",
     type=click.Path(dir_okay=False, path_type=Path),
@@ -167,6 +173,7 @@ def train_cmd(
 @data_dir_option
 def collect_cmd(
     datasets: str,
+    families: str,
     instances_path: Path | None,
     configs: int | None,
     workers: int,
@@ -185,11 +192,18 @@ def collect_cmd(
     if seed is not None:
         settings = dataclasses.replace(settings, seed=seed)
     names = None if datasets == "all" else [d.strip() for d in datasets.split(",") if d.strip()]
+    only = None if families == "all" else [f.strip() for f in families.split(",") if f.strip()]
+    if only is not None:
+        from rlhpo.models import FAMILIES
+
+        for family in only:
+            if family not in FAMILIES:
+                raise unknown("model family", family, FAMILIES)
     runner = make_executor(executor, workers, address)
     if data_dir is not None:
         data_dir = data_dir.expanduser().resolve()  # workers elsewhere (Ray) read the same absolute path
     try:
-        result = collect(settings, store_path, datasets=names, data_dir=data_dir, executor=runner)
+        result = collect(settings, store_path, datasets=names, data_dir=data_dir, executor=runner, only_families=only)
     except KeyboardInterrupt:
         raise RunInterrupted(store_path, "run the same command again (finished runs are kept)", "store") from None
     click.echo(

@@ -457,6 +457,7 @@ def plan_items(
     data_dir: str | None = None,
     families: dict[Task, tuple[str | None, ...]] | None = None,
     noise_every: int | None = None,
+    only_families: Sequence[str] | None = None,
 ) -> tuple[list[WorkItem], int]:
     """The runs still to record, breadth first across tasks, and how many are recorded already.
 
@@ -465,6 +466,8 @@ def plan_items(
     tasks (config 1 of every task, then config 2, ...), so a collect stopped at any moment leaves
     every instance with about the same number of configs, and the expensive tasks spread over
     the whole collect. Every ``noise_every``-th config is also trained with seed ``seed + 1``.
+    ``only_families``: plan only the runs that train one of these families (the config's, else
+    the task's as recorded); the design is the same, the other runs are left for later.
     """
     items, skipped = [], 0
     for i in range(max((len(c) for c in designs.values()), default=0)):
@@ -474,6 +477,8 @@ def plan_items(
                 continue
             for family in (families or {}).get(task, (None,)):
                 run = configs[i].with_family(family) if family else configs[i]
+                if only_families is not None and (run.family or store.task(task.key()).family) not in only_families:
+                    continue
                 for run_seed in seeds:
                     if store.has_run(task.key(), run, run_seed, run.epochs):
                         skipped += 1
@@ -527,8 +532,12 @@ def collect(
     data_dir: str | Path | None = None,
     executor: Executor | None = None,
     progress: bool = True,
+    only_families: Sequence[str] | None = None,
 ) -> CollectResult:
     """Record a prefix of the matched config design on every task instance of ``settings``.
+
+    ``only_families`` records only the design's runs of these families (e.g. the cheap ones
+    first, or a family whose runs were dropped); a later collect without it records the rest.
 
     Resumable: runs already in the store are skipped. Ctrl-C stops the workers, keeps every run
     written so far, and re-raises :class:`KeyboardInterrupt`. One collect at a time per store: a
@@ -560,7 +569,7 @@ def collect(
         if copied:
             log.info("collect: %d runs copied from the same instances pinned to their family", copied)
         items, skipped = plan_items(
-            store, designs, settings.train_seed, data_dir_text, recorded_families, settings.noise_every
+            store, designs, settings.train_seed, data_dir_text, recorded_families, settings.noise_every, only_families
         )
         log.info(
             "collect: %d tasks, %d runs; %d recorded, %d to train", len(plan), skipped + len(items), skipped, len(items)

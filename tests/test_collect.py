@@ -216,6 +216,22 @@ def test_an_instance_may_record_every_config_with_several_families(tmp_path, dat
     assert (again.trained, again.skipped) == (0, 4)
 
 
+def test_collect_may_record_some_families_first_and_the_rest_later(tmp_path, data_dir):
+    group = InstanceGroup(
+        datasets=["trec"], n_train=[100], max_length=16, families=[None], config_families=["bow", "textcnn"]
+    )
+    settings = CollectSettings(instances=[group], configs=2)
+    path = tmp_path / "s.sqlite"
+    cheap = collect(settings, path, executor=InlineExecutor(), progress=False, data_dir=data_dir, only_families=["bow"])
+    assert (cheap.trained, cheap.skipped, cheap.failed) == (2, 0, [])
+    runs = CurveStore(path).runs(settings.tasks()[0].key(), 0)
+    assert Counter(r.config.family for r in runs) == {"bow": 2}
+    rest = collect(settings, path, executor=InlineExecutor(), progress=False, data_dir=data_dir)
+    assert (rest.trained, rest.skipped) == (2, 2)
+    result = CliRunner().invoke(main, ["collect", "--families", "bwo", "--store", str(tmp_path / "x.sqlite")])
+    assert result.exit_code == 1 and "Unknown model family 'bwo'" in result.output
+
+
 def test_an_open_family_instance_copies_the_runs_of_its_pinned_twin(tmp_path):
     path = tmp_path / "s.sqlite"
     pinned = CollectSettings(instances=[InstanceGroup(datasets=["digits"], n_train=[150], families=["mlp"])], configs=3)
