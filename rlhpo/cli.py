@@ -12,7 +12,7 @@ import dataclasses
 import logging
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -34,6 +34,9 @@ from rlhpo.cli_options import (
 )
 from rlhpo.errors import RlhpoError, RunInterrupted, unknown
 from rlhpo.space import DEFAULT_BUDGET_FTE
+
+if TYPE_CHECKING:
+    from rlhpo.collect import CollectResult
 
 log = logging.getLogger(__name__)
 
@@ -206,10 +209,15 @@ def collect_cmd(
         result = collect(settings, store_path, datasets=names, data_dir=data_dir, executor=runner, only_families=only)
     except KeyboardInterrupt:
         raise RunInterrupted(store_path, "run the same command again (finished runs are kept)", "store") from None
-    click.echo(
-        f"{result.tasks} tasks, {result.runs} runs: trained {result.trained}, already recorded "
-        f"{result.skipped}, failed {len(result.failed)} in {result.seconds:.0f}s; store {result.store}"
+    echo_recorded(
+        result,
+        f"{result.tasks} tasks, {result.runs} runs: trained {result.trained}, already recorded {result.skipped}",
     )
+
+
+def echo_recorded(result: CollectResult, head: str) -> None:
+    """One line on what a collect or retrain recorded, one per failed run (then exit status 1)."""
+    click.echo(f"{head}, failed {len(result.failed)} in {result.seconds:.0f}s; store {result.store}")
     for line in result.failed:
         click.echo(f"failed: {line.splitlines()[0]}", err=True)
     if result.failed:
@@ -310,14 +318,7 @@ def store_retrain_family_cmd(
         result = retrain_family(store_path, out_path, family, data_dir=data_dir, executor=runner)
     except KeyboardInterrupt:
         raise RunInterrupted(out_path, "run the same command again (finished runs are kept)", "store") from None
-    click.echo(
-        f"{result.runs} runs of {family!r}: trained {result.trained}, already there {result.skipped}, "
-        f"failed {len(result.failed)} in {result.seconds:.0f}s; store {result.store}"
-    )
-    for line in result.failed:
-        click.echo(f"failed: {line.splitlines()[0]}", err=True)
-    if result.failed:
-        raise SystemExit(1)
+    echo_recorded(result, f"{result.runs} runs of {family!r}: trained {result.trained}, already there {result.skipped}")
 
 
 @store_group.command("merge")

@@ -522,6 +522,37 @@ class CollectResult:
     store: str
 
 
+def record_runs(
+    store: CurveStore, items: Sequence[WorkItem], executor: Executor, what: str, skipped: int, progress: bool
+) -> tuple[int, list[str]]:
+    """Train ``items`` on ``executor`` and put each finished run in ``store`` as it comes, with a
+    progress bar; return how many were written and a line per failed run. Ctrl-C keeps every run
+    written so far, stops the workers and re-raises."""
+    from tqdm import tqdm
+
+    trained, failed = 0, []
+    bar = tqdm(total=len(items), desc=what, unit="run", file=sys.stderr, disable=not progress, smoothing=0.0)
+    if skipped:
+        bar.set_postfix_str(f"{skipped} already recorded", refresh=False)
+    try:
+        for result in executor.map_unordered(train_item, items):
+            item = result.item
+            if result.curve is None:
+                failed.append(f"{item.task.key()} {item.config.key()}: {result.error}")
+                log.warning("run failed on %s with %s: %s", item.task.key(), item.config, result.error)
+            else:
+                store.put_run(item.task.key(), item.config, item.seed, result.curve)
+                trained += 1
+            bar.update(1)
+    except KeyboardInterrupt:
+        executor.shutdown()
+        log.warning("%s interrupted: %d runs written to %s; run the same command to resume", what, trained, store.path)
+        raise
+    finally:
+        bar.close()
+    return trained, failed
+
+
 def collect(
     settings: CollectSettings,
     store_path: str | Path,
@@ -543,15 +574,12 @@ def collect(
     written so far, and re-raises :class:`KeyboardInterrupt`. One collect at a time per store: a
     second one on the same store raises :class:`RlhpoError` at once (:meth:`CurveStore.exclusive`).
     """
-    from tqdm import tqdm
 
     started = time.perf_counter()
     space = space or load_search_space()
     plan = settings.plan(datasets)
     data_dir_text = str(data_dir) if data_dir is not None else None
     executor = executor or LocalExecutor(workers)
-    failed: list[str] = []
-    trained = 0
     families = settings.families()
     with CurveStore(store_path) as store, store.exclusive():  # one collect per store: no run trained twice
         recorded = record_tasks(store, plan, data_dir)
@@ -574,27 +602,7 @@ def collect(
         log.info(
             "collect: %d tasks, %d runs; %d recorded, %d to train", len(plan), skipped + len(items), skipped, len(items)
         )
-        bar = tqdm(total=len(items), desc="collect", unit="run", file=sys.stderr, disable=not progress, smoothing=0.0)
-        if skipped:
-            bar.set_postfix_str(f"{skipped} already recorded", refresh=False)
-        try:
-            for result in executor.map_unordered(train_item, items):
-                item = result.item
-                if result.curve is None:
-                    failed.append(f"{item.task.key()} {item.config.key()}: {result.error}")
-                    log.warning("run failed on %s with %s: %s", item.task.key(), item.config, result.error)
-                else:
-                    store.put_run(item.task.key(), item.config, item.seed, result.curve)
-                    trained += 1
-                bar.update(1)
-        except KeyboardInterrupt:
-            executor.shutdown()
-            log.warning(
-                "collect interrupted: %d runs written to %s; run the same command to resume", trained, store.path
-            )
-            raise
-        finally:
-            bar.close()
+        trained, failed = record_runs(store, items, executor, "collect", skipped, progress)
     return CollectResult(
         tasks=len(plan),
         runs=skipped + len(items),
@@ -626,7 +634,6 @@ def retrain_family(
     existing ``out`` resumes, training the family's runs of ``source`` that ``out`` lacks, so
     Ctrl-C loses only the runs in flight.
     """
-    from tqdm import tqdm
 
     from rlhpo.store import merge_stores
 
@@ -641,8 +648,6 @@ def retrain_family(
             fresh.drop_family(family)
     executor = executor or LocalExecutor(workers)
     data_dir_text = str(data_dir) if data_dir is not None else None
-    failed: list[str] = []
-    trained = 0
     with CurveStore(out) as store, store.exclusive():
         for record in tasks.values():  # described as loaded today (e.g. a changed default family's one-hot)
             fresh = task_record(record.task, data_dir)
@@ -655,23 +660,7 @@ def retrain_family(
             if not store.has_run(key, config, seed, config.epochs)
         ]
         log.info("retrain %s: %d runs in %s, %d to train into %s", family, len(runs), source, len(items), out)
-        bar = tqdm(total=len(items), desc=f"retrain {family}", unit="run", file=sys.stderr, disable=not progress)
-        try:
-            for result in executor.map_unordered(train_item, items):
-                item = result.item
-                if result.curve is None:
-                    failed.append(f"{item.task.key()} {item.config.key()}: {result.error}")
-                    log.warning("run failed on %s with %s: %s", item.task.key(), item.config, result.error)
-                else:
-                    store.put_run(item.task.key(), item.config, item.seed, result.curve)
-                    trained += 1
-                bar.update(1)
-        except KeyboardInterrupt:
-            executor.shutdown()
-            log.warning("retrain interrupted: %d runs written to %s; run the same command to resume", trained, out)
-            raise
-        finally:
-            bar.close()
+        trained, failed = record_runs(store, items, executor, f"retrain {family}", len(runs) - len(items), progress)
     return CollectResult(
         tasks=len(tasks),
         runs=len(runs),
