@@ -232,10 +232,19 @@ class BagOfNgrams(nn.Module):
         super().__init__()
         self.vocab_size = vocab_size
         self.register_buffer("idf", idf)
-        self.embed = nn.EmbeddingBag(vocab_size + BOW_BUCKETS, units, mode="sum", padding_idx=PAD_ID)
-        nn.init.normal_(self.embed.weight, std=BOW_INIT_STD)
-        with torch.no_grad():
-            self.embed.weight[PAD_ID] = 0.0
+        # Only terms of the training tokens (idf > 0) can carry weight, so only they get a row:
+        # ``row`` maps a term to its row, every other term to the padding row 0, which the bag
+        # skips. The rows are drawn as a table of every term would be (the same RNG draws), so
+        # the model is the one with the whole table; the small one only spares Adam the rows
+        # that never train (most hash buckets on a small task: several times faster there).
+        used = torch.nonzero(idf > 0).squeeze(1)
+        row = torch.zeros(len(idf), dtype=torch.long)
+        row[used] = torch.arange(1, len(used) + 1)
+        self.register_buffer("row", row)
+        whole = nn.EmbeddingBag(len(idf), units, mode="sum", padding_idx=PAD_ID).weight.detach()
+        nn.init.normal_(whole, std=BOW_INIT_STD)
+        table = torch.cat([torch.zeros(1, units), whole[used]])
+        self.embed = nn.EmbeddingBag.from_pretrained(table, freeze=False, mode="sum", padding_idx=PAD_ID)
         self.bias = nn.Parameter(torch.zeros(units))
         layers: list[nn.Module] = [nn.ReLU(), nn.Dropout(dropout)]
         for _ in range(num_layers - 1):
@@ -255,7 +264,7 @@ class BagOfNgrams(nn.Module):
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         bag, weights = self.tfidf(tokens)
-        return self.net(self.embed(bag, per_sample_weights=weights) + self.bias)
+        return self.net(self.embed(self.row[bag], per_sample_weights=weights) + self.bias)
 
 
 class TextCNN(nn.Module):

@@ -138,6 +138,22 @@ def test_bow_weighs_terms_as_sklearns_tfidf_vectorizer():
     assert torch.allclose(got, expected, atol=1e-6)
 
 
+def test_bow_keeps_rows_for_the_training_terms_only_and_computes_what_a_whole_table_would():
+    model = _model("bow").eval()
+    used = int((model.idf > 0).sum())
+    assert model.embed.weight.shape[0] == used + 1 < len(model.idf)  # the padding row and one per training term
+    whole = torch.zeros(len(model.idf), model.embed.weight.shape[1])
+    whole[model.idf > 0] = model.embed.weight[1:].detach()  # each term's row where a whole table has it
+    tokens = _batch("bow", 4, torch.Generator().manual_seed(3))
+    tokens[0, 1] = VOCAB - 1  # maybe a term unseen in training: no row, no weight
+    bag, weights = model.tfidf(tokens)
+    with torch.inference_mode():
+        expected = model.net(
+            torch.nn.functional.embedding_bag(bag, whole, per_sample_weights=weights, mode="sum") + model.bias
+        )
+        assert torch.allclose(model(tokens), expected, atol=1e-6)
+
+
 def test_bow_needs_the_training_tokens_for_its_idf():
     with pytest.raises(RlhpoError, match="training tokens"):
         build_model("bow", input_shape=(SEQ_LEN,), n_classes=2, vocab_size=VOCAB, num_layers=1, units=8, dropout=0.0)
