@@ -470,6 +470,7 @@ def plan_items(
     the task's as recorded); the design is the same, the other runs are left for later.
     """
     items, skipped = [], 0
+    own_family = {task: store.task(task.key()).family for task in designs} if only_families is not None else {}
     for i in range(max((len(c) for c in designs.values()), default=0)):
         seeds = (seed, seed + 1) if noise_every and i % noise_every == 0 else (seed,)
         for task, configs in designs.items():
@@ -477,7 +478,7 @@ def plan_items(
                 continue
             for family in (families or {}).get(task, (None,)):
                 run = configs[i].with_family(family) if family else configs[i]
-                if only_families is not None and (run.family or store.task(task.key()).family) not in only_families:
+                if only_families is not None and (run.family or own_family[task]) not in only_families:
                     continue
                 for run_seed in seeds:
                     if store.has_run(task.key(), run, run_seed, run.epochs):
@@ -574,7 +575,6 @@ def collect(
     written so far, and re-raises :class:`KeyboardInterrupt`. One collect at a time per store: a
     second one on the same store raises :class:`RlhpoError` at once (:meth:`CurveStore.exclusive`).
     """
-
     started = time.perf_counter()
     space = space or load_search_space()
     plan = settings.plan(datasets)
