@@ -226,7 +226,7 @@ def echo_recorded(result: CollectResult, head: str) -> None:
 
 @main.group("store")
 def store_group() -> None:
-    """Inspect and export a curve store."""
+    """Inspect, export, merge and repair curve stores."""
 
 
 store_option = click.option(
