@@ -24,6 +24,7 @@ from rlhpo.cli_options import (
     executor_options,
     json_option,
     make_task,
+    out_store_option,
     policy_option,
     runs_dir_option,
     seed_option,
@@ -282,14 +283,7 @@ def store_drop_family_cmd(family: str, store_path: Path) -> None:
 @store_group.command("retrain-family")
 @click.argument("family")
 @store_option
-@click.option(
-    "-o",
-    "--out",
-    "out_path",
-    type=click.Path(dir_okay=False, path_type=Path),
-    required=True,
-    help="The new store; an existing one is resumed.",
-)
+@out_store_option("The new store; an existing one is resumed.")
 @executor_options("runs", "Worker processes (--executor ray without --address: the local Ray instance's CPUs).")
 @data_dir_option
 def store_retrain_family_cmd(
@@ -323,14 +317,7 @@ def store_retrain_family_cmd(
 
 @store_group.command("merge")
 @click.argument("sources", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
-@click.option(
-    "-o",
-    "--out",
-    "out_path",
-    type=click.Path(dir_okay=False, path_type=Path),
-    required=True,
-    help="The merged store: a new file (an existing one is never overwritten).",
-)
+@out_store_option("The merged store: a new file (an existing one is never overwritten).")
 @json_option
 def store_merge_cmd(sources: tuple[Path, ...], out_path: Path, as_json: bool) -> None:
     """Merge stores recorded on different machines into a new one: one run per (task, config, seed).

@@ -76,6 +76,13 @@ def executor_options(what: str, workers_help: str) -> Callable[[F], F]:
     )
 
 
+def out_store_option(help: str) -> Callable[[F], F]:
+    """``-o/--out``: the store a store command writes."""
+    return click.option(
+        "-o", "--out", "out_path", type=click.Path(dir_okay=False, path_type=Path), required=True, help=help
+    )
+
+
 def space_option(default: str) -> Callable[[F], F]:
     """``--space``, a search-space YAML; ``default`` says which space is used without it."""
     return click.option(
