@@ -101,8 +101,8 @@ def dataset_section(name: str, seed: int, data_dir: Path) -> list[str]:
         curve = train(data, config, seed=seed, evaluate_test=True, keep_state=True)
         assert curve.test is not None
         val_acc = curve.epochs[-1].val_accuracy if curve.epochs else float("nan")
-        # A diverged run has no model: its test metrics are a constant model's, and so is the pairing.
-        correct = predict(curve.state.model, data.x_test) == y_test if curve.state else y_test == -1
+        # A diverged run keeps no model: its test metrics are those of zero logits (class 0 everywhere).
+        correct = predict(curve.state.model, data.x_test) == y_test if curve.state else y_test == 0
         vals.append(val_acc)
         tests.append(curve.test.accuracy)
         rows.append(
