@@ -96,6 +96,19 @@ def test_the_shipped_settings_load_and_expand_into_task_instances():
     assert [t.key() for t in short.tasks()] == ["imdb/gru/n500/call/s0/L64", "imdb/lstm/n500/call/s0/L64"]
 
 
+def test_the_deeper_bow_file_extends_whole_split_text_instances_of_the_shipped_plan():
+    deeper = load_collect_settings(Path(__file__).parents[1] / "configs" / "collect_bow_full.yaml")
+    shipped = load_collect_settings()
+    plan = shipped.plan()
+    # The same instances, design and training seed: its runs are the shipped collect's own runs, further on.
+    same = ("seed", "train_seed", "noise_every")
+    assert [getattr(deeper, k) for k in same] == [getattr(shipped, k) for k in same]
+    for task, n in deeper.plan().items():
+        assert task in plan and n > plan[task] and task.n_train is None
+    text_whole = {t for t in plan if t.n_train is None and t.dataset in {"trec", "trec_fine", "imdb"}}
+    assert set(deeper.plan()) == text_whole
+
+
 def test_a_group_may_record_fewer_configs_the_first_of_the_same_sample(tmp_path):
     cheap = InstanceGroup(datasets=["digits"], n_train=[150])
     costly = InstanceGroup(datasets=["digits"], n_train=[160], configs=2)
