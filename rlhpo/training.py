@@ -27,13 +27,22 @@ Choices, and why:
   config's learning rate and weight decay. The learning rate is taken as given, not checked
   against the search space. Loss: cross-entropy. Evaluation: batches of 512, ``model.eval()``,
   ``torch.inference_mode``.
+- **Freed memory is kept for reuse** (glibc, i.e. Linux: :func:`keep_freed_memory`). By default
+  glibc hands every allocation over 32 MB straight to the kernel and back when freed, and the
+  kernel zeroes its pages again at each new one. ``bow``'s first layer has a dense gradient as
+  large as its term table (hundreds of MB at full size), allocated at every batch, so most of a
+  run went to the kernel: on whole-split imdb at 128 tokens, 1 x 256 units, batch 16, one epoch
+  took 39 s, 25 s of them system time, and takes 15 s with the memory kept; the same curve to the
+  last bit, for 27% more peak memory (1.1 GB against 0.87 GB).
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
 import math
+import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -55,6 +64,24 @@ logger = logging.getLogger(__name__)
 
 EVAL_BATCH_SIZE = 512
 SGD_MOMENTUM = 0.9
+_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4  # glibc's mallopt parameters (malloc.h)
+
+
+def keep_freed_memory() -> bool:
+    """Make this process's allocator keep freed memory for reuse (module docstring); True where it did.
+
+    Two ``mallopt`` settings of glibc: no allocation is served by its own ``mmap`` (so none is
+    handed back to the kernel when freed), and the heap's free top is never trimmed. A process
+    setting, like ``torch.set_num_threads``; it changes speed and peak memory, never a result.
+    Elsewhere (macOS, Windows, musl) it does nothing and returns False.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return False
+    return bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
 
 
 @dataclass(frozen=True)
@@ -142,6 +169,7 @@ def train(
     dev = resolve_device(device)
     n_epochs = config.epochs if epochs is None else epochs
     _check_inputs(data, config, n_epochs, evaluate_test)
+    keep_freed_memory()
     if resume is not None and (resume.state is None or resume.diverged or len(resume.epochs) > n_epochs):
         raise RlhpoError(
             "resume needs a curve made with keep_state=True that did not diverge and has at most "

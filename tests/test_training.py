@@ -1,7 +1,11 @@
 """The trainer and the metrics: learning, determinism, divergence, test metrics, devices."""
 
 import dataclasses
+import json
 import math
+import platform
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -12,7 +16,7 @@ from rlhpo.errors import RlhpoError
 from rlhpo.metrics import accuracy, macro_f1, normalised_score
 from rlhpo.space import Config
 from rlhpo.tasks import BUILTINS, FAMILIES_BY_MODALITY, Task, TaskData, load_task
-from rlhpo.training import Curve, batch_bounds, reusable, train, train_final
+from rlhpo.training import Curve, batch_bounds, keep_freed_memory, reusable, train, train_final
 
 # Trains well on digits in a few epochs.
 GOOD = Config(
@@ -93,6 +97,36 @@ def test_same_seed_same_curve_and_global_rng_untouched(digits):
     c = train(digits, config, epochs=2, seed=4)
     assert _without_seconds(a) == _without_seconds(b)
     assert _without_seconds(a) != _without_seconds(c)
+
+
+_CURVE_IN_A_FRESH_PROCESS = """
+import json, sys
+import rlhpo.training as training
+from rlhpo.space import Config
+from rlhpo.tasks import Task, load_task
+if sys.argv[1] == "default-allocator":
+    training.keep_freed_memory = lambda: False
+config = Config(learning_rate=0.01, batch_size=32, epochs=2, dropout=0.1, optimizer="adam", weight_decay=0.0,
+                num_layers=2, units=64)
+curve = training.train(load_task(Task("digits", n_train=300)), config, seed=1).to_dict()
+print(json.dumps([{k: v for k, v in e.items() if k != "seconds"} for e in curve["epochs"]]))
+"""
+
+
+@pytest.mark.skipif(
+    not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc", reason="glibc's mallopt only"
+)
+def test_kept_freed_memory_changes_no_result():
+    assert keep_freed_memory() and keep_freed_memory()  # applied, and again
+    curves = [
+        json.loads(
+            subprocess.run(
+                [sys.executable, "-c", _CURVE_IN_A_FRESH_PROCESS, mode], capture_output=True, text=True, check=True
+            ).stdout.splitlines()[-1]
+        )
+        for mode in ("default-allocator", "kept")
+    ]
+    assert curves[0] == curves[1] and len(curves[0]) == 2
 
 
 def test_a_callback_sees_each_epoch_and_cannot_change_the_run(digits):
