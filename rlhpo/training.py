@@ -32,8 +32,8 @@ Choices, and why:
   kernel zeroes its pages again at each new one. ``bow``'s first layer has a dense gradient as
   large as its term table (hundreds of MB at full size), allocated at every batch, so most of a
   run went to the kernel: on whole-split imdb at 128 tokens, 1 x 256 units, batch 16, one epoch
-  took 39 s, 25 s of them system time, and takes 15 s with the memory kept; the same curve to the
-  last bit, for 27% more peak memory (1.1 GB against 0.87 GB).
+  took 40 s, 25 s of them system time, and takes 16 s with the memory kept; the same curve to the
+  last bit, for 8-27% more peak memory (``docs/benchmarks/allocator.md``).
 """
 
 from __future__ import annotations
