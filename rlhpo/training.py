@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import logging
 import math
 import sys
@@ -67,8 +68,11 @@ SGD_MOMENTUM = 0.9
 _M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4  # glibc's mallopt parameters (malloc.h)
 
 
+@functools.cache
 def keep_freed_memory() -> bool:
     """Make this process's allocator keep freed memory for reuse (module docstring); True where it did.
+
+    Once per process: every :func:`train` calls it, only the first call loads libc and sets it.
 
     Two ``mallopt`` settings of glibc: no allocation is served by its own ``mmap`` (so none is
     handed back to the kernel when freed), and the heap's free top is never trimmed. A process
