@@ -30,6 +30,7 @@ from typing import Protocol, TypeVar
 import numpy as np
 
 from rlhpo.errors import RlhpoError, unknown
+from rlhpo.models import FAMILIES
 from rlhpo.settings import from_dict, read_yaml, shipped_file
 from rlhpo.space import HYPERPARAMETERS, Config, SearchSpace, load_search_space
 from rlhpo.store import CurveStore, TaskRecord
@@ -66,6 +67,9 @@ class InstanceGroup:
     # Families each config is recorded with, on instances that leave the family to the config
     # (families: [null]); None: the family is the design's (design_configs), or the task's own.
     config_families: list[str] | None = None
+    # Deeper prefixes for cheap families: {family: N} also records the configs of that family among
+    # the design's first N (N above ``configs``); the other families stop at ``configs``.
+    family_configs: dict[str, int] | None = None
     draw: int | None = None  # instances drawn from the group (seeds ignored); None: every combination
     p_subset: float = 0.0  # with draw: the probability that an instance keeps a random class subset
 
@@ -134,6 +138,20 @@ class CollectSettings:
         """The task instances, in file order, without repeats; ``datasets`` keeps only those."""
         return list(self.plan(datasets))
 
+    def family_depths(self, datasets: Sequence[str] | None = None) -> dict[Task, dict[str, int]]:
+        """Per task instance, the families recorded beyond its ``configs`` and how far (``family_configs``).
+
+        A task listed by several groups takes the largest number for each family.
+        """
+        out: dict[Task, dict[str, int]] = {}
+        for group, tasks in self.groups():
+            for task in tasks:
+                if group.family_configs and (not datasets or task.dataset in datasets):
+                    depths = out.setdefault(task, {})
+                    for family, n in group.family_configs.items():
+                        depths[family] = max(depths.get(family, 0), n)
+        return out
+
     def families(self) -> dict[Task, tuple[str | None, ...]]:
         """The families each task instance records every config with; ``(None,)``: its own family."""
         out: dict[Task, tuple[str | None, ...]] = {}
@@ -178,6 +196,15 @@ def load_collect_settings(path: str | Path | None = None) -> CollectSettings:
                 f"family to the config (families: [null]), but got config_families={group.config_families!r} "
                 f"with families={group.families!r}."
             )
+        if group.family_configs is not None:
+            known = set(FAMILIES)
+            if not isinstance(group.family_configs, dict) or not all(
+                f in known and isinstance(n, int) and n >= 1 for f, n in group.family_configs.items()
+            ):
+                raise RlhpoError(
+                    f"{where}: instances[{i}].family_configs must map model families ({', '.join(sorted(known))}) "
+                    f"to a number of design configs (at least 1), but got {group.family_configs!r}."
+                )
         parsed.append(group)
     return from_dict(CollectSettings, {**data, "instances": parsed}, where)
 
@@ -458,6 +485,8 @@ def plan_items(
     families: dict[Task, tuple[str | None, ...]] | None = None,
     noise_every: int | None = None,
     only_families: Sequence[str] | None = None,
+    counts: dict[Task, int] | None = None,
+    family_depths: dict[Task, dict[str, int]] | None = None,
 ) -> tuple[list[WorkItem], int]:
     """The runs still to record, breadth first across tasks, and how many are recorded already.
 
@@ -468,17 +497,25 @@ def plan_items(
     the whole collect. Every ``noise_every``-th config is also trained with seed ``seed + 1``.
     ``only_families``: plan only the runs that train one of these families (the config's, else
     the task's as recorded); the design is the same, the other runs are left for later.
+    ``counts[task]``: the task records every family's configs among the first ``counts[task]``
+    of its design (default: all of it), and beyond them only those of the families in
+    ``family_depths[task]``, each up to its own number.
     """
     items, skipped = [], 0
-    own_family = {task: store.task(task.key()).family for task in designs} if only_families is not None else {}
+    needs_family = only_families is not None or family_depths
+    own_family = {task: store.task(task.key()).family for task in designs} if needs_family else {}
     for i in range(max((len(c) for c in designs.values()), default=0)):
         seeds = (seed, seed + 1) if noise_every and i % noise_every == 0 else (seed,)
         for task, configs in designs.items():
             if i >= len(configs):
                 continue
+            deeper = i >= (counts or {}).get(task, len(configs))
             for family in (families or {}).get(task, (None,)):
                 run = configs[i].with_family(family) if family else configs[i]
-                if only_families is not None and (run.family or own_family[task]) not in only_families:
+                run_family = run.family or own_family.get(task)
+                if only_families is not None and run_family not in only_families:
+                    continue
+                if deeper and i >= (family_depths or {}).get(task, {}).get(run_family, 0):
                     continue
                 for run_seed in seeds:
                     if store.has_run(task.key(), run, run_seed, run.epochs):
@@ -578,26 +615,40 @@ def collect(
     started = time.perf_counter()
     space = space or load_search_space()
     plan = settings.plan(datasets)
+    depths = settings.family_depths(datasets)
     data_dir_text = str(data_dir) if data_dir is not None else None
     executor = executor or LocalExecutor(workers)
     families = settings.families()
     with CurveStore(store_path) as store, store.exclusive():  # one collect per store: no run trained twice
         recorded = record_tasks(store, plan, data_dir)
         planned: dict[Task, int] = {}
+        recorded_depths: dict[Task, dict[str, int]] = {}
         recorded_families: dict[Task, tuple[str | None, ...]] = {}
         for task, n in plan.items():
             as_recorded = recorded[task]
             planned[as_recorded] = max(planned.get(as_recorded, 0), n)
+            for family, depth in depths.get(task, {}).items():
+                deepest = recorded_depths.setdefault(as_recorded, {})
+                deepest[family] = max(deepest.get(family, 0), depth)
             recorded_families[as_recorded] = tuple(
                 dict.fromkeys(recorded_families.get(as_recorded, ()) + families[task])
             )
         plan = planned
-        designs = task_designs(store, plan, space, settings.seed, recorded_families)
+        lengths = {task: max([n, *recorded_depths.get(task, {}).values()]) for task, n in plan.items()}
+        designs = task_designs(store, lengths, space, settings.seed, recorded_families)
         copied = copy_pinned_runs(store, designs, settings.train_seed, recorded_families)
         if copied:
             log.info("collect: %d runs copied from the same instances pinned to their family", copied)
         items, skipped = plan_items(
-            store, designs, settings.train_seed, data_dir_text, recorded_families, settings.noise_every, only_families
+            store,
+            designs,
+            settings.train_seed,
+            data_dir_text,
+            recorded_families,
+            settings.noise_every,
+            only_families,
+            counts=plan,
+            family_depths=recorded_depths,
         )
         log.info(
             "collect: %d tasks, %d runs; %d recorded, %d to train", len(plan), skipped + len(items), skipped, len(items)

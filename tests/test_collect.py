@@ -34,7 +34,7 @@ from rlhpo.collect import (
 )
 from rlhpo.errors import RlhpoError
 from rlhpo.space import HYPERPARAMETERS, load_search_space
-from rlhpo.store import CurveStore, store_rows, stored_runs
+from rlhpo.store import CurveStore, TaskRecord, store_rows, stored_runs
 from rlhpo.tasks.task import Task
 
 SPACE = load_search_space()
@@ -96,17 +96,36 @@ def test_the_shipped_settings_load_and_expand_into_task_instances():
     assert [t.key() for t in short.tasks()] == ["imdb/gru/n500/call/s0/L64", "imdb/lstm/n500/call/s0/L64"]
 
 
-def test_the_deeper_bow_file_extends_whole_split_text_instances_of_the_shipped_plan():
-    deeper = load_collect_settings(Path(__file__).parents[1] / "configs" / "collect_bow_full.yaml")
-    shipped = load_collect_settings()
-    plan = shipped.plan()
-    # The same instances, design and training seed: its runs are the shipped collect's own runs, further on.
-    same = ("seed", "train_seed", "noise_every")
-    assert [getattr(deeper, k) for k in same] == [getattr(shipped, k) for k in same]
-    for task, n in deeper.plan().items():
-        assert task in plan and n > plan[task] and task.n_train is None
-    text_whole = {t for t in plan if t.n_train is None and t.dataset in {"trec", "trec_fine", "imdb"}}
-    assert set(deeper.plan()) == text_whole
+def test_a_family_may_record_deeper_in_the_design_than_the_others(tmp_path):
+    group = InstanceGroup(datasets=["mnist"], n_train=[250], configs=4, family_configs={"mlp": 12})
+    settings = CollectSettings(instances=[group, InstanceGroup(datasets=["cifar10"], n_train=[250], configs=4)])
+    mnist, cifar = settings.tasks()
+    assert settings.family_depths() == {mnist: {"mlp": 12}}
+    assert settings.family_depths(["cifar10"]) == {}
+    meta = {f"modality_{m}": float(m == "image") for m in ("image", "text", "tabular")}
+    with CurveStore(tmp_path / "s.sqlite") as store:
+        for task in (mnist, cifar):
+            store.put_task(TaskRecord(task, "cnn", 250, 10, meta))
+        plan = settings.plan()
+        lengths = {task: max([n, *settings.family_depths().get(task, {}).values()]) for task, n in plan.items()}
+        designs = task_designs(store, lengths, SPACE, settings.seed, settings.families())
+        items, _ = plan_items(
+            store, designs, 0, counts=plan, family_depths=settings.family_depths(), only_families=None
+        )
+    design = design_configs(SPACE, 12, seed=0, modality="image")
+    assert designs[mnist] == design and designs[cifar] == design[:4]  # one design, a longer prefix
+    by_task = {t: [i.config for i in items if i.task == t] for t in (mnist, cifar)}
+    assert by_task[cifar] == design[:4]
+    # mnist: every family's configs among the first 4, then only mlp's up to the 12th, in design order
+    assert by_task[mnist] == design[:4] + [c for c in design[4:] if c.family == "mlp"]
+    assert {c.family for c in design[4:]} == {"cnn", "mlp"}  # so the filter had something to leave out
+
+
+def test_the_shipped_plan_records_bow_deeper_on_every_text_instance():
+    settings = load_collect_settings()
+    plan, depths = settings.plan(), settings.family_depths()
+    text = {t for t in plan if t.dataset in {"trec", "trec_fine", "imdb", "ag_news"}}
+    assert set(depths) == text and all(depths[t] == {"bow": 640} and plan[t] < 640 for t in text)
 
 
 def test_a_group_may_record_fewer_configs_the_first_of_the_same_sample(tmp_path):
@@ -184,6 +203,9 @@ def test_bad_settings_are_clear_errors(tmp_path):
         settings.tasks(["mnist"])
     with pytest.raises(RlhpoError, match="at least 1 config"):
         CollectSettings(instances=[InstanceGroup(datasets=["digits"])], configs=0)
+    path.write_text(yaml.safe_dump({"instances": [{"datasets": ["imdb"], "family_configs": {"bag": 640}}]}))
+    with pytest.raises(RlhpoError, match="family_configs must map model families .*'bag'"):
+        load_collect_settings(path)
 
 
 def test_an_unknown_dataset_fails_before_any_training(tmp_path):
