@@ -57,8 +57,11 @@ def for_modality(lists: ConfigLists, modality: str) -> list[Config]:
     return list(lists.get(modality) or lists.get(ANY_MODALITY) or ())
 
 
-def learn_list(oracle: FullFidelity, task_keys: Sequence[str]) -> list[Config]:
-    """Every config recorded at full fidelity on all of ``task_keys``, in greedy portfolio order."""
+def learn_list(oracle: FullFidelity, task_keys: Sequence[str], weights: Sequence[float] | None = None) -> list[Config]:
+    """Every config recorded at full fidelity on all of ``task_keys``, in greedy portfolio order.
+
+    ``weights`` (one per task; default equal) weigh the tasks in the mean regret the greedy order lowers.
+    """
     scores = {t: oracle.scores(t) for t in task_keys}
     if not scores or not all(scores.values()):
         raise RlhpoError(f"No full-fidelity runs on some of the tasks {list(task_keys)}: nothing to learn a list from.")
@@ -67,10 +70,11 @@ def learn_list(oracle: FullFidelity, task_keys: Sequence[str]) -> list[Config]:
         raise RlhpoError("No config is recorded on every meta-training task: nothing to learn a list from.")
     regret = np.array([[max(s.values()) - s[c] for c in common] for s in scores.values()])  # tasks x configs
     held = np.array([max(s.values()) for s in scores.values()])  # regret with no config yet (incumbent 0)
+    w = np.full(len(held), 1.0 / len(held)) if weights is None else np.asarray(weights, dtype=float) / np.sum(weights)
     order: list[int] = []
     left = list(range(len(common)))
     while left:
-        gains = [np.minimum(held, regret[:, c]).mean() for c in left]
+        gains = [(w * np.minimum(held, regret[:, c])).sum() for c in left]
         best = left.pop(int(np.argmin(gains)))  # ties: the first in key order
         order.append(best)
         held = np.minimum(held, regret[:, best])

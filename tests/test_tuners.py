@@ -142,6 +142,12 @@ def test_the_learned_list_is_greedy_over_the_meta_training_tasks(tiny):
     tuner = LearnedListTuner(ranked)
     result = play(tuner, space, store, budget=9)
     assert [t.config.key() for t in result.trials] == [c.key() for c in ranked[:3]]
+    # Weighing one task alone puts its best config first; equal weights are the plain list.
+    for only in (0, 1):
+        weights = [float(i == only) for i in range(len(tasks))]
+        first = learn_list(oracle, tasks, weights)[0]
+        assert oracle.scores(tasks[only])[first.key()] == max(oracle.scores(tasks[only]).values())
+    assert [c.key() for c in learn_list(oracle, tasks, [2.0, 2.0])] == [c.key() for c in ranked]
 
 
 def test_make_tuners_names_every_method_and_rejects_unknown_ones(tiny):
