@@ -16,6 +16,9 @@ and configs found by hand that do well at full size (``linear_baseline.md``: Ada
 Usage (about 12 minutes for the three datasets on 2 cores)::
 
     RLHPO_DATA_DIR=<data folder> python benchmarks/val_test_agreement.py --out docs/benchmarks/val_test_agreement.md
+
+``--design 385,524,633`` trains those configs of the matched design (``rlhpo collect``'s, text's
+families) in place of the fixed set: e.g. the design's one-layer SGD ``bow`` configs.
 """
 
 from __future__ import annotations
@@ -34,8 +37,9 @@ from scipy.stats import spearmanr
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from linear_baseline import read_split, svm_accuracy, svm_predict  # noqa: E402
 
+from rlhpo.collect import design_configs  # noqa: E402
 from rlhpo.runs import config_text  # noqa: E402
-from rlhpo.space import Config  # noqa: E402
+from rlhpo.space import Config, load_search_space  # noqa: E402
 from rlhpo.tasks import Task, load_task  # noqa: E402
 from rlhpo.tasks.splits import split_indices  # noqa: E402
 from rlhpo.training import train  # noqa: E402
@@ -80,7 +84,7 @@ def paired_gap(correct: np.ndarray, baseline_correct: np.ndarray) -> str:
     return f"{diff.mean():+.4f} ± {diff.std(ddof=1) / np.sqrt(len(diff)):.4f}"
 
 
-def dataset_section(name: str, seed: int, data_dir: Path) -> list[str]:
+def dataset_section(name: str, seed: int, data_dir: Path, configs: list[tuple[str, Config]]) -> list[str]:
     started = time.perf_counter()
     x, y = read_split(data_dir, name, "train")
     x_test, y_test = read_split(data_dir, name, "test")
@@ -95,7 +99,7 @@ def dataset_section(name: str, seed: int, data_dir: Path) -> list[str]:
     if not np.array_equal(data.y_test.numpy(), y_test):
         raise SystemExit(f"{name}: the loaded task's test labels are not the parquet's, in order; cannot pair them")
     rows, vals, tests = [], [], []
-    for label, config in CONFIGS:
+    for label, config in configs:
         if name == "imdb" and label == "policy trial 1":
             config = Config(**{**config.to_dict(), "dropout": 0.1})
         curve = train(data, config, seed=seed, evaluate_test=True, keep_state=True)
@@ -123,9 +127,9 @@ def dataset_section(name: str, seed: int, data_dir: Path) -> list[str]:
         f"| TF-IDF + LinearSVC (the target) | `C=0.5`, uni- and bigrams | {svm_val:.4f} | {svm_test:.4f} | |",
         *rows,
         "",
-        f"- Best validation: {CONFIGS[picked][0]} (val {vals[picked]:.4f}), test {tests[picked]:.4f}; "
+        f"- Best validation: {configs[picked][0]} (val {vals[picked]:.4f}), test {tests[picked]:.4f}; "
         f"best test among the configs {max(tests):.4f}; the SVM {svm_test:.4f}.",
-        f"- Spearman rank correlation of validation and test over the {len(CONFIGS)} configs: {rho:.2f}.",
+        f"- Spearman rank correlation of validation and test over the {len(configs)} configs: {rho:.2f}.",
         f"- Configs at or above the SVM on test: {sum(t >= svm_test for t in tests)}; of these, at or above the "
         f"SVM on validation too: {sum(t >= svm_test and v >= svm_val for v, t in zip(vals, tests))}.",
         "",
@@ -137,13 +141,20 @@ def main() -> None:
     parser.add_argument("--tasks", default="trec,ag_news,imdb")
     parser.add_argument("--seed", type=int, default=0, help="the tune seed: validation split and training seed")
     parser.add_argument("--data-dir", type=Path, default=os.environ.get("RLHPO_DATA_DIR"))
+    parser.add_argument("--design", default=None, help="I,J,...: the matched design's text configs at these indices")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     if args.data_dir is None:
         parser.error("needs --data-dir or RLHPO_DATA_DIR: the local parquet copies of the datasets")
+    configs = CONFIGS
+    if args.design:  # the design `rlhpo collect` records (configs/collect.yaml's seed), text's families
+        design = design_configs(load_search_space(), 1 + max(map(int, args.design.split(","))), 0, "text")
+        configs = [(f"design config {i}", design[i]) for i in map(int, args.design.split(","))]
     started = time.perf_counter()
-    sections = [line for name in args.tasks.split(",") for line in dataset_section(name, args.seed, args.data_dir)]
-    argv = f"--tasks {args.tasks} --seed {args.seed}"
+    sections = [
+        line for name in args.tasks.split(",") for line in dataset_section(name, args.seed, args.data_dir, configs)
+    ]
+    argv = f"--tasks {args.tasks} --seed {args.seed}" + (f" --design {args.design}" if args.design else "")
     text = "\n".join(
         [
             "# Validation against test: `bow` configs and the linear baseline at full size",
