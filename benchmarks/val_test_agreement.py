@@ -148,8 +148,9 @@ def main() -> None:
         parser.error("needs --data-dir or RLHPO_DATA_DIR: the local parquet copies of the datasets")
     configs = CONFIGS
     if args.design:  # the design `rlhpo collect` records (configs/collect.yaml's seed), text's families
-        design = design_configs(load_search_space(), 1 + max(map(int, args.design.split(","))), 0, "text")
-        configs = [(f"design config {i}", design[i]) for i in map(int, args.design.split(","))]
+        indices = [int(i) for i in args.design.split(",")]
+        design = design_configs(load_search_space(), 1 + max(indices), 0, "text")
+        configs = [(f"design config {i}", design[i]) for i in indices]
     started = time.perf_counter()
     sections = [
         line for name in args.tasks.split(",") for line in dataset_section(name, args.seed, args.data_dir, configs)
