@@ -23,6 +23,7 @@ import torch
 
 from rlhpo.agents.evaluate import pm
 from rlhpo.agents.sb3_logging import read_progress
+from rlhpo.settings import SHIPPED_STORE, shipped_file
 
 CURVE = ("hpo/incumbent_score", "hpo/regret", "rollout/ep_rew_mean")
 
@@ -60,6 +61,14 @@ def plot(progress: list[dict[str, Any]], out: Path) -> None:
     plt.close(fig)
 
 
+def store_name(path: str) -> str:
+    """The store as a page may name it: the shipped one by its place in the package, another relative to here."""
+    store = Path(path).resolve()
+    if store == shipped_file(SHIPPED_STORE).resolve():
+        return "`rlhpo/assets/meta_dataset.sqlite` (the shipped meta-dataset)"
+    return f"`{os.path.relpath(store)}`" if store.is_relative_to(Path.cwd()) else f"`{store.name}`"
+
+
 def report(run_dir: Path, png: Path | None, out_dir: Path | None) -> str:
     summary = json.loads((run_dir / "summary.json").read_text())
     progress = read_progress(run_dir)
@@ -77,7 +86,7 @@ def report(run_dir: Path, png: Path | None, out_dir: Path | None) -> str:
         f"- {summary['num_timesteps']} environment steps in {summary['train_seconds'] / 60:.1f} minutes of "
         f"training{resumed} ({summary['num_timesteps'] / max(summary['train_seconds'], 1e-9):.0f} steps/s); "
         "the evaluation after it is not included.",
-        f"- {len(summary['train_tasks'])} meta-training task instances from `{summary['store']}`; held out: "
+        f"- {len(summary['train_tasks'])} meta-training task instances from {store_name(summary['store'])}; held out: "
         f"{', '.join(summary['exclude_datasets']) or 'none'}.",
         f"- Budget {summary['budget_fte']} FTE = {summary['budget_epochs']} epochs per episode. Settings: "
         "`config.yaml` of the run (shipped next to the policy).",

@@ -34,7 +34,8 @@ from rlhpo.models import FAMILIES
 from rlhpo.settings import from_dict, read_yaml, shipped_file
 from rlhpo.space import HYPERPARAMETERS, Config, SearchSpace, load_search_space
 from rlhpo.store import CurveStore, TaskRecord
-from rlhpo.tasks.loader import LoadedTasks
+from rlhpo.tasks.loader import LoadedTasks, resolve_family
+from rlhpo.tasks.registry import get_spec
 from rlhpo.tasks.sampler import TaskSampler
 from rlhpo.tasks.task import Task, TaskData
 from rlhpo.training import Curve
@@ -434,16 +435,33 @@ def record_tasks(store: CurveStore, plan: dict[Task, int], data_dir: str | Path 
     A task is recorded as loaded (``data.task``): one that asks for more training examples than
     its dataset holds is recorded with the size it got, and its runs go under that key. Loading
     here checks every task before any worker starts.
+
+    A recorded task whose family is not the one it resolves to today (its dataset's default family
+    changed since) is described again, so that its ``family_*`` meta-features say what a live task
+    of it says; its runs are kept (each names its family).
     """
     out: dict[Task, Task] = {}
     for task in plan:
         record = store.task(task.key())
+        family = family_today(task)
+        if record is not None and family is not None and record.family != family:
+            log.warning("task %s was described with family %s; it loads with %s today: describing it again",
+                        task.key(), record.family, family)  # fmt: skip
+            record = None
         if record is None:
             log.info("describing task %s", task.key())
             record = task_record(task, data_dir)
             store.put_task(record)
         out[task] = record.task
     return out
+
+
+def family_today(task: Task) -> str | None:
+    """The family ``task`` resolves to with today's defaults, without loading it (None: only its data can say)."""
+    spec = get_spec(task.dataset)
+    if spec.modality is None or task.text_column or task.image_column:
+        return None
+    return resolve_family(task.family, spec.modality, spec.family)
 
 
 def copy_pinned_runs(

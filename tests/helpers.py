@@ -15,7 +15,10 @@ import pytest
 
 from rlhpo.agents.settings import EvalSettings, PPOSettings, TrainAgentSettings
 from rlhpo.collect import CollectSettings, InlineExecutor, InstanceGroup, collect
+from rlhpo.settings import SHIPPED_STORE, shipped_file
 from rlhpo.space import load_search_space
+from rlhpo.store import CurveStore
+from rlhpo.tasks.features import FAMILIES
 from rlhpo.tasks.task import Task
 
 # Two learning rates, two batch sizes, two optimizers, epochs 1 or 3: 8 configs, all recorded.
@@ -139,3 +142,32 @@ def interrupt_tune_at(monkeypatch: pytest.MonkeyPatch, step: int) -> None:
         return real_line(t)
 
     monkeypatch.setattr(tune_module, "trial_line", interrupt)
+
+
+def slice_shipped_store(
+    path: Path, keys: tuple[str, ...] = (), pins: dict[str, str] | None = None, leave_out: set[str] | None = None
+) -> Path:
+    """A store of some of the shipped meta-dataset's task instances (copied, nothing trained).
+
+    ``keys``: instances copied as they are (their training seed 0 runs), less the runs of the config
+    keys in ``leave_out``. ``pins``: ``{key: family}``,
+    each instance written as a store recorded before the family was searched would hold it: the
+    task pins ``family`` (its key and ``family_*`` meta-feature say so), and its runs are the
+    instance's runs of that family, their configs naming no family. The shipped instances all leave
+    the family open; the pinned ones keep the code paths for older stores tested.
+    """
+    with CurveStore(shipped_file(SHIPPED_STORE), readonly=True) as src, CurveStore(path) as dst:
+        for key in keys:
+            dst.put_task(src.task(key))
+            for run in src.runs(key, 0):
+                if run.config.key() not in (leave_out or set()):
+                    dst.put_run(key, run.config, run.seed, run.curve, max_epochs=run.max_epochs)
+        for key, family in (pins or {}).items():
+            record = src.task(key)
+            features = {**record.meta_features, **{f"family_{f}": float(f == family) for f in FAMILIES}}
+            task = dataclasses.replace(record.task, family=family)
+            pinned = dataclasses.replace(record, task=task, family=family, meta_features=features)
+            dst.put_task(pinned)
+            for run in (r for r in src.runs(key, 0) if r.config.family == family):
+                dst.put_run(pinned.key, run.config.with_family(None), run.seed, run.curve, max_epochs=run.max_epochs)
+    return path

@@ -18,6 +18,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
+import rlhpo.collect
 import rlhpo.tasks
 from rlhpo.cli import main
 from rlhpo.collect import (
@@ -36,6 +37,7 @@ from rlhpo.errors import RlhpoError
 from rlhpo.space import HYPERPARAMETERS, load_search_space
 from rlhpo.store import CurveStore, TaskRecord, store_rows, stored_runs
 from rlhpo.tasks.task import Task
+from rlhpo.training import Curve, EpochRecord
 
 SPACE = load_search_space()
 
@@ -367,6 +369,29 @@ def test_runs_go_under_the_task_as_loaded(tmp_path, monkeypatch):
     assert store.tasks()[0].n_train == rows
     again = collect(settings, path, executor=InlineExecutor(), progress=False)
     assert (again.trained, again.skipped) == (0, 2)
+
+
+def test_a_task_described_with_another_default_family_is_described_again(tmp_path, monkeypatch):
+    # Text's default family changed from gru to bow once; instances described before said gru (and
+    # family_gru = 1), while the same task loaded live says bow. collect describes them again.
+    task = Task("digits", n_train=200)
+    store = CurveStore(tmp_path / "s.sqlite")
+    (fresh,) = record_tasks(store, {task: 1}).values()
+    today = store.task(fresh.key())
+    stale = dataclasses.replace(
+        today, family="cnn", meta_features={**today.meta_features, "family_mlp": 0.0, "family_cnn": 1.0}
+    )
+    store.put_task(stale)
+    config = load_search_space().default_config("tabular")
+    store.put_run(today.key, config, 0, Curve([EpochRecord(1, 1.0, 1.0, 0.5, 0.5, 0.1)]), max_epochs=1)
+    described = []
+    real = rlhpo.collect.task_record
+    monkeypatch.setattr(rlhpo.collect, "task_record", lambda t, d=None: described.append(t) or real(t, d))
+    record_tasks(store, {task: 1})
+    assert described == [task] and store.task(today.key) == today
+    assert [r.config for r in store.runs(today.key, 0)] == [config.with_epochs(1)]  # its runs are kept
+    record_tasks(store, {task: 1})  # described as today: not loaded again
+    assert described == [task]
 
 
 # ------------------------------------------------------------ one per store

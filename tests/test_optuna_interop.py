@@ -45,11 +45,13 @@ from rlhpo.tasks.task import Task
 
 DIGITS = Task("digits", n_train=200)
 DIGITS_ARGS = ("--task", "digits", "--n-train", "200")
+IMDB = "imdb/default/n500/call/s1019925346/L64"  # the shipped policy plays it otherwise at 3 FTE than at 10
+TABULAR = "tabular"  # digits' modality: its families, where the space searches the family
 
 
 @pytest.fixture(scope="module")
 def policy() -> PPOTuner:
-    return PPOTuner.load()  # the shipped policy: it acts in its own (8-dimensional) space
+    return PPOTuner.load()  # the shipped policy: it acts in its own space (saved in its file)
 
 
 @pytest.fixture(params=["sqlite", "journal"])
@@ -81,13 +83,13 @@ def study_of(storage: str, name: str = "s") -> optuna.Study:
 
 def test_every_config_of_the_space_is_an_optuna_trial(policy):
     space = policy.policy_space
-    distributions = optuna_distributions(space)
+    distributions = optuna_distributions(space, TABULAR)
     assert list(distributions) == list(space.dims)
     lr = distributions["learning_rate"]
     assert isinstance(lr, optuna.distributions.CategoricalDistribution) and lr.choices == space.choices["learning_rate"]
     rng = np.random.default_rng(0)
     for _ in range(20):
-        params = space.sample(rng).to_dict()
+        params = space.sample(rng, TABULAR).to_dict()
         trial = optuna.trial.create_trial(params=params, distributions=distributions, value=0.0)
         assert Config(**trial.params) == Config(**params)
 
@@ -125,7 +127,7 @@ def test_enqueued_suggestions_are_the_ones_suggest_prints(cli, storage, policy):
     study = study_of(storage)
     assert rlhpo.suggest_to_study is suggest_to_study
     assert rlhpo.suggest_to_study(study, DIGITS, 3, policy=policy) == printed
-    distributions = optuna_distributions(policy.policy_space)
+    distributions = optuna_distributions(policy.policy_space, TABULAR)
 
     def objective(trial: optuna.Trial) -> float:  # a user's objective, asking rlhpo's names
         return float(len([trial.suggest_categorical(h, d.choices) for h, d in distributions.items()]))
@@ -210,12 +212,12 @@ def test_an_sqlite_file_given_as_a_path_is_a_clear_error(tmp_path):
 def test_import_reports_the_trials_that_do_not_fit(storage, tmp_path, policy):
     space = policy.policy_space
     study = study_of(storage)
-    good = space.default.to_dict()
+    good = space.default_config(TABULAR).to_dict()
     scores = {e: 0.1 * e for e in range(1, 10)}
 
     # A user's study, as users write them: a log-uniform learning rate, an integer batch size.
     distributions = {
-        **optuna_distributions(space),
+        **optuna_distributions(space, TABULAR),
         "learning_rate": optuna.distributions.FloatDistribution(1e-4, 1e-1, log=True),
         "batch_size": optuna.distributions.IntDistribution(16, 128),
         "family": optuna.distributions.CategoricalDistribution(["mlp", "cnn"]),
@@ -271,7 +273,7 @@ def test_a_missing_study_names_the_ones_there(storage, tmp_path):
 
 def test_ppo_tpe_plays_the_policy_for_its_budget_then_tpe_warm_started(policy):
     store = CurveStore(shipped_file(SHIPPED_STORE), readonly=True)
-    task = "ag_news/gru/n500/call/s0"  # the shipped policy's held-out dataset
+    task = IMDB
     horizon = policy.info.budget_epochs  # what it was meta-trained for: 3 FTE
 
     def play(tuner, budget):
@@ -292,22 +294,28 @@ def test_ppo_tpe_plays_the_policy_for_its_budget_then_tpe_warm_started(policy):
     assert all(t.intermediate_values for t in warm) and len(tuner.study.trials) == len(both.trials)
 
 
-def test_ppo_tpe_enqueues_the_list_after_the_policy_in_order_skipping_repeats_then_tpe(policy):
-    store = CurveStore(shipped_file(SHIPPED_STORE), readonly=True)
-    task = "ag_news/gru/n500/call/s0"
+def test_ppo_tpe_enqueues_the_list_after_the_policy_in_order_skipping_repeats_then_tpe(policy, tmp_path):
+    task = "digits/default/n500/call/s1283935874"  # tabular: a long learned list in either policy's space
     space, horizon = policy.policy_space, policy.info.budget_epochs
 
-    def play(tuner, budget):
+    def play(tuner, budget, store):
         env = HPOEnv("recorded", store, space=space, budget_epochs=budget)
         return run_tuner(tuner, env, 10_000, task=task)
 
-    # make_tuners enqueues the learned list, learned exactly as learned_list's.
+    # A portfolio policy's configs are all recorded on every shipped instance. Leave the policy's second
+    # trial's config out of a copy of the task, so that a recorded neighbour answers it there.
+    shipped = CurveStore(shipped_file(SHIPPED_STORE), readonly=True)
+    second = play(policy, horizon, shipped).trials[1].config.with_epochs(space.max_epochs)
+    path = helpers.slice_shipped_store(tmp_path / "s.sqlite", (task,), leave_out={second.key()})
+    store = CurveStore(path, readonly=True)
+
+    # make_tuners enqueues the learned list, learned exactly as learned_list's (from the whole store).
     ppo_tpe, learned_list = make_tuners(
-        ["ppo_tpe", "learned_list"], space=space, policy=policy, store=store,
+        ["ppo_tpe", "learned_list"], space=space, policy=policy, store=shipped,
         exclude_datasets=policy.info.exclude_datasets,
     )  # fmt: skip
     assert isinstance(ppo_tpe, PPOTPETuner) and ppo_tpe.lists == learned_list.lists
-    alone = play(policy, horizon).trials  # what the policy plays in ppo_tpe (the previous test)
+    alone = play(policy, horizon, store).trials  # what the policy plays in ppo_tpe (the previous test)
     assert alone[0].epochs == space.max_epochs  # so asking it again at full fidelity is a repeat
     known = {k for t in alone for k in (t.config.key(), t.answered_config.key())}
     fresh = [c for c in learned_list.configs_for("tabular") if c.key() not in known]
@@ -315,7 +323,7 @@ def test_ppo_tpe_enqueues_the_list_after_the_policy_in_order_skipping_repeats_th
     answered = next(t.answered_config for t in alone if t.answered_config.key() != t.config.key())
     configs = [alone[0].config, fresh[0], answered, fresh[0], fresh[1], fresh[2]]
     tuner = PPOTPETuner(policy, configs=configs)
-    both = play(tuner, 10 * space.max_epochs)  # 10 FTE: 3 for the policy, 3 for the list, 4 for TPE
+    both = play(tuner, 10 * space.max_epochs, store)  # 10 FTE: 3 for the policy, 3 for the list, 4 for TPE
     n = len(alone)
     assert [t.action for t in both.trials[:n]] == [t.action for t in alone]
     listed = both.trials[n : n + 3]
@@ -328,7 +336,7 @@ def test_ppo_tpe_enqueues_the_list_after_the_policy_in_order_skipping_repeats_th
     assert [("fixed_params" in t.system_attrs) for t in trials] == [False] * n + [True] * 3 + [False] * len(rest)
     # A list of repeats only: TPE follows the policy directly, as with no list.
     repeats = PPOTPETuner(policy, configs=[alone[0].config, answered])
-    again, plain = play(repeats, 5 * space.max_epochs), play(PPOTPETuner(policy), 5 * space.max_epochs)
+    again, plain = play(repeats, 5 * space.max_epochs, store), play(PPOTPETuner(policy), 5 * space.max_epochs, store)
     assert [t.action for t in again.trials] == [t.action for t in plain.trials]
     assert not any("fixed_params" in t.system_attrs for t in repeats.study.trials)
 
@@ -345,16 +353,21 @@ class _DefaultFirst:
         return self.env.default_action()
 
 
-def test_ppo_tpe_plays_the_family_less_list_with_the_tasks_family():
+def test_ppo_tpe_plays_the_family_less_list_with_the_tasks_family(tmp_path):
     space = load_search_space(shipped_file(SHIPPED_SPACE))
     if not space.families:
         pytest.skip("the shipped space searches no family")
-    store = CurveStore(shipped_file(SHIPPED_STORE), readonly=True)
+    # Instances that pin their family (as stores recorded before the family was searched): imdb's
+    # teach a list of family-less configs, and trec's plays them.
+    imdb = "imdb/default/n500/call/s1019925346/L64"
+    trec = "trec/default/n500/call/s17257121"
+    path = helpers.slice_shipped_store(tmp_path / "pinned.sqlite", pins={imdb: "bow", trec: "lstm"})
+    store = CurveStore(path, readonly=True)
     learned = LearnedListTuner.fit(store, space, exclude_datasets=["trec"]).configs_for("text")
-    assert all(c.family is None for c in learned)
+    assert learned and all(c.family is None for c in learned)
     tuner = PPOTPETuner(_DefaultFirst(), configs=learned[:2])  # type: ignore[arg-type]
     env = HPOEnv("recorded", store, space=space, budget_epochs=4 * space.max_epochs)
-    result = run_tuner(tuner, env, 0, task="trec/lstm/n500/call/s0")
+    result = run_tuner(tuner, env, 0, task="trec/lstm/n500/call/s17257121")
     listed = [t.config for t in result.trials[1:3]]
     assert [c.family for c in listed] == ["lstm", "lstm"]
     assert [c.with_family(None) for c in listed] == [c.with_epochs(space.max_epochs) for c in learned[:2]]

@@ -1,6 +1,8 @@
 """The surrogate backend: fit on a slice of the shipped meta-dataset, it answers any config with a whole curve.
 
-Everything here reads the shipped store (no dataset, no training), so nothing needs data.
+Everything here reads the shipped store (no dataset, no training), so nothing needs data. The shipped
+store's instances all leave the family open; a store recorded before the family was searched pins it,
+so the slice also holds one pinned instance, made from an open one's runs of that family.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ import dataclasses
 import json
 from pathlib import Path
 
+import helpers
 import numpy as np
 import pytest
 from click.testing import CliRunner
@@ -25,26 +28,22 @@ from rlhpo.envs.surrogate import (
     load_surrogate,
 )
 from rlhpo.errors import RlhpoError
-from rlhpo.settings import SHIPPED_STORE, shipped_file
 from rlhpo.space import load_search_space
 from rlhpo.store import CurveStore
 
-DIGITS = "digits/mlp/n500/call/s0"
-MNIST = "mnist/mlp/n500/call/s0"
-TREC_OPEN = "trec/default/n500/call/s0"  # family left open: each config names its family
-TREC_GRU = "trec/gru/n500/call/s0"  # family pinned
+DIGITS = "digits/default/n500/call/s1283935874"
+MNIST = "mnist/default/n500/call/s1623806423"
+TREC_OPEN = "trec/default/n500/call/s17257121"  # family left open: each config names its family
+TREC_GRU = "trec/gru/n500/call/s17257121"  # family pinned: TREC_OPEN's gru runs (helpers.slice_shipped_store)
 FIT_TASKS = (DIGITS, MNIST, TREC_OPEN, TREC_GRU)
 SMALL = SurrogateSettings(members=3, max_iter=60, seed=0)
 
 
-def slice_store(path: Path, keys: tuple[str, ...]) -> Path:
-    """A store holding only these task instances of the shipped meta-dataset (copied, nothing trained)."""
-    with CurveStore(shipped_file(SHIPPED_STORE), readonly=True) as src, CurveStore(path) as dst:
-        for key in keys:
-            dst.put_task(src.task(key))
-            for run in src.runs(key, 0):
-                dst.put_run(key, run.config, run.seed, run.curve, max_epochs=run.max_epochs)
-    return path
+@pytest.fixture(scope="module")
+def fit_store(tmp_path_factory) -> Path:
+    """The slice the module's surrogate is fit on: FIT_TASKS."""
+    path = tmp_path_factory.mktemp("fit") / "slice.sqlite"
+    return helpers.slice_shipped_store(path, (TREC_OPEN, DIGITS, MNIST), pins={TREC_OPEN: "gru"})
 
 
 @pytest.fixture(scope="module")
@@ -53,13 +52,13 @@ def space():
 
 
 @pytest.fixture(scope="module")
-def model(space):
-    return fit_surrogate(None, SMALL, space=space, tasks=FIT_TASKS)
+def model(space, fit_store):
+    return fit_surrogate(fit_store, SMALL, space=space, tasks=FIT_TASKS)
 
 
 @pytest.fixture(scope="module")
 def small_store(tmp_path_factory) -> Path:
-    return slice_store(tmp_path_factory.mktemp("surrogate") / "store.sqlite", (DIGITS, MNIST))
+    return helpers.slice_shipped_store(tmp_path_factory.mktemp("surrogate") / "store.sqlite", (DIGITS, MNIST))
 
 
 def episode(backend: SurrogateBackend, space, task: str, steps: int, seed: int) -> list:
@@ -130,9 +129,9 @@ def test_the_family_is_an_input_on_open_family_instances(model, space):
         model.predict(record, config.with_family("cnn"))
 
 
-def test_reproduces_the_recorded_curves_of_its_training_instances(model):
+def test_reproduces_the_recorded_curves_of_its_training_instances(model, fit_store):
     """The ensemble's mean against every recorded run it was fit on: final and per-epoch score errors."""
-    with CurveStore(shipped_file(SHIPPED_STORE), readonly=True) as store:
+    with CurveStore(fit_store, readonly=True) as store:
         data = CurveData.from_store(store, tasks=FIT_TASKS)
     pred = model.predict_rows(data.x)[:, :, 0].mean(axis=0)
     err = np.abs(pred - data.y[:, 0])
@@ -147,12 +146,12 @@ def test_reproduces_the_recorded_curves_of_its_training_instances(model):
     assert model.noise_scale >= 1.0
 
 
-def test_the_file_records_what_it_was_fit_on_and_loads_back(model, space, tmp_path):
+def test_the_file_records_what_it_was_fit_on_and_loads_back(model, space, fit_store, tmp_path):
     path = model.save(tmp_path / "s.joblib")
     loaded = load_surrogate(path)
     assert loaded.feature_names == FEATURES and loaded.settings == SMALL
     assert loaded.store_fingerprint == model.store_fingerprint and len(loaded.store_fingerprint) == 16
-    assert loaded.store_path.endswith("meta_dataset.sqlite") and loaded.fit_tasks == FIT_TASKS
+    assert loaded.store_path == str(fit_store) and loaded.fit_tasks == FIT_TASKS
     assert loaded.space == space.to_dict()
     a, b = SurrogateBackend(model, space, seed=2), SurrogateBackend(path, space, seed=2)
     assert same(episode(a, space, DIGITS, 5, seed=0), episode(b, space, DIGITS, 5, seed=0))
@@ -174,7 +173,7 @@ def test_cli_fits_and_reports(small_store, tmp_path):
     assert model.settings.seed == 3 and model.fit_tasks == (DIGITS,) and set(model.records) == {DIGITS, MNIST}
     report = runner.invoke(main, ["surrogate", "report", str(out)])
     assert report.exit_code == 0, report.output
-    assert "1 task instances (digits), 96 runs" in report.output and "fit seed 3" in report.output
+    assert "1 task instances (digits), 128 runs" in report.output and "fit seed 3" in report.output
     assert "excluded: mnist" in report.output and "oob_final_score_mae" in report.output
     missing = runner.invoke(main, ["surrogate", "report", str(tmp_path / "none.joblib")])
     assert missing.exit_code == 1 and "does not exist" in missing.output
