@@ -438,16 +438,21 @@ def record_tasks(store: CurveStore, plan: dict[Task, int], data_dir: str | Path 
 
     A recorded task whose family is not the one it resolves to today (its dataset's default family
     changed since) is described again, so that its ``family_*`` meta-features say what a live task
-    of it says; its runs are kept (each names its family).
+    of it says; its runs are kept (each names its family). One whose runs name no family (they
+    trained the recorded family) is left as it is.
     """
     out: dict[Task, Task] = {}
     for task in plan:
         record = store.task(task.key())
         family = family_today(task)
         if record is not None and family is not None and record.family != family:
-            log.warning("task %s was described with family %s; it loads with %s today: describing it again",
-                        task.key(), record.family, family)  # fmt: skip
-            record = None
+            if any(r.config.family is None for r in store.runs(record.key, 0)):  # they trained record.family
+                log.warning("task %s was described with family %s and loads with %s today; its runs name no "
+                            "family, so it is left as it is", task.key(), record.family, family)  # fmt: skip
+            else:
+                log.warning("task %s was described with family %s; it loads with %s today: describing it again",
+                            task.key(), record.family, family)  # fmt: skip
+                record = None
         if record is None:
             log.info("describing task %s", task.key())
             record = task_record(task, data_dir)

@@ -392,6 +392,13 @@ def test_a_task_described_with_another_default_family_is_described_again(tmp_pat
     assert [r.config for r in store.runs(today.key, 0)] == [config.with_epochs(1)]  # its runs are kept
     record_tasks(store, {task: 1})  # described as today: not loaded again
     assert described == [task]
+    # A task whose runs name no family trained the recorded one: it is left as it is.
+    store.put_task(stale)
+    store.put_run(
+        today.key, config.with_family(None), 0, Curve([EpochRecord(1, 1.0, 1.0, 0.5, 0.5, 0.1)]), max_epochs=1
+    )
+    record_tasks(store, {task: 1})
+    assert described == [task] and store.task(today.key) == stale
 
 
 # ------------------------------------------------------------ one per store
