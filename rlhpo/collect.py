@@ -34,8 +34,7 @@ from rlhpo.models import FAMILIES
 from rlhpo.settings import from_dict, read_yaml, shipped_file
 from rlhpo.space import HYPERPARAMETERS, Config, SearchSpace, load_search_space
 from rlhpo.store import CurveStore, TaskRecord
-from rlhpo.tasks.loader import LoadedTasks, resolve_family
-from rlhpo.tasks.registry import get_spec
+from rlhpo.tasks.loader import LoadedTasks, family_before_loading
 from rlhpo.tasks.sampler import TaskSampler
 from rlhpo.tasks.task import Task, TaskData
 from rlhpo.training import Curve
@@ -444,7 +443,7 @@ def record_tasks(store: CurveStore, plan: dict[Task, int], data_dir: str | Path 
     out: dict[Task, Task] = {}
     for task in plan:
         record = store.task(task.key())
-        family = family_today(task)
+        family = family_before_loading(task)
         if record is not None and family is not None and record.family != family:
             if any(r.config.family is None for r in store.runs(record.key, 0)):  # they trained record.family
                 log.warning("task %s was described with family %s and loads with %s today; its runs name no "
@@ -459,14 +458,6 @@ def record_tasks(store: CurveStore, plan: dict[Task, int], data_dir: str | Path 
             store.put_task(record)
         out[task] = record.task
     return out
-
-
-def family_today(task: Task) -> str | None:
-    """The family ``task`` resolves to with today's defaults, without loading it (None: only its data can say)."""
-    spec = get_spec(task.dataset)
-    if spec.modality is None or task.text_column or task.image_column:
-        return None
-    return resolve_family(task.family, spec.modality, spec.family)
 
 
 def copy_pinned_runs(

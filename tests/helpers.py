@@ -150,18 +150,18 @@ def slice_shipped_store(
     """A store of some of the shipped meta-dataset's task instances (copied, nothing trained).
 
     ``keys``: instances copied as they are (their training seed 0 runs), less the runs of the config
-    keys in ``leave_out``. ``pins``: ``{key: family}``,
-    each instance written as a store recorded before the family was searched would hold it: the
-    task pins ``family`` (its key and ``family_*`` meta-feature say so), and its runs are the
-    instance's runs of that family, their configs naming no family. The shipped instances all leave
-    the family open; the pinned ones keep the code paths for older stores tested.
+    keys in ``leave_out``. ``pins``: ``{key: family}``, each instance written as a store recorded
+    before the family was searched would hold it: the task pins ``family`` (its key and ``family_*``
+    meta-feature say so), and its runs are the instance's runs of that family, their configs naming
+    no family. The shipped instances all leave the family open; the pinned ones keep the code paths
+    for older stores tested.
     """
+    leave_out = leave_out or set()
     with CurveStore(shipped_file(SHIPPED_STORE), readonly=True) as src, CurveStore(path) as dst:
         for key in keys:
             dst.put_task(src.task(key))
-            for run in src.runs(key, 0):
-                if run.config.key() not in (leave_out or set()):
-                    dst.put_run(key, run.config, run.seed, run.curve, max_epochs=run.max_epochs)
+            for run in (r for r in src.runs(key, 0) if r.config.key() not in leave_out):
+                dst.put_run(key, run.config, run.seed, run.curve, max_epochs=run.max_epochs)
         for key, family in (pins or {}).items():
             record = src.task(key)
             features = {**record.meta_features, **{f"family_{f}": float(f == family) for f in FAMILIES}}

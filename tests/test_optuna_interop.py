@@ -359,9 +359,8 @@ def test_ppo_tpe_plays_the_family_less_list_with_the_tasks_family(tmp_path):
         pytest.skip("the shipped space searches no family")
     # Instances that pin their family (as stores recorded before the family was searched): imdb's
     # teach a list of family-less configs, and trec's plays them.
-    imdb = "imdb/default/n500/call/s1019925346/L64"
     trec = "trec/default/n500/call/s17257121"
-    path = helpers.slice_shipped_store(tmp_path / "pinned.sqlite", pins={imdb: "bow", trec: "lstm"})
+    path = helpers.slice_shipped_store(tmp_path / "pinned.sqlite", pins={IMDB: "bow", trec: "lstm"})
     store = CurveStore(path, readonly=True)
     learned = LearnedListTuner.fit(store, space, exclude_datasets=["trec"]).configs_for("text")
     assert learned and all(c.family is None for c in learned)

@@ -120,8 +120,7 @@ def load_task(task: Task, data_dir: str | Path | None = None) -> TaskData:
     """
     spec = get_spec(task.dataset)
     _check_values(task)
-    if spec.modality is not None and not (task.text_column or task.image_column):
-        resolve_family(task.family, spec.modality, spec.family)  # fail before any slow loading
+    family_before_loading(task)  # fail before any slow loading
     overrides = ColumnOverrides(task.text_column, task.image_column, task.label_column)
     dataset = load_prepared(spec, overrides, resolve_data_dir(data_dir), cache_dir())
     family = resolve_family(task.family, dataset.modality, spec.family)
@@ -186,6 +185,18 @@ def _class_lookup(classes: tuple[int, ...], class_names: tuple[str, ...], datase
     lookup = torch.full((len(class_names),), -1, dtype=torch.int64)
     lookup[torch.tensor(classes)] = torch.arange(len(classes))
     return lookup
+
+
+def family_before_loading(task: Task) -> str | None:
+    """The family ``task`` resolves to, without loading its data (None: only its data can say).
+
+    Raises:
+        RlhpoError: for a family that does not fit the dataset's modality.
+    """
+    spec = get_spec(task.dataset)
+    if spec.modality is None or task.text_column or task.image_column:
+        return None
+    return resolve_family(task.family, spec.modality, spec.family)
 
 
 def resolve_family(family: str | None, modality: str, default: str | None = None) -> str:
