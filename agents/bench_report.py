@@ -62,9 +62,7 @@ def summarise(rows: list[dict[str, Any]], anytime: list[dict[str, Any]], setting
     for m, entry in out["methods"].items():
         entry["speedup"] = None
         if ref is not None and m != REFERENCE_METHOD and "anytime_mean" in entry:
-            entry["speedup"] = _budget_to_reach(
-                grid, np.array(entry["anytime_mean"]), ref[0], settings.reference_budget
-            )
+            entry["speedup"] = budget_to_reach(grid, np.array(entry["anytime_mean"]), ref[0], settings.reference_budget)
     return out
 
 
@@ -83,7 +81,7 @@ def _episode_curves(points: list[dict[str, Any]], grid: np.ndarray) -> list[np.n
     return [_grid(sorted(ps, key=lambda p: p["fte"]), grid) for _, ps in sorted(episodes.items())]
 
 
-def _budget_to_reach(grid: np.ndarray, mean: np.ndarray, target: float, reference: float) -> dict[str, Any]:
+def budget_to_reach(grid: np.ndarray, mean: np.ndarray, target: float, reference: float) -> dict[str, Any]:
     """The smallest grid budget where ``mean`` regret is at most ``target``, and its ratio to ``reference``."""
     hit = np.nonzero(mean <= target + 1e-12)[0]
     if len(hit) == 0:

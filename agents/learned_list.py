@@ -13,8 +13,8 @@ design (:func:`rlhpo.collect.design_configs`) no config is recorded on tasks of 
 and what works on text need not work on images. A modality without meta-training tasks (digits,
 when it is held out, is the only tabular dataset) plays the list of the family-less configs
 recorded on every meta-training task (:data:`ANY_MODALITY`): on the shipped store an MLP config
-that did well on images and text; where no config is on every task (the matched design), random
-configs. A list given as one sequence is played on every modality.
+that did well on images and text; where no config is on every task (the matched design), the
+space's default config, then random configs. A list given as one sequence is played on every modality.
 
 In a space that searches the model family, how configs are compared depends on the instances.
 Where every instance of the modality leaves the family to the config (the matched design), a
@@ -124,7 +124,8 @@ class LearnedListTuner(Tuner):
     def start(self, env: HPOEnv, seed: int) -> None:
         super().start(env, seed)
         self._next = 0
-        self._configs = self.configs_for(env.modality)
+        # A modality without a list (no meta-training task of it): the default config, as a user would.
+        self._configs = self.configs_for(env.modality) or [self.space.default_config(env.modality)]
 
     def propose(self, obs: np.ndarray) -> np.ndarray:
         if self._next < len(self._configs):

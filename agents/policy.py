@@ -183,11 +183,13 @@ class PPOTuner(Tuner):
         self.shown_budget = None  # each episode starts with its own budget shown
         nvec = [int(n) for n in getattr(self.model.action_space, "nvec", [])]
         # A portfolio policy on a modality its meta-training never saw has no configs to choose
-        # among: it plays random configs at full fidelity, as the learned list does there.
+        # among: it plays the default config, then random configs, at full fidelity, as the
+        # learned list does there.
         self._blind = bool(self.info.portfolio) and not for_modality(self.info.portfolio, env.modality)
         if self._blind:
             log.warning(
-                "The portfolio policy has no configs for %s tasks (it never saw one); it plays random configs.",
+                "The portfolio policy has no configs for %s tasks (it never saw one); it plays the default "
+                "config, then random configs.",
                 env.modality,
             )
         if self.info.portfolio:
@@ -211,7 +213,7 @@ class PPOTuner(Tuner):
         (:func:`most_likely_first`).
         """
         if self._blind:
-            return self._random_new(self.env.default_action())
+            return next(self._blind_actions())
         obs = self.policy_view(obs)
         first, self._first = self._first, False
         with one_torch_thread():
@@ -257,7 +259,7 @@ class PPOTuner(Tuner):
         would pick, then the runners-up it would have picked had that one been tried already.
         """
         if self._blind:
-            return (self._random_new(self.env.default_action()) for _ in range(MAX_CANDIDATES))
+            return self._blind_actions()
         obs = self.policy_view(obs)
         with one_torch_thread():
             log_probs = self._log_probs(obs)
@@ -300,6 +302,15 @@ class PPOTuner(Tuner):
         if self.info.portfolio:  # every portfolio config is known in full: go on as the learned list does
             return self._random_new(fallback)
         return fallback  # every candidate looked at is a repeat: the budget will end the episode
+
+    def _blind_actions(self) -> Iterator[np.ndarray]:
+        """On a modality the policy never saw: the default config if it is new, then random new ones (full fidelity)."""
+        default = self.env.default_action()
+        default[HYPERPARAMETERS.index("epochs")] = self.space.choices["epochs"].index(self.space.max_epochs)
+        if not self._is_repeat(default):
+            yield default
+        for _ in range(MAX_CANDIDATES):
+            yield self._random_new(default)
 
     def _random_new(self, fallback: np.ndarray) -> np.ndarray:
         """A uniformly random config at full fidelity that is not a repeat (``fallback`` if none is found)."""

@@ -59,7 +59,7 @@ def learn_portfolio(
 
     ``size`` of each, or fewer where a modality's list is shorter: every modality gets the same number.
     The list for modalities without meta-training tasks (:data:`ANY_MODALITY`) is kept if it is as
-    long; otherwise such a modality plays random configs.
+    long; otherwise such a modality plays the default config, then random configs.
     """
     lists = LearnedListTuner.fit(store, space, train_seed=train_seed, exclude_datasets=exclude_datasets).lists
     n = min([size] + [len(configs) for modality, configs in lists.items() if modality != ANY_MODALITY])

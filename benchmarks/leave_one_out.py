@@ -8,6 +8,13 @@ coarse and fine labels) are held out together, so a held-out dataset's texts are
 dataset whose policy or bench folder already exists is reused, so an interrupted run goes on
 where it stopped. Writes one Markdown page with the table of every dataset.
 
+One PPO run per held-out dataset can be a lucky or an unlucky one (on the final store, the
+mnist-held-out policy went from the learned list's plan to a regret 20 times higher between two
+runs of the same recipe). ``--train-seeds K`` trains K policies per held-out dataset (PPO seeds
+``seed``, ``seed + 1``, ...; the first is the one every method's table uses) and benches ``ppo``
+with each; the page then gives ppo's regret per training seed, their mean and its standard error
+over the seeds, and TPE's speedup against that mean.
+
 Usage::
 
     python benchmarks/leave_one_out.py --total-steps 100000 --runs-dir runs/loo \\
@@ -28,11 +35,12 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import optuna
 import torch
 
 from rlhpo.agents.bench import BenchSettings, read_csv, run_bench
-from rlhpo.agents.bench_report import plot, speedup_text, summarise
+from rlhpo.agents.bench_report import budget_to_reach, plot, speedup_text, summarise
 from rlhpo.agents.evaluate import mean_se, pm
 from rlhpo.agents.meta_train import train_agent
 from rlhpo.agents.settings import METHODS, load_train_agent_settings
@@ -61,6 +69,12 @@ def main() -> None:
     parser.add_argument("--datasets", default=None, help="comma-separated (default: every dataset of the store)")
     parser.add_argument("--budgets", default="1,3,10,30")
     parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument(
+        "--train-seeds",
+        type=int,
+        default=1,
+        help="PPO training seeds per held-out dataset; seeds past the first add a ppo-only bench (see the docstring)",
+    )
     parser.add_argument("--runs-dir", default="runs/loo")
     parser.add_argument("--out", default="docs/benchmarks/leave_one_out.md")
     args = parser.parse_args()
@@ -98,6 +112,7 @@ def main() -> None:
     budgets = tuple(float(b) for b in args.budgets.split(","))
     rows: list[dict[str, Any]] = []
     anytime: list[dict[str, Any]] = []
+    seeded_rows: list[dict[str, Any]] = []  # ppo of training seeds past the first (--train-seeds)
     timings: dict[str, float] = {}
     kept = Path(args.out).with_suffix("")  # each dataset's table, plot and rows are kept beside the report
     for dataset in datasets:
@@ -127,11 +142,81 @@ def main() -> None:
         (kept / dataset).mkdir(parents=True, exist_ok=True)
         for name in ("bench.md", "bench.png", "bench.csv"):
             shutil.copy(runs / f"bench-{dataset}" / name, kept / dataset / name)
+        for k in range(1, args.train_seeds):  # more PPO training seeds: ppo only
+            seeded = runs / f"policy-{'+'.join(held_out)}-t{k}"
+            if not (seeded / "summary.json").exists():
+                settings = dataclasses.replace(base, exclude_datasets=held_out, seed=base.seed + k)
+                train_agent(settings, run_name=seeded.name, runs_dir=runs, argv=["benchmarks/leave_one_out.py"])
+            bench_k = dataclasses.replace(bench, methods=("ppo",), policy=str(seeded))
+            run_bench(bench_k, runs / f"bench-{dataset}-t{k}", argv=["benchmarks/leave_one_out.py"])
+            for r in read_csv(runs / f"bench-{dataset}-t{k}" / "bench.csv"):
+                seeded_rows.append({**r, "train_seed": k})
         print(f"{dataset}: done", flush=True)
     pooled = BenchSettings(tasks=tuple(datasets), methods=methods, budgets=budgets, seeds=args.seeds)
     report = summarise(rows, anytime, pooled)
     plot(report, pooled, Path(args.out).with_suffix(".png"))
-    write_report(Path(args.out), rows, report, datasets, methods, budgets, base, args, timings, backend)
+    seeds_section = train_seeds_section(rows, seeded_rows, report, datasets, budgets)
+    write_report(Path(args.out), rows, report, datasets, methods, budgets, base, args, timings, backend, seeds_section)
+
+
+def train_seeds_section(
+    rows: list[dict[str, Any]], seeded_rows: list[dict[str, Any]], report: dict[str, Any], datasets: list[str],
+    budgets: tuple[float, ...],
+) -> list[str]:  # fmt: skip
+    """ppo's regret per PPO training seed and over them (``--train-seeds``); no lines for one seed."""
+    if not seeded_rows:
+        return []
+    by_seed = [[r for r in rows if r["method"] == "ppo"]]
+    for k in sorted({r["train_seed"] for r in seeded_rows}):
+        by_seed.append([r for r in seeded_rows if r["train_seed"] == k])
+    ref = 3.0 if 3.0 in budgets else budgets[0]
+
+    def mean_at(seed_rows: list[dict[str, Any]], b: float, dataset: str | None = None) -> float:
+        return statistics.fmean(
+            r["regret"] for r in seed_rows if r["budget_fte"] == b and dataset in (None, r["dataset"])
+        )
+
+    n = len(by_seed)
+    lines = [
+        "",
+        f"## ppo over {n} PPO training seeds",
+        "",
+        "The tables above use the first training seed. Here each seed's policy is benched the same way; cells are "
+        "each seed's mean regret, then the mean over seeds ± its standard error over seeds.",
+        "",
+        f"Per held-out dataset, regret at {ref:g} FTE:",
+        "",
+        "| held-out dataset | " + " | ".join(f"seed {k}" for k in range(n)) + " | mean over seeds |",
+        "| --- | " + " | ".join("---" for _ in range(n)) + " | --- |",
+    ]
+    for d in datasets:
+        per = [mean_at(s, ref, d) for s in by_seed]
+        lines.append(f"| {d} | " + " | ".join(f"{v:.3f}" for v in per) + f" | {pm(mean_se(per))} |")
+    lines += [
+        "",
+        "Pooled over every held-out dataset:",
+        "",
+        "| budget | " + " | ".join(f"seed {k}" for k in range(n)) + " | mean over seeds |",
+        "| --- | " + " | ".join("---" for _ in range(n)) + " | --- |",
+    ]
+    for b in budgets:
+        per = [mean_at(s, b) for s in by_seed]
+        lines.append(f"| {b:g} FTE | " + " | ".join(f"{v:.3f}" for v in per) + f" | {pm(mean_se(per))} |")
+    target = statistics.fmean(mean_at(s, ref) for s in by_seed)
+    grid = np.array(report["grid"])
+    speedups = []
+    for m in ("tpe", "learned_list", "top_k"):
+        entry = report["methods"].get(m)
+        if entry and "anytime_mean" in entry:
+            reach = budget_to_reach(grid, np.array(entry["anytime_mean"]), target, ref)
+            speedups.append(f"{m} {speedup_text(reach)}")
+    if speedups:
+        lines += [
+            "",
+            f"Budget each method needs to reach ppo's mean over seeds at {ref:g} FTE ({target:.3f}), over "
+            f"{ref:g}: " + ", ".join(speedups) + ".",
+        ]
+    return lines
 
 
 def same_data(dataset: str, datasets: list[str]) -> tuple[str, ...]:
@@ -147,6 +232,7 @@ def same_data(dataset: str, datasets: list[str]) -> tuple[str, ...]:
 def write_report(
     out: Path, rows: list[dict[str, Any]], report: dict[str, Any], datasets: list[str], methods: tuple[str, ...],
     budgets: tuple[float, ...], base: Any, args: Any, timings: dict[str, float], backend: str,
+    seeds_section: list[str],
 ) -> None:  # fmt: skip
     ref = 3.0 if 3.0 in budgets else budgets[0]
     lines = [
@@ -209,6 +295,7 @@ def write_report(
             spent = [r["train_seconds"] for r in rows if r["method"] == m and r["budget_fte"] == b]
             cells.append(f"{statistics.fmean(spent):.0f}" if spent and None not in spent else "-")
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    lines += seeds_section
     lines += ["", f"![pooled anytime regret]({out.with_suffix('.png').name})"]
     if timings:
         minutes = ", ".join(f"{d} {s / 60:.1f}" for d, s in timings.items())

@@ -160,7 +160,7 @@ def test_ppo_tpe_shows_the_policy_its_meta_training_budget_and_ppo_the_episodes(
     assert env.history_features(0)[0] > env.history_features(0, horizon)[0]
 
 
-def test_a_portfolio_policy_plays_random_new_configs_on_a_modality_it_never_saw(
+def test_on_a_modality_it_never_saw_a_portfolio_policy_plays_the_default_config_then_random_new_ones(
     tmp_path_factory, space, portfolio, portfolio_policy
 ):
     # trec (text) was held out of its meta-training; without the list for any modality it has no text configs.
@@ -171,3 +171,17 @@ def test_a_portfolio_policy_plays_random_new_configs_on_a_modality_it_never_saw(
     result = run_tuner(tabular_only, env, 0, task=helpers.TREC.key())
     trials = [(t.config.key(), t.epochs) for t in result.trials]
     assert len(trials) == len(set(trials)) == 3 and all(e == space.max_epochs for _, e in trials)
+    default = space.default_config(env.modality).with_epochs(space.max_epochs)
+    assert result.trials[0].config == default
+    assert default not in [t.config for t in result.trials[1:]]
+
+
+def test_on_a_modality_without_a_list_the_learned_list_plays_the_default_config_first(
+    tmp_path_factory, space, portfolio
+):
+    from rlhpo.agents.learned_list import LearnedListTuner
+
+    env = HPOEnv("recorded", helpers.tiny_store(tmp_path_factory), space=space, budget_epochs=2 * space.max_epochs)
+    result = run_tuner(LearnedListTuner({"tabular": portfolio["tabular"]}), env, 0, task=helpers.TREC.key())
+    assert result.trials[0].config == space.default_config(env.modality).with_epochs(space.max_epochs)
+    assert result.trials[1].config != result.trials[0].config
