@@ -13,7 +13,7 @@ mnist-held-out policy went from the learned list's plan to a regret 20 times hig
 runs of the same recipe). ``--train-seeds K`` trains K policies per held-out dataset (PPO seeds
 ``seed``, ``seed + 1``, ...; the first is the one every method's table uses) and benches ``ppo``
 with each; the page then gives ppo's regret per training seed, their mean and its standard error
-over the seeds, and TPE's speedup against that mean.
+over the seeds, and the budget TPE, the learned list and top-k need to reach that mean.
 
 Usage::
 
@@ -103,6 +103,8 @@ def main() -> None:
     if args.imitation_episodes is not None:
         base = dataclasses.replace(base, imitation_episodes=args.imitation_episodes)
     methods = tuple(args.methods.split(","))
+    if args.train_seeds < 1 or (args.train_seeds > 1 and "ppo" not in methods):
+        parser.error(f"--train-seeds {args.train_seeds}: give at least 1, and more than 1 only with ppo in --methods.")
     backend = args.backend or base.backend
     store = CurveStore(base.store_path(), readonly=True)
     in_store = sorted({r.task.dataset for r in store.tasks(with_runs=True)})
