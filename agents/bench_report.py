@@ -90,6 +90,24 @@ def budget_to_reach(grid: np.ndarray, mean: np.ndarray, target: float, reference
     return {"budget_fte": budget, "ratio": budget / reference, "beyond": None}
 
 
+def seconds_to_reach(points: list[tuple[float, float]], target: float) -> tuple[float | None, bool]:
+    """Recorded seconds at which a method's mean regret reaches ``target``, from its per-budget means.
+
+    ``points``: (mean seconds, mean regret) of its episodes at each budget, smallest budget first.
+    Between two budgets, log-seconds are interpolated linearly in regret. Returns (seconds, exact):
+    ``exact`` False means the smallest budget already reaches it (the seconds are an upper bound);
+    (None, False) that no budget does.
+    """
+    for i, (seconds, regret) in enumerate(points):
+        if regret <= target + 1e-12:
+            if i == 0:
+                return seconds, False
+            (s0, r0), (s1, r1) = points[i - 1], points[i]
+            share = (r0 - target) / (r0 - r1)
+            return float(math.exp(math.log(s0) + share * (math.log(s1) - math.log(s0)))), True
+    return None, False
+
+
 def mean_ranks(rows: list[dict[str, Any]]) -> dict[str, float]:
     """Mean over (task, seed, budget) of each method's rank by regret (1 best; ties share the mean rank)."""
     groups: dict[tuple, list[dict[str, Any]]] = {}

@@ -57,6 +57,14 @@ def for_modality(lists: ConfigLists, modality: str) -> list[Config]:
     return list(lists.get(modality) or lists.get(ANY_MODALITY) or ())
 
 
+def full_fidelity_action(env: HPOEnv, config: Config) -> np.ndarray:
+    """The env's action for a listed ``config`` at full fidelity, with the task's family if it names none."""
+    config = config.with_epochs(env.space.max_epochs)
+    if env.space.families and config.family is None:
+        config = config.with_family(env.task_family)
+    return env.space.indices(config, env.modality)
+
+
 def learn_list(oracle: FullFidelity, task_keys: Sequence[str], weights: Sequence[float] | None = None) -> list[Config]:
     """Every config recorded at full fidelity on all of ``task_keys``, in greedy portfolio order.
 
@@ -130,10 +138,7 @@ class LearnedListTuner(Tuner):
     def propose(self, obs: np.ndarray) -> np.ndarray:
         if self._next < len(self._configs):
             self._next += 1
-            config = self._configs[self._next - 1].with_epochs(self.space.max_epochs)
-            if self.space.families and config.family is None:
-                config = config.with_family(self.env.task_family)
-            return self.space.indices(config, self.env.modality)
+            return full_fidelity_action(self.env, self._configs[self._next - 1])
         action = self.env.sample_action(self.rng)
         action[HYPERPARAMETERS.index("epochs")] = self.space.choices["epochs"].index(self.space.max_epochs)
         return action

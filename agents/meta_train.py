@@ -227,8 +227,9 @@ def _train_agent(
     )
 
     portfolio: dict[str, tuple[Config, ...]] = {}
+    fallback: tuple[Config, ...] = ()
     if settings.portfolio:  # learned from the meta-training tasks only, like the learned list it starts from
-        portfolio = learn_portfolio(
+        portfolio, fallback = learn_portfolio(
             backend.store,
             space,
             settings.portfolio,
@@ -258,7 +259,9 @@ def _train_agent(
         _learn(model, settings, run_dir, metrics, progress)
     train_seconds = time.perf_counter() - started
     # The policy file says what space its actions index and how it was trained.
-    info = PolicyInfo(space=space, budget_epochs=budget, settings=settings.to_dict(), portfolio=portfolio)
+    info = PolicyInfo(
+        space=space, budget_epochs=budget, settings=settings.to_dict(), portfolio=portfolio, fallback=fallback
+    )
     save_policy(model, checkpoint_path(run_dir / CHECKPOINTS, model.num_timesteps), info)
     save_policy(model, run_dir / POLICY_FILE, info)
 

@@ -26,7 +26,7 @@ import torch
 from stable_baselines3 import PPO
 
 from rlhpo.agents.base import Tuner
-from rlhpo.agents.learned_list import as_lists, for_modality
+from rlhpo.agents.learned_list import as_lists, for_modality, full_fidelity_action
 from rlhpo.agents.portfolio import portfolio_action, portfolio_features, portfolio_size
 from rlhpo.envs.hpo_env import HPOEnv, history_names
 from rlhpo.errors import RlhpoError
@@ -51,6 +51,9 @@ class PolicyInfo:
     settings: dict[str, Any] = field(default_factory=dict)  # train-agent's settings, as config.yaml holds them
     # A portfolio policy's configs per modality (rlhpo.agents.portfolio); empty: the policy acts in the space.
     portfolio: dict[str, tuple[Config, ...]] = field(default_factory=dict)
+    # What a portfolio policy plays on a modality it has no portfolio for: the learned list of the
+    # configs recorded on every meta-training task (learn_portfolio); empty: the default config.
+    fallback: tuple[Config, ...] = ()
 
     @property
     def meta_features(self) -> bool:
@@ -78,6 +81,7 @@ class PolicyInfo:
             "budget_epochs": self.budget_epochs,
             "settings": self.settings,
             "portfolio": {m: [c.to_dict() for c in configs] for m, configs in self.portfolio.items()},
+            "fallback": [c.to_dict() for c in self.fallback],
         }
 
     @classmethod
@@ -88,6 +92,7 @@ class PolicyInfo:
             budget_epochs=data.get("budget_epochs"),
             settings=dict(data.get("settings") or {}),
             portfolio=_portfolio(data.get("portfolio")),
+            fallback=tuple(Config(**c) for c in data.get("fallback") or ()),
         )
 
 
@@ -183,14 +188,16 @@ class PPOTuner(Tuner):
         self.shown_budget = None  # each episode starts with its own budget shown
         nvec = [int(n) for n in getattr(self.model.action_space, "nvec", [])]
         # A portfolio policy on a modality its meta-training never saw has no configs to choose
-        # among: it plays the default config, then random configs, at full fidelity, as the
-        # learned list does there.
+        # among: it plays its fallback list (else the default config), then random configs, at full
+        # fidelity, as the learned list does there.
         self._blind = bool(self.info.portfolio) and not for_modality(self.info.portfolio, env.modality)
         if self._blind:
             log.warning(
-                "The portfolio policy has no configs for %s tasks (it never saw one); it plays the default "
-                "config, then random configs.",
+                "The portfolio policy has no configs for %s tasks (it never saw one); it plays %s, then random ones.",
                 env.modality,
+                f"the {len(self.info.fallback)} configs that did best on every task"
+                if self.info.fallback
+                else "the default config",
             )
         if self.info.portfolio:
             expected = [portfolio_size(self.info.portfolio), len(self.space.choices["epochs"])]
@@ -304,13 +311,13 @@ class PPOTuner(Tuner):
         return fallback  # every candidate looked at is a repeat: the budget will end the episode
 
     def _blind_actions(self) -> Iterator[np.ndarray]:
-        """On a modality the policy never saw: the default config if it is new, then random new ones (full fidelity)."""
-        default = self.env.default_action()
-        default[HYPERPARAMETERS.index("epochs")] = self.space.choices["epochs"].index(self.space.max_epochs)
-        if not self._is_repeat(default):
-            yield default
+        """On a modality the policy never saw: its fallback configs (else the default config) that are new,
+        then random new ones, all at full fidelity."""
+        listed = self.info.fallback or (self.space.default_config(self.env.modality),)
+        actions = [full_fidelity_action(self.env, config) for config in listed]
+        yield from (action for action in actions if not self._is_repeat(action))
         for _ in range(MAX_CANDIDATES):
-            yield self._random_new(default)
+            yield self._random_new(actions[0])
 
     def _random_new(self, fallback: np.ndarray) -> np.ndarray:
         """A uniformly random config at full fidelity that is not a repeat (``fallback`` if none is found)."""

@@ -20,7 +20,10 @@ latest score. The portfolio is saved in the policy file
 (:class:`rlhpo.agents.policy.PolicyInfo`), so a tuner plays exactly the configs it was trained on.
 On a task of another family the configs are played with the task's family, as the learned list
 does. Once every portfolio config is known at full fidelity, :class:`~rlhpo.agents.policy.PPOTuner`
-goes on with random new configs at full fidelity, as the learned list does past its end.
+goes on with random new configs at full fidelity, as the learned list does past its end. On a
+modality without a portfolio (no meta-training task of it), the policy plays the file's
+*fallback*, the list of the configs recorded on every meta-training task, as the learned list
+does there (:func:`learn_portfolio`).
 
 PPO from a random policy need not find even the list's own plan (train the configs in order, at
 full fidelity) in a short run. With ``imitation_episodes: K``, the policy is first fitted to that
@@ -54,16 +57,20 @@ def learn_portfolio(
     *,
     train_seed: int = 0,
     exclude_datasets: Sequence[str] = (),
-) -> dict[str, tuple[Config, ...]]:
+) -> tuple[dict[str, tuple[Config, ...]], tuple[Config, ...]]:
     """Per modality, the first configs of the learned list of the store's tasks less ``exclude_datasets``.
 
     ``size`` of each, or fewer where a modality's list is shorter: every modality gets the same number.
-    The list for modalities without meta-training tasks (:data:`ANY_MODALITY`) is kept if it is as
-    long; otherwise such a modality plays the default config, then random configs.
+    The list for modalities without meta-training tasks (:data:`ANY_MODALITY`) is in the portfolio
+    if it is as long. Returned with the *fallback*: that list, whatever its length, when the
+    portfolio does not hold it (else empty). A policy plays it in order on a modality it has no
+    portfolio for, as the learned list does (:meth:`~rlhpo.agents.policy.PPOTuner.start`).
     """
     lists = LearnedListTuner.fit(store, space, train_seed=train_seed, exclude_datasets=exclude_datasets).lists
     n = min([size] + [len(configs) for modality, configs in lists.items() if modality != ANY_MODALITY])
-    return {modality: tuple(configs[:n]) for modality, configs in lists.items() if len(configs) >= n}
+    portfolio = {modality: tuple(configs[:n]) for modality, configs in lists.items() if len(configs) >= n}
+    fallback = () if ANY_MODALITY in portfolio else tuple(lists.get(ANY_MODALITY, ()))
+    return portfolio, fallback
 
 
 def portfolio_size(portfolio: ConfigLists) -> int:

@@ -1,7 +1,7 @@
 """Is `bow`'s gap to TF-IDF + LinearSVC its pooling / weighting and regularisation, or its inputs?
 
     python benchmarks/bow_weighting_probe.py --data-dir <data folder> [--datasets ag_news,trec,imdb] \\
-        [--parts svm,bow,tfidf] [--seeds 0] [--tfidf H/LR/BS/DROPOUT/WD,...]
+        [--parts svm,svm_hashed,bow,tfidf] [--seeds 0] [--tfidf H/LR/BS/DROPOUT/WD,...]
 
 Every part trains on the same data as ``rlhpo tune --seed 0`` and as
 ``benchmarks/text_preprocessing_probe.py``'s **today** variant: the shipped preprocessing (BPE
@@ -11,6 +11,9 @@ validation split), tested on the test split. Parts:
 - ``svm``: sklearn ``TfidfVectorizer(sublinear_tf=True, ngram_range=(1, 2))`` + ``LinearSVC(C=0.5)``
   with rlhpo's token ids as the words (exact id bigrams, no hashing): do the tokens the networks
   see suffice for the linear baseline's accuracy?
+- ``svm_hashed``: the same SVM over ``bow``'s own terms (``rlhpo.models.bag_ids``: token ids and
+  bigrams hashed into ``BOW_BUCKETS``), as unigrams of those term ids: what a linear SVM reaches
+  on exactly what ``bow`` sees, so the hashing's cost is the ``svm`` row less this one.
 - ``bow``: the shipped ``bow`` at the text-preprocessing probe's best config (``BEST`` there), 9 epochs.
   Since session 8 that is the TF-IDF bag; the figures in ``linear_baseline.md`` (session 7) are the
   mean bag's, as it was then.
@@ -130,14 +133,19 @@ def train_tested(data: TaskData, config: Config, seed: int) -> Run:
     return Run(tests[-1], best + 1, accs[best], tests[best], seconds, curve.diverged)
 
 
-def svm_on_ids(data: TaskData, seed: int) -> tuple[float, float, int]:
-    """(test accuracy, seconds, number of features) of TF-IDF + LinearSVC(C=0.5) over the token ids."""
+def svm_on_ids(data: TaskData, seed: int, hashed: bool = False) -> tuple[float, float, int]:
+    """(test accuracy, seconds, number of features) of TF-IDF + LinearSVC(C=0.5) over the token ids.
+
+    ``hashed``: over ``bow``'s terms (token ids and hashed bigram ids) as unigrams, not exact id bigrams.
+    """
 
     def texts(x: torch.Tensor) -> list[str]:
-        return [" ".join(str(t) for t in row[row != PAD_ID].tolist()) for row in x]
+        terms = bag_ids(x.long(), data.vocab_size) if hashed else x
+        return [" ".join(str(t) for t in row[row != PAD_ID].tolist()) for row in terms]
 
     started = time.perf_counter()
-    vectorizer = TfidfVectorizer(sublinear_tf=True, ngram_range=(1, 2), token_pattern=r"\S+", lowercase=False)
+    ngrams = (1, 1) if hashed else (1, 2)
+    vectorizer = TfidfVectorizer(sublinear_tf=True, ngram_range=ngrams, token_pattern=r"\S+", lowercase=False)
     features = vectorizer.fit_transform(texts(data.x_train))
     svm = LinearSVC(C=0.5, random_state=seed).fit(features, data.y_train.numpy())
     pred = svm.predict(vectorizer.transform(texts(data.x_test)))
@@ -177,7 +185,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", default=os.environ.get("RLHPO_DATA_DIR"))
     parser.add_argument("--datasets", default="ag_news,trec,imdb")
-    parser.add_argument("--parts", default="svm,bow,tfidf", help="Of svm, bow, tfidf.")
+    parser.add_argument("--parts", default="svm,bow,tfidf", help="Of svm, svm_hashed, bow, tfidf.")
     parser.add_argument("--seeds", default="0", help="Training seeds (the task's split is seed 0's in every run).")
     parser.add_argument(
         "--tfidf", default=DEFAULT_TFIDF, help="TF-IDF models, H/LR/BS/DROPOUT/WD each (H 0: linear head)."
@@ -200,10 +208,14 @@ def main() -> None:
             file=sys.stderr,
             flush=True,
         )
-        if "svm" in parts:
-            acc, seconds, n_features = svm_on_ids(data, seed=0)
+        for part in ("svm", "svm_hashed"):
+            if part not in parts:
+                continue
+            acc, seconds, n_features = svm_on_ids(data, seed=0, hashed=part == "svm_hashed")
+            terms = "bow's terms (hashed bigrams)" if part == "svm_hashed" else "exact id 1-2-grams"
             svm_rows.append(
-                f"| {dataset} | {data.input_shape[0]} | {data.vocab_size} | {n_features} | {acc:.3f} | {seconds:.0f} |"
+                f"| {dataset} | {terms} | {data.input_shape[0]} | {data.vocab_size} | {n_features} | {acc:.3f} | "
+                f"{seconds:.0f} |"
             )
             print(svm_rows[-1], file=sys.stderr, flush=True)
         if "bow" in parts:
@@ -226,9 +238,9 @@ def main() -> None:
                 print(rows[-1], flush=True)
     if svm_rows:
         print(
-            "\nTF-IDF (1-2-grams of token ids, sublinear tf) + LinearSVC(C=0.5), tune pool, test accuracy\n\n"
-            "| dataset | seq len | vocab | features | test accuracy | seconds |\n"
-            "| --- | ---: | ---: | ---: | ---: | ---: |\n" + "\n".join(svm_rows),
+            "\nTF-IDF (of token ids, sublinear tf) + LinearSVC(C=0.5), tune pool, test accuracy\n\n"
+            "| dataset | terms | seq len | vocab | features | test accuracy | seconds |\n"
+            "| --- | --- | ---: | ---: | ---: | ---: | ---: |\n" + "\n".join(svm_rows),
             flush=True,
         )
     if rows:

@@ -40,7 +40,7 @@ import optuna
 import torch
 
 from rlhpo.agents.bench import BenchSettings, read_csv, run_bench
-from rlhpo.agents.bench_report import budget_to_reach, plot, speedup_text, summarise
+from rlhpo.agents.bench_report import budget_to_reach, plot, seconds_to_reach, speedup_text, summarise
 from rlhpo.agents.evaluate import mean_se, pm
 from rlhpo.agents.meta_train import train_agent
 from rlhpo.agents.settings import METHODS, load_train_agent_settings
@@ -297,6 +297,7 @@ def write_report(
             spent = [r["train_seconds"] for r in rows if r["method"] == m and r["budget_fte"] == b]
             cells.append(f"{statistics.fmean(spent):.0f}" if spent and None not in spent else "-")
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    lines += seconds_section(rows, methods, datasets, budgets, ref)
     lines += seeds_section
     lines += ["", f"![pooled anytime regret]({out.with_suffix('.png').name})"]
     if timings:
@@ -306,6 +307,54 @@ def write_report(
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(lines))
     print(out.read_text())
+
+
+def seconds_section(
+    rows: list[dict[str, Any]], methods: tuple[str, ...], datasets: list[str], budgets: tuple[float, ...], ref: float
+) -> list[str]:
+    """Speedup at equal recorded seconds: the seconds each method needs to reach ppo's regret at ``ref`` FTE."""
+    if "ppo" not in methods or ref not in budgets:
+        return []
+
+    def means(m: str, dataset: str | None) -> list[tuple[float, float]]:
+        out = []
+        for b in budgets:
+            mine = [r for r in rows if r["method"] == m and r["budget_fte"] == b and dataset in (None, r["dataset"])]
+            if not mine or any(r["train_seconds"] is None for r in mine):
+                return []
+            out.append(
+                (statistics.fmean(r["train_seconds"] for r in mine), statistics.fmean(r["regret"] for r in mine))
+            )
+        return out
+
+    def cell(m: str, dataset: str | None) -> str:
+        ppo = dict(zip(budgets, means("ppo", dataset)))
+        points = means(m, dataset)
+        if ref not in ppo or not points:
+            return "-"
+        ppo_seconds, target = ppo[ref]
+        seconds, exact = seconds_to_reach(points, target)
+        if seconds is None:
+            return f"not reached (> {points[-1][0] / ppo_seconds:.1f}×)"
+        bound = "" if exact else "≤ "
+        return f"{bound}{seconds / ppo_seconds:.1f}× ({bound}{seconds:.{0 if seconds >= 10 else 1}f} s)"
+
+    others = [m for m in methods if m != "ppo"]
+    lines = [
+        "",
+        f"Speedup at equal recorded seconds: the training seconds each method needs to reach ppo's mean regret at "
+        f"{ref:g} FTE, over ppo's seconds at {ref:g} FTE (from each method's per-budget means; log-seconds "
+        "interpolated in regret between budgets; ≤: its smallest budget already reaches it):",
+        "",
+        "| held-out dataset | ppo s @ " + f"{ref:g} | " + " | ".join(others) + " |",
+        "| --- | --- | " + " | ".join("---" for _ in others) + " |",
+    ]
+    for d in [*datasets, None]:
+        ppo = dict(zip(budgets, means("ppo", d)))
+        seconds = f"{ppo[ref][0]:.{0 if ppo[ref][0] >= 10 else 1}f}" if ref in ppo else "-"
+        name = d if d is not None else "**pooled**"
+        lines.append(f"| {name} | {seconds} | " + " | ".join(cell(m, d) for m in others) + " |")
+    return lines
 
 
 def _argv(args: Any) -> list[str]:

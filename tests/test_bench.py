@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import math
 
 import helpers
 import pytest
@@ -87,6 +88,17 @@ def test_regret_is_never_negative_and_full_fidelity_methods_improve_with_budget(
     # The speedup is measured against the policy's regret at the reference budget.
     assert summary["report"]["methods"]["ppo"]["speedup"] is None
     assert all("speedup" in e for e in summary["report"]["methods"].values())
+
+
+def test_seconds_to_reach_interpolates_log_seconds_between_budgets():
+    from rlhpo.agents.bench_report import seconds_to_reach
+
+    points = [(10.0, 0.3), (100.0, 0.1), (1000.0, 0.05)]  # (mean seconds, mean regret) at each budget
+    seconds, exact = seconds_to_reach(points, 0.2)
+    assert exact and seconds == pytest.approx(math.sqrt(10.0 * 100.0))  # halfway in regret: the geometric mean
+    assert seconds_to_reach(points, 0.05) == (pytest.approx(1000.0), True)
+    assert seconds_to_reach(points, 0.5) == (10.0, False)  # the smallest budget already reaches it: a bound
+    assert seconds_to_reach(points, 0.01) == (None, False)  # never reached
 
 
 def test_the_best_known_config_has_zero_regret(tiny):

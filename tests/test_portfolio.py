@@ -34,7 +34,9 @@ def space(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def portfolio(tmp_path_factory, space):
-    return learn_portfolio(helpers.tiny_store(tmp_path_factory), space, 4, exclude_datasets=["trec"])
+    portfolio, fallback = learn_portfolio(helpers.tiny_store(tmp_path_factory), space, 4, exclude_datasets=["trec"])
+    assert fallback == ()  # the list for any modality is long enough to be in the portfolio
+    return portfolio
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +59,7 @@ def test_the_portfolio_is_the_learned_lists_head_from_the_meta_training_tasks(tm
 
 def test_each_modality_plays_its_own_portfolio_of_one_length(tmp_path_factory, space):
     store = helpers.tiny_store(tmp_path_factory)
-    both = learn_portfolio(store, space, 50)
+    both, _ = learn_portfolio(store, space, 50)
     assert {"tabular", "text"} <= set(both)
     assert len(both["tabular"]) == len(both["text"]) == portfolio_size(both)  # the shorter list's length
     env = HPOEnv("recorded", store, space=space)
@@ -174,6 +176,21 @@ def test_on_a_modality_it_never_saw_a_portfolio_policy_plays_the_default_config_
     default = space.default_config(env.modality).with_epochs(space.max_epochs)
     assert result.trials[0].config == default
     assert default not in [t.config for t in result.trials[1:]]
+
+
+def test_on_a_modality_it_never_saw_a_portfolio_policy_plays_its_fallback_list_first(
+    tmp_path_factory, space, portfolio, portfolio_policy
+):
+    # The list for any modality, shorter than the portfolio, is what the policy keeps for an unseen modality.
+    short = {"tabular": portfolio["tabular"], "*": portfolio["*"][:2]}
+    info = dataclasses.replace(portfolio_policy.info, portfolio={"tabular": short["tabular"]}, fallback=short["*"])
+    assert PolicyInfo.from_dict(info.to_dict()) == info  # the policy file keeps it
+    tuner = PPOTuner(portfolio_policy.model, info)
+    env = HPOEnv("recorded", helpers.tiny_store(tmp_path_factory), space=space, budget_epochs=4 * space.max_epochs)
+    result = run_tuner(tuner, env, 0, task=helpers.TREC.key())
+    played = [t.config for t in result.trials]
+    assert played[:2] == [c.with_epochs(space.max_epochs) for c in short["*"]]
+    assert len(played) == len(set(played)) == 4 and all(t.epochs == space.max_epochs for t in result.trials)
 
 
 def test_on_a_modality_without_a_list_the_learned_list_plays_the_default_config_first(
