@@ -338,7 +338,8 @@ class PPOTPETuner(TPETuner):
        episode its choices were learned on; in a longer one, it reads the large budget left as
        room to explore, and would be cut off mid-plan (on ag_news at 10 FTE it found the best
        config one trial later than at 3 FTE). So up to the horizon, this tuner plays exactly as
-       ``ppo`` does with a budget of 3 FTE. A trial count would depend on the fidelities the
+       ``ppo`` does (:meth:`PPOTuner.set_horizon`: a portfolio policy plays any longer budget
+       the same way up to its horizon). A trial count would depend on the fidelities the
        policy picks; a budget share does not. Each policy trial is added to the study as a
        complete trial (``create_trial``): the params of the config that answered, its score as
        the value (at the fidelity it ran; a low-fidelity score is an underestimate, which TPE
@@ -377,18 +378,16 @@ class PPOTPETuner(TPETuner):
     def start(self, env: HPOEnv, seed: int) -> None:
         super().start(env, seed)
         self.policy.start(env, seed)
-        horizon = self.policy_epochs or self.policy.info.budget_epochs or self.space.budget_epochs()
-        self._policy_until = min(horizon, env.budget_epochs)
-        self.policy.shown_budget = self._policy_until  # a policy that observes the budget's size sees its horizon
+        self.policy.set_horizon(self.policy_epochs or self.policy.info.budget_epochs or self.space.budget_epochs())
         self._from_policy = False
         self._configs = for_modality(self.lists, env.modality)
         self._next = 0  # the next of ``configs`` to enqueue
 
     def propose(self, obs: np.ndarray) -> np.ndarray:
         used = self.env.budget_epochs - self.env.budget_remaining
-        self._from_policy = used < self._policy_until
+        self._from_policy = used < self.policy.horizon
         if self._from_policy:
-            return self.policy.propose(self._within_horizon(obs, used))
+            return self.policy.propose(obs)
         self._enqueue_next()
         return super().propose(obs)  # the trial enqueued, if any, else TPE's own
 
@@ -403,19 +402,6 @@ class PPOTPETuner(TPETuner):
                 self.study.enqueue_trial(self._params(config)[0])
                 return
             log.debug("ppo_tpe: %s is known already, not enqueued", config.to_dict())
-
-    def _within_horizon(self, obs: np.ndarray, used: int) -> np.ndarray:
-        """``obs`` as in an episode whose budget is the policy's horizon: its budget and step fractions."""
-        env, horizon = self.env, self._policy_until
-        if horizon == env.budget_epochs:
-            return obs
-        names = env.observation_names
-        out = np.array(obs, dtype=np.float32, copy=True)
-        steps = round(float(obs[names.index("steps")]) * env.max_steps)
-        out[names.index("budget_used")] = used / horizon
-        out[names.index("budget_remaining")] = (horizon - used) / horizon
-        out[names.index("steps")] = min(steps / (horizon // min(self.space.choices["epochs"])), 1.0)
-        return out
 
     def observe(self, action: np.ndarray, result: StepResult) -> None:
         if not self._from_policy:

@@ -15,7 +15,7 @@ import json
 import logging
 import math
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -158,6 +158,7 @@ class PPOTuner(Tuner):
         # The budget the policy is told of (its observed budget size), None: the episode's. ``ppo_tpe``
         # plays the policy as in an episode of its meta-training budget and sets it to that.
         self.shown_budget: int | None = None
+        self.horizon = 0  # epochs it plays as in an episode of that budget (set by start, set_horizon)
         self._blind = False  # a portfolio policy on a modality it has no configs for (set by start)
 
     @property
@@ -186,6 +187,10 @@ class PPOTuner(Tuner):
         super().start(env, seed)
         self._first = True
         self.shown_budget = None  # each episode starts with its own budget shown
+        self.horizon = env.budget_epochs
+        drawn = self.info.settings.get("budget_fte_range")  # a policy meta-trained at many budgets plays them all
+        if self.info.portfolio and self.info.budget_epochs and not drawn:
+            self.set_horizon(self.info.budget_epochs)
         nvec = [int(n) for n in getattr(self.model.action_space, "nvec", [])]
         # A portfolio policy on a modality its meta-training never saw has no configs to choose
         # among: it plays its fallback list (else the default config), then random configs, at full
@@ -221,7 +226,9 @@ class PPOTuner(Tuner):
         """
         if self._blind:
             return next(self._blind_actions())
-        obs = self.policy_view(obs)
+        if self.past_horizon:
+            return next(self._listed_then_random(for_modality(self.info.portfolio, self.env.modality)))
+        obs = self.policy_view(self.within_horizon(obs))
         first, self._first = self._first, False
         with one_torch_thread():
             if first and self.info.first_trial_top > 1:
@@ -267,10 +274,46 @@ class PPOTuner(Tuner):
         """
         if self._blind:
             return self._blind_actions()
-        obs = self.policy_view(obs)
+        if self.past_horizon:
+            return self._listed_then_random(for_modality(self.info.portfolio, self.env.modality))
+        obs = self.policy_view(self.within_horizon(obs))
         with one_torch_thread():
             log_probs = self._log_probs(obs)
         return (self.env_action(a) for a in itertools.islice(most_likely_first(log_probs), MAX_CANDIDATES))
+
+    def set_horizon(self, epochs: int) -> None:
+        """Play the first ``epochs`` of the episode (at most its budget) as in an episode of that budget.
+
+        :meth:`start` sets it to a portfolio policy's meta-training budget. Within the horizon the
+        policy observes the budget's size and the budget and step fractions of an episode of that
+        budget (:meth:`within_horizon`): the episode its choices were learned on. In a longer one it
+        would read the large budget left as room to explore, out of what it was trained on. Past the
+        horizon a portfolio policy trains its portfolio's configs that the episode does not know in
+        full, in the learned list's order, then random new configs, all at full fidelity, as the
+        learned list does. ``ppo_tpe`` sets its own horizon and hands over to TPE there.
+        """
+        self.horizon = min(int(epochs), self.env.budget_epochs)
+        self.shown_budget = self.horizon
+
+    @property
+    def past_horizon(self) -> bool:
+        """Whether the episode has spent the horizon (:meth:`set_horizon`); never for a policy without a portfolio."""
+        used = self.env.budget_epochs - self.env.budget_remaining
+        return bool(self.info.portfolio) and self.horizon < self.env.budget_epochs and used >= self.horizon
+
+    def within_horizon(self, obs: np.ndarray) -> np.ndarray:
+        """``obs`` as in an episode whose budget is the horizon: its budget and step fractions."""
+        env, horizon = self.env, self.horizon
+        if horizon == env.budget_epochs:
+            return obs
+        used = env.budget_epochs - env.budget_remaining
+        names = env.observation_names
+        out = np.array(obs, dtype=np.float32, copy=True)
+        steps = round(float(obs[names.index("steps")]) * env.max_steps)
+        out[names.index("budget_used")] = used / horizon
+        out[names.index("budget_remaining")] = max(horizon - used, 0) / horizon
+        out[names.index("steps")] = min(steps / (horizon // min(self.space.choices["epochs"])), 1.0)
+        return out
 
     def policy_view(self, obs: np.ndarray) -> np.ndarray:
         """What the policy sees of the env's observation, as in its meta-training.
@@ -311,10 +354,12 @@ class PPOTuner(Tuner):
         return fallback  # every candidate looked at is a repeat: the budget will end the episode
 
     def _blind_actions(self) -> Iterator[np.ndarray]:
-        """On a modality the policy never saw: its fallback configs (else the default config) that are new,
-        then random new ones, all at full fidelity."""
-        listed = self.info.fallback or (self.space.default_config(self.env.modality),)
-        actions = [full_fidelity_action(self.env, config) for config in listed]
+        """On a modality the policy never saw: its fallback configs, else the default config (see :meth:`start`)."""
+        return self._listed_then_random(self.info.fallback or (self.space.default_config(self.env.modality),))
+
+    def _listed_then_random(self, configs: Sequence[Config]) -> Iterator[np.ndarray]:
+        """``configs`` the episode does not know in full, in order, then random new configs; all at full fidelity."""
+        actions = [full_fidelity_action(self.env, config) for config in configs]
         yield from (action for action in actions if not self._is_repeat(action))
         for _ in range(MAX_CANDIDATES):
             yield self._random_new(actions[0])

@@ -145,7 +145,7 @@ def test_imitation_needs_a_portfolio():
         TrainAgentSettings(imitation_episodes=10)
 
 
-def test_ppo_tpe_shows_the_policy_its_meta_training_budget_and_ppo_the_episodes(
+def test_a_portfolio_policy_and_ppo_tpe_show_the_policy_its_meta_training_budget(
     tmp_path_factory, space, portfolio_policy
 ):
     from rlhpo.agents.optuna_interop import PPOTPETuner
@@ -155,11 +155,41 @@ def test_ppo_tpe_shows_the_policy_its_meta_training_budget_and_ppo_the_episodes(
     size = len(portfolio_names(4))
     horizon = portfolio_policy.info.budget_epochs
     assert horizon == 2 * space.max_epochs
+    assert env.history_features(0)[0] > env.history_features(0, horizon)[0]
     PPOTPETuner(portfolio_policy).start(env, 0)
     assert portfolio_policy.policy_view(obs)[-size] == pytest.approx(env.history_features(0, horizon)[0])
-    portfolio_policy.start(env, 0)  # the same policy as plain ppo: the episode's own budget
-    assert portfolio_policy.policy_view(obs)[-size] == pytest.approx(env.history_features(0)[0])
-    assert env.history_features(0)[0] > env.history_features(0, horizon)[0]
+    portfolio_policy.start(env, 0)  # plain ppo: the same, within its horizon
+    assert portfolio_policy.horizon == horizon
+    assert portfolio_policy.policy_view(obs)[-size] == pytest.approx(env.history_features(0, horizon)[0])
+    budget_used = env.observation_names.index("budget_used")
+    assert portfolio_policy.within_horizon(obs)[budget_used] == 0.0
+    # A policy meta-trained at drawn budgets plays every budget as its own.
+    drawn = dataclasses.replace(
+        portfolio_policy.info, settings={**portfolio_policy.info.settings, "budget_fte_range": [1, 30]}
+    )
+    tuner = PPOTuner(portfolio_policy.model, drawn)
+    tuner.start(env, 0)
+    assert tuner.horizon == env.budget_epochs
+    assert tuner.policy_view(obs)[-size] == pytest.approx(env.history_features(0)[0])
+
+
+def test_past_its_horizon_a_portfolio_policy_trains_its_portfolio_in_order(
+    tmp_path_factory, space, portfolio, portfolio_policy
+):
+    store = helpers.tiny_store(tmp_path_factory)
+    env = HPOEnv("recorded", store, space=space, budget_epochs=8 * space.max_epochs)
+    result = run_tuner(portfolio_policy, env, 0, task=helpers.DIGITS.key())
+    horizon = portfolio_policy.info.budget_epochs
+    used, after = 0, []
+    for trial in result.trials:
+        if used >= horizon:
+            after.append(trial)
+        used += trial.epochs
+    assert after and all(t.epochs == space.max_epochs for t in after)
+    known = {t.config for t in result.trials[: len(result.trials) - len(after)] if t.epochs == space.max_epochs}
+    untried = [c.with_epochs(space.max_epochs) for c in portfolio["tabular"]]
+    untried = [c for c in untried if c not in known]
+    assert [t.config for t in after[: len(untried)]] == untried
 
 
 def test_on_a_modality_it_never_saw_a_portfolio_policy_plays_the_default_config_then_random_new_ones(
