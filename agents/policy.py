@@ -222,7 +222,8 @@ class PPOTuner(Tuner):
 
         A repeated trial (:meth:`HPOEnv.is_repeat`) gives the same curve again and only spends
         budget, so the most likely action is replaced by the next most likely one that is new
-        (:func:`most_likely_first`).
+        (:func:`most_likely_first`). On a modality it has no portfolio for, and past its horizon
+        (:meth:`set_horizon`), a portfolio policy plays a list instead.
         """
         if self._blind:
             return next(self._blind_actions())
