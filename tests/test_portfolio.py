@@ -57,6 +57,18 @@ def test_the_portfolio_is_the_learned_lists_head_from_the_meta_training_tasks(tm
     assert len({c.key() for c in portfolio["tabular"]}) == 4
 
 
+def test_a_list_for_any_modality_shorter_than_the_portfolio_is_kept_as_the_fallback(monkeypatch, space, portfolio):
+    from rlhpo.agents.learned_list import LearnedListTuner
+
+    configs = list(portfolio["tabular"])
+    lists = {"tabular": configs, "text": configs[::-1], "*": configs[:2]}
+    monkeypatch.setattr(LearnedListTuner, "fit", classmethod(lambda cls, *a, **k: cls(lists)))
+    short, fallback = learn_portfolio("unused.sqlite", space, 4)
+    assert short == {"tabular": tuple(configs), "text": tuple(configs[::-1])} and fallback == tuple(configs[:2])
+    long, fallback = learn_portfolio("unused.sqlite", space, 2)  # as long as the portfolio: in it, no fallback
+    assert long["*"] == tuple(configs[:2]) and fallback == ()
+
+
 def test_each_modality_plays_its_own_portfolio_of_one_length(tmp_path_factory, space):
     store = helpers.tiny_store(tmp_path_factory)
     both, _ = learn_portfolio(store, space, 50)
