@@ -58,11 +58,8 @@ def for_modality(lists: ConfigLists, modality: str) -> list[Config]:
 
 
 def full_fidelity_action(env: HPOEnv, config: Config) -> np.ndarray:
-    """The env's action for a listed ``config`` at full fidelity, with the task's family if it names none."""
-    config = config.with_epochs(env.space.max_epochs)
-    if env.space.families and config.family is None:
-        config = config.with_family(env.task_family)
-    return env.space.indices(config, env.modality)
+    """The env's action for a listed ``config`` at full fidelity, as the task trains it (:meth:`HPOEnv.on_task`)."""
+    return env.space.indices(env.on_task(config.with_epochs(env.space.max_epochs)), env.modality)
 
 
 def learn_list(oracle: FullFidelity, task_keys: Sequence[str], weights: Sequence[float] | None = None) -> list[Config]:

@@ -384,8 +384,7 @@ class PPOTPETuner(TPETuner):
         self._next = 0  # the next of ``configs`` to enqueue
 
     def propose(self, obs: np.ndarray) -> np.ndarray:
-        used = self.env.budget_epochs - self.env.budget_remaining
-        self._from_policy = used < self.policy.horizon
+        self._from_policy = self.env.budget_used < self.policy.horizon
         if self._from_policy:
             return self.policy.propose(obs)
         self._enqueue_next()
@@ -394,10 +393,8 @@ class PPOTPETuner(TPETuner):
     def _enqueue_next(self) -> None:
         """Enqueue the next of ``configs`` that would not repeat what the episode knows; none once they run out."""
         while self._next < len(self._configs):
-            config = self._configs[self._next].with_epochs(self.space.max_epochs)
+            config = self.env.on_task(self._configs[self._next].with_epochs(self.space.max_epochs))
             self._next += 1
-            if self.space.families and config.family is None:
-                config = config.with_family(self.env.task_family)
             if not self.env.is_repeat(config):
                 self.study.enqueue_trial(self._params(config)[0])
                 return

@@ -299,15 +299,15 @@ class PPOTuner(Tuner):
     @property
     def past_horizon(self) -> bool:
         """Whether the episode has spent the horizon (:meth:`set_horizon`); never for a policy without a portfolio."""
-        used = self.env.budget_epochs - self.env.budget_remaining
-        return bool(self.info.portfolio) and self.horizon < self.env.budget_epochs and used >= self.horizon
+        env = self.env
+        return bool(self.info.portfolio) and self.horizon < env.budget_epochs and env.budget_used >= self.horizon
 
     def within_horizon(self, obs: np.ndarray) -> np.ndarray:
         """``obs`` as in an episode whose budget is the horizon: its budget and step fractions."""
         env, horizon = self.env, self.horizon
         if horizon == env.budget_epochs:
             return obs
-        used = env.budget_epochs - env.budget_remaining
+        used = env.budget_used
         names = env.observation_names
         out = np.array(obs, dtype=np.float32, copy=True)
         steps = round(float(obs[names.index("steps")]) * env.max_steps)

@@ -99,8 +99,7 @@ def portfolio_config(env: HPOEnv, portfolio: ConfigLists, action: Any) -> Config
             f"A portfolio action is [config index < {len(configs)}, epochs index < "
             f"{len(env.space.choices['epochs'])}], but got {list(np.asarray(action).reshape(-1))}."
         )
-    config = configs[i].with_epochs(env.space.choices["epochs"][e])
-    return config.with_family(env.task_family) if env.space.families and config.family is None else config
+    return env.on_task(configs[i].with_epochs(env.space.choices["epochs"][e]))
 
 
 def portfolio_action(env: HPOEnv, portfolio: ConfigLists, action: Any) -> np.ndarray:

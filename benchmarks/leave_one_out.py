@@ -327,8 +327,7 @@ def seconds_section(
             )
         return out
 
-    def cell(m: str, dataset: str | None) -> str:
-        ppo = dict(zip(budgets, means("ppo", dataset)))
+    def cell(m: str, dataset: str | None, ppo: dict[float, tuple[float, float]]) -> str:
         points = means(m, dataset)
         if ref not in ppo or not points:
             return "-"
@@ -353,7 +352,7 @@ def seconds_section(
         ppo = dict(zip(budgets, means("ppo", d)))
         seconds = f"{ppo[ref][0]:.{0 if ppo[ref][0] >= 10 else 1}f}" if ref in ppo else "-"
         name = d if d is not None else "**pooled**"
-        lines.append(f"| {name} | {seconds} | " + " | ".join(cell(m, d) for m in others) + " |")
+        lines.append(f"| {name} | {seconds} | " + " | ".join(cell(m, d, ppo) for m in others) + " |")
     return lines
 
 

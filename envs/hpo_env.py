@@ -474,6 +474,13 @@ class HPOEnv(gym.Env[np.ndarray, np.ndarray]):
         assert self._record is not None, "reset() first"
         return self._record.family
 
+    def on_task(self, config: Config) -> Config:
+        """``config`` as the current task trains it: with the task's family where the space searches
+        the family and ``config`` names none (a list learned without families, as on older stores)."""
+        if self.space.families and config.family is None:
+            return config.with_family(self.task_family)
+        return config
+
     def decode(self, action: Any) -> Config:
         """The config an action asks for on the current task.
 
@@ -490,6 +497,11 @@ class HPOEnv(gym.Env[np.ndarray, np.ndarray]):
     def sample_action(self, rng: np.random.Generator) -> np.ndarray:
         """A uniformly random action that names a family the current task can train."""
         return self.space.sample_indices(rng, self.modality)
+
+    @property
+    def budget_used(self) -> int:
+        """Epochs of the episode's budget spent so far."""
+        return self._used
 
     @property
     def budget_remaining(self) -> int:
