@@ -160,6 +160,7 @@ class PPOTuner(Tuner):
         self.shown_budget: int | None = None
         self.horizon = 0  # epochs it plays as in an episode of that budget (set by start, set_horizon)
         self._blind = False  # a portfolio policy on a modality it has no configs for (set by start)
+        self._warned: set[str] = set()  # the modalities it said so for: once each, not once per episode
 
     @property
     def policy_space(self) -> SearchSpace | None:
@@ -196,7 +197,8 @@ class PPOTuner(Tuner):
         # among: it plays its fallback list (else the default config), then random configs, at full
         # fidelity, as the learned list does there.
         self._blind = bool(self.info.portfolio) and not for_modality(self.info.portfolio, env.modality)
-        if self._blind:
+        if self._blind and env.modality not in self._warned:
+            self._warned.add(env.modality)
             log.warning(
                 "The portfolio policy has no configs for %s tasks (it never saw one); it plays %s, then random ones.",
                 env.modality,

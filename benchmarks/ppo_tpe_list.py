@@ -1,21 +1,26 @@
 """``ppo_tpe`` (the policy, then the learned list enqueued, then TPE) against its parts, leaving one dataset out.
 
 For each held-out dataset, ``rlhpo bench`` (recorded backend) on that dataset's tasks with its
-leave-one-out policy (``<policies>/policy-<dataset>``, as ``benchmarks/leave_one_out.py`` trains
-them): methods ppo, tpe, ppo_tpe and learned_list, the learned list learned from the same
-meta-training tasks as the policy (``exclude_datasets: [<dataset>]``, which ``rlhpo bench`` takes
-from the policy). A bench folder that already exists is resumed. Prints the regret (mean ± s.e.)
-per dataset and pooled, and the issue's goal per dataset: at 3 FTE ``ppo_tpe`` no worse than
-``ppo``, at 30 FTE no worse than the better of ``tpe`` and ``learned_list``.
+leave-one-out policy (``<policies>/policy-<dataset>``, or ``policy-trec+trec_fine`` for datasets
+held out together, as ``benchmarks/leave_one_out.py`` trains them): methods ppo, tpe, ppo_tpe
+and learned_list, the learned list learned from the same meta-training tasks as the policy
+(``exclude_datasets: [<dataset>]``, which ``rlhpo bench`` takes from the policy). A bench folder
+that already exists is resumed. Prints the regret (mean ± s.e.) per dataset and pooled, and the
+issue's goal per dataset: at 3 FTE ``ppo_tpe`` no worse than ``ppo``, at 30 FTE no worse than the
+better of ``tpe`` and ``learned_list``.
 
 ``--previous`` names the runs folder of an earlier leave-one-out bench (``leave_one_out.py``'s
-``--runs-dir``, same policies): its ``ppo_tpe`` rows, from before the list was enqueued, are shown
-as ``ppo_tpe (no list)``, and its rows of the other methods are checked to be the same as here.
+``--runs-dir``, same policies): its ``ppo_tpe`` rows, from an earlier ``ppo_tpe``, are shown as
+``--previous-label`` (default ``ppo_tpe (no list)``: from before the list was enqueued), and its
+rows of the other methods are checked to be the same as here.
 
 Usage::
 
     python benchmarks/ppo_tpe_list.py --policies runs/loo-recorded --runs-dir runs/ppo_tpe_list \\
         --previous runs/loo-recorded
+    python benchmarks/ppo_tpe_list.py --policies runs/loo-v3-s14 --runs-dir runs/ppo_tpe_s14 \\
+        --datasets ag_news,cifar10,digits,imdb,mnist,trec,trec_fine \\
+        --previous runs/loo-v3-s13h --previous-label "ppo_tpe (whole list)"
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ def main() -> None:
     parser.add_argument("--store", default=None, help="recorded curves (default: the shipped meta-dataset)")
     parser.add_argument("--runs-dir", default="runs/ppo_tpe_list")
     parser.add_argument("--previous", default=None, help="an earlier leave-one-out runs folder (bench-<dataset>/)")
+    parser.add_argument("--previous-label", default=NO_LIST, help="the name of --previous's ppo_tpe rows")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -58,7 +64,7 @@ def main() -> None:
             methods=METHODS,
             budgets=budgets,
             seeds=args.seeds,
-            policy=str(Path(args.policies) / f"policy-{dataset}"),
+            policy=str(policy_folder(Path(args.policies), dataset)),
             store=args.store,
         )
         run_bench(settings, out, argv=["benchmarks/ppo_tpe_list.py"])
@@ -66,20 +72,35 @@ def main() -> None:
         print(f"{dataset}: done", flush=True)
     methods = list(METHODS)
     if args.previous:
-        rows += previous_rows(Path(args.previous), datasets, rows)
-        methods.insert(methods.index("ppo_tpe"), NO_LIST)
+        rows += previous_rows(Path(args.previous), datasets, rows, args.previous_label)
+        methods.insert(methods.index("ppo_tpe"), args.previous_label)
     print("\n".join(tables(rows, datasets, budgets, methods)))
 
 
-def previous_rows(folder: Path, datasets: list[str], rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The earlier bench's ``ppo_tpe`` rows as ``ppo_tpe (no list)``, once its rows of the other methods match."""
+def policy_folder(policies: Path, dataset: str) -> Path:
+    """``policy-<dataset>``, or the one folder whose ``+``-joined name holds it (datasets held out together)."""
+    alone = policies / f"policy-{dataset}"
+    if alone.exists():
+        return alone
+    names = {p: p.name.removeprefix("policy-") for p in policies.glob("policy-*+*")}
+    # "-" marks another training seed's policy (policy-<datasets>-t1); dataset names hold none
+    grouped = [p for p, name in names.items() if "-" not in name and dataset in name.split("+")]
+    if len(grouped) != 1:
+        raise SystemExit(f"{policies}: no single policy folder for {dataset} (found {[p.name for p in grouped]})")
+    return grouped[0]
+
+
+def previous_rows(
+    folder: Path, datasets: list[str], rows: list[dict[str, Any]], label: str = NO_LIST
+) -> list[dict[str, Any]]:
+    """The earlier bench's ``ppo_tpe`` rows as ``label``, once its rows of the other methods match."""
     ours = {_key(r): r["regret"] for r in rows if r["method"] != "ppo_tpe"}
     out: list[dict[str, Any]] = []
     for dataset in datasets:
         for row in read_csv(folder / f"bench-{dataset}" / "bench.csv"):
             if row["method"] == "ppo_tpe":
                 if (row["task"], "ppo", row["seed"], float(row["budget_fte"])) in ours:  # an episode benched here
-                    out.append({**row, "method": NO_LIST})
+                    out.append({**row, "method": label})
             elif _key(row) in ours and ours[_key(row)] != row["regret"]:
                 raise SystemExit(f"{folder}: {_key(row)} has regret {row['regret']}, here {ours[_key(row)]}")
     return out

@@ -6,6 +6,7 @@ on both kinds of Optuna storage: an SQLite database and a journal file.
 
 from __future__ import annotations
 
+import inspect
 import json
 import subprocess
 import sys
@@ -340,6 +341,23 @@ def test_ppo_tpe_enqueues_the_list_after_the_policy_in_order_skipping_repeats_th
     again, plain = play(repeats, 5 * space.max_epochs, store), play(PPOTPETuner(policy), 5 * space.max_epochs, store)
     assert [t.action for t in again.trials] == [t.action for t in plain.trials]
     assert not any("fixed_params" in t.system_attrs for t in repeats.study.trials)
+
+
+def test_ppo_tpe_enqueues_the_list_only_for_tpes_startup_trials(policy):
+    # The list takes the place of the trials TPE would sample at random before it models the task.
+    startup = PPOTPETuner.startup_trials
+    assert startup == inspect.signature(optuna.samplers.TPESampler).parameters["n_startup_trials"].default
+    task = "digits/default/n500/call/s1283935874"
+    space = policy.policy_space
+    store = CurveStore(shipped_file(SHIPPED_STORE), readonly=True)
+    configs = LearnedListTuner.fit(store, space, exclude_datasets=policy.info.exclude_datasets).configs_for("tabular")
+    tuner = PPOTPETuner(policy, configs=configs)
+    env = HPOEnv("recorded", store, space=space, budget_epochs=30 * space.max_epochs)
+    trials = run_tuner(tuner, env, 10_000, task=task).trials
+    n = sum(t.budget_used - t.paid_epochs < policy.info.budget_epochs for t in trials)  # the policy's trials
+    listed = ["fixed_params" in t.system_attrs for t in tuner.study.trials]
+    assert n < startup and len(configs) > startup and len(trials) > startup  # a list longer than it may run
+    assert listed == [False] * n + [True] * (startup - n) + [False] * (len(trials) - startup)
 
 
 class _DefaultFirst:

@@ -221,7 +221,7 @@ def test_on_a_modality_it_never_saw_a_portfolio_policy_plays_the_default_config_
 
 
 def test_on_a_modality_it_never_saw_a_portfolio_policy_plays_its_fallback_list_first(
-    tmp_path_factory, space, portfolio, portfolio_policy
+    tmp_path_factory, space, portfolio, portfolio_policy, caplog
 ):
     # The list for any modality, shorter than the portfolio, is what the policy keeps for an unseen modality.
     short = {"tabular": portfolio["tabular"], "*": portfolio["*"][:2]}
@@ -233,6 +233,11 @@ def test_on_a_modality_it_never_saw_a_portfolio_policy_plays_its_fallback_list_f
     played = [t.config for t in result.trials]
     assert played[:2] == [c.with_epochs(space.max_epochs) for c in short["*"]]
     assert len(played) == len(set(played)) == 4 and all(t.epochs == space.max_epochs for t in result.trials)
+    run_tuner(tuner, env, 1, task=helpers.TREC.key())  # a second episode: the policy said it once, not per episode
+    assert [r.getMessage() for r in caplog.records].count(
+        "The portfolio policy has no configs for text tasks (it never saw one); "
+        "it plays the 2 configs that did best on every task, then random ones."
+    ) == 1
 
 
 def test_on_a_modality_without_a_list_the_learned_list_plays_the_default_config_first(
