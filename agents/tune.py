@@ -21,6 +21,14 @@ With ``storage`` and ``study_name``, every trial also lands in that Optuna study
 (:class:`~rlhpo.agents.optuna_interop.StudyWriter`; a study of that name is continued); a
 resumed tune adds only the trials it had not added before the interruption.
 
+With ``method="ppo_tpe"`` (``rlhpo tune --method ppo_tpe``), the policy plays its
+meta-training budget (3 FTE), then the learned list's configs fill Optuna TPE's startup trials,
+then TPE samples (:class:`~rlhpo.agents.optuna_interop.PPOTPETuner`): the same trials as the
+policy alone up to 3 FTE, and the better tuner from about 10 full trainings on
+(``docs/benchmarks/ppo_tpe_list.md``). Its list is learned from the policy's meta-training store
+(the shipped meta-dataset for the shipped policy). TPE, seeded, asks for the same trials given
+the same scores, so such a tune resumes as the policy's does; it plays one trial at a time.
+
 With ``workers`` > 1 (``rlhpo tune --workers N``), the episode is played in rounds: the policy's
 N most likely new configs at once, trained concurrently on local processes or Ray, fed to the
 env in a fixed order (:mod:`rlhpo.agents.tune_batches`); the budget is accounted as above, and
@@ -45,7 +53,7 @@ from typing import Any, Protocol
 
 from stable_baselines3.common.logger import HParam
 
-from rlhpo.agents.base import TuneResult, run_tuner
+from rlhpo.agents.base import Tuner, TuneResult, run_tuner
 from rlhpo.agents.policy import PPOTuner
 from rlhpo.agents.sb3_logging import tensorboard_logger
 from rlhpo.collect import Executor, make_executor
@@ -53,7 +61,7 @@ from rlhpo.envs.backends import LiveBackend
 from rlhpo.envs.hpo_env import HPOEnv, StepResult
 from rlhpo.envs.recorder import ROLLOUTS_FILE, RolloutRecorder, write_rollouts_header
 from rlhpo.envs.reward import RewardSettings
-from rlhpo.errors import RlhpoError
+from rlhpo.errors import RlhpoError, unknown
 from rlhpo.runs import (
     MetricLogger,
     config_text,
@@ -65,7 +73,7 @@ from rlhpo.runs import (
     write_run_files,
     write_summary,
 )
-from rlhpo.settings import read_yaml
+from rlhpo.settings import SHIPPED_STORE, read_yaml, shipped_file
 from rlhpo.space import DEFAULT_BUDGET_FTE, SearchSpace, load_search_space
 from rlhpo.tasks import Task, load_task
 from rlhpo.training import Curve, resolve_device, reusable, train_final
@@ -73,6 +81,7 @@ from rlhpo.training import Curve, resolve_device, reusable, train_final
 log = logging.getLogger(__name__)
 
 STORE_FILE = "store.sqlite"
+METHODS = ("ppo", "ppo_tpe")  # what plays a tune's episode: the policy, or the policy then TPE
 SCORE_NOTE = "score: validation accuracy rescaled so that chance is 0 and perfect is 1"
 
 
@@ -94,6 +103,7 @@ def tune(
     workers: int = 1,
     executor: str = "local",
     address: str | None = None,
+    method: str = "ppo",
 ) -> dict[str, Any]:
     """Tune ``task`` with the policy within ``budget_fte`` full trainings, then train the chosen config.
 
@@ -113,6 +123,8 @@ def tune(
             once (:mod:`rlhpo.agents.tune_batches`); 1 with the local executor is the sequential tune.
         executor: where a round's trials train, ``local`` processes or ``ray`` tasks (on the
             cluster at ``address``, else on a local Ray instance with ``workers`` CPUs).
+        method: ``ppo``, the policy; or ``ppo_tpe``, the policy for its meta-training budget, then
+            the learned list and TPE (one trial at a time).
 
     Returns:
         The summary (also in the run folder's ``summary.json``): the keys of ``rlhpo train
@@ -131,6 +143,7 @@ def tune(
         storage, study_name = settings.get("storage"), settings.get("study_name")  # absent before Optuna storage
         workers = settings.get("workers", 1)  # absent before --workers; the rounds depend on it, so it is kept
         executor, address = settings.get("executor", "local"), settings.get("address")
+        method = settings.get("method", "ppo")  # absent before --method
     elif task is None:
         raise RlhpoError("tune needs a task, or resume=RUN_DIR.")
     if (storage is None) != (study_name is None):
@@ -139,13 +152,21 @@ def tune(
         )
     if workers < 1:
         raise RlhpoError(f"workers must be at least 1, but got {workers=}.")
+    if method not in METHODS:
+        raise unknown("method", method, METHODS)
     rounds = workers > 1 or executor != "local"
+    if rounds and method != "ppo":
+        raise RlhpoError(
+            f"--method {method} plays one trial at a time (TPE asks for the next trial once it has the last "
+            "one's score); leave out --workers and --executor, or use --method ppo."
+        )
     if rounds and device != "cpu":
         raise RlhpoError(f"Trials on workers train on CPU, but got --device {device!r} with --workers {workers}.")
     # A missing Ray fails here. The workers last from round to round (keep), with the tasks they loaded.
     runner = make_executor(executor, workers, address, keep=True) if rounds else None
-    tuner = PPOTuner.load(policy)
-    search_space = _space(tuner, space)
+    ppo = PPOTuner.load(policy)
+    search_space = _space(ppo, space)
+    tuner = _tuner(method, ppo, search_space)
     budget = search_space.budget_epochs(budget_fte)
     resolve_device(device)
     data = load_task(task, data_dir=data_dir)  # a bad task fails here, before a run folder exists
@@ -156,7 +177,8 @@ def tune(
             "task": dataclasses.asdict(task),
             "budget_fte": budget_fte,
             "budget_epochs": budget,
-            "policy": str(tuner.path),
+            "policy": str(ppo.path),
+            "method": method,
             "space": str(space) if space else None,
             "seed": seed,
             "device": device,
@@ -211,7 +233,8 @@ def tune(
         **result_summary(task, data, config, curve, seed=seed, device=device),
         "seconds": time.perf_counter() - started,
         "run_dir": str(run_dir),
-        "policy": str(tuner.path),
+        "policy": str(ppo.path),
+        "method": method,
         "budget_fte": budget_fte,
         "budget_epochs": budget,
         "trials": trials,
@@ -230,8 +253,25 @@ def tune(
     return summary
 
 
+def _tuner(method: str, ppo: PPOTuner, space: SearchSpace) -> Tuner:
+    """What plays the episode: the policy, or ``ppo_tpe`` on it with the list of its meta-training store."""
+    if method == "ppo":
+        return ppo
+    from rlhpo.agents.tuners import make_tuners
+
+    store = ppo.info.settings.get("store") or shipped_file(SHIPPED_STORE)
+    if not Path(store).is_file():
+        raise RlhpoError(
+            f"--method {method} learns its list from the policy's meta-training store {str(store)!r}, "
+            "which is not here; tune where that store is, or use --method ppo."
+        )
+    seed, held_out = int(ppo.info.settings.get("train_seed") or 0), ppo.info.exclude_datasets
+    (tuner,) = make_tuners([method], space=space, policy=ppo, store=store, train_seed=seed, exclude_datasets=held_out)
+    return tuner
+
+
 def _episode(
-    tuner: PPOTuner,
+    tuner: Tuner,
     env: HPOEnv,
     task: Task,
     seed: int,
@@ -274,7 +314,7 @@ class Player(Protocol):
     """Plays the episode: :func:`run_tuner` (one trial at a time), or rounds of trials on an executor."""
 
     def __call__(
-        self, tuner: PPOTuner, env: Any, seed: int, *, task: Task, on_step: Callable[[StepResult], None]
+        self, tuner: Tuner, env: Any, seed: int, *, task: Task, on_step: Callable[[StepResult], None]
     ) -> TuneResult: ...
 
 
@@ -289,9 +329,8 @@ def _player(executor: Executor | None, workers: int, data_dir: str | Path | None
 
     where = str(Path(data_dir).expanduser().resolve()) if data_dir is not None else None  # workers elsewhere: absolute
 
-    def rounds(
-        tuner: PPOTuner, env: Any, seed: int, *, task: Task, on_step: Callable[[StepResult], None]
-    ) -> TuneResult:
+    def rounds(tuner: Tuner, env: Any, seed: int, *, task: Task, on_step: Callable[[StepResult], None]) -> TuneResult:
+        assert isinstance(tuner, PPOTuner)  # rounds are the policy's N most likely configs (tune refuses others)
         try:
             return run_rounds(tuner, env, seed, task, executor, workers, data_dir=where, on_step=on_step, held=held)
         finally:
@@ -390,6 +429,7 @@ def trial_line(t: dict[str, Any]) -> str:
 def report_lines(s: dict[str, Any]) -> list[str]:
     """What ``rlhpo tune`` prints once it is done."""
     rounds = f" in rounds of {s['workers']} trials" if s.get("workers", 1) > 1 else ""
+    by = " by ppo_tpe (the policy, then the list and TPE)" if s.get("method") == "ppo_tpe" else ""
     final = (
         "reused the best trial's model (it ran at full fidelity with this seed)"
         if s["reused_trial"]
@@ -400,7 +440,7 @@ def report_lines(s: dict[str, Any]) -> list[str]:
         f"chosen config {config_text(s['config'])}: its best trial ran {s['incumbent_epochs']} epochs "
         f"(score {s['incumbent_score']:.4f}); final training {final}",
         test_metrics_line(s),
-        f"tuning {s['tuning_epochs']}/{s['budget_epochs']} epochs{rounds} in {s['tuning_seconds']:.1f}s "
+        f"tuning {s['tuning_epochs']}/{s['budget_epochs']} epochs{by}{rounds} in {s['tuning_seconds']:.1f}s "
         f"(policy {s['policy_seconds']:.2f}s); run folder {s['run_dir']}",
         "next: " + "; ".join(s["next"]),
     ]

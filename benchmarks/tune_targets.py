@@ -12,6 +12,9 @@ torch's default thread count.
 Usage (the whole datasets take hours on 2 cores; ``--n-train`` subsamples for a quick look)::
 
     RLHPO_DATA_DIR=<data folder> python benchmarks/tune_targets.py --out docs/benchmarks/tune.md
+
+``--method ppo_tpe`` tunes with ``rlhpo tune --method ppo_tpe`` (the policy, then the learned
+list and TPE) instead of the policy alone.
 """
 
 from __future__ import annotations
@@ -51,7 +54,7 @@ def run_task(name: str, args: argparse.Namespace) -> dict[str, Any]:
         data_dir=args.data_dir,
         runs_dir=args.runs_dir,
     )
-    print(f"{name}: tuning at {args.budget} FTE", flush=True)
+    print(f"{name}: tuning at {args.budget} FTE ({args.method})", flush=True)
     tuned = tune(
         task,
         budget_fte=args.budget,
@@ -60,6 +63,7 @@ def run_task(name: str, args: argparse.Namespace) -> dict[str, Any]:
         data_dir=args.data_dir,
         runs_dir=args.runs_dir,
         on_trial=show_trial,
+        method=args.method,
     )
     return {"task": name, "default": default, "tune": tuned}
 
@@ -72,7 +76,7 @@ def report(args: argparse.Namespace, rows: list[dict[str, Any]], seconds: float)
         f"({os.cpu_count()} CPU cores, torch {torch.__version__}, {torch.get_num_threads()} threads), "
         f"{time.strftime('%Y-%m-%d')}, in {seconds / 60:.0f} minutes.",
         "",
-        f"Budget {args.budget} full-training equivalents; seed {args.seed}; training set "
+        f"Budget {args.budget} full-training equivalents; method {args.method}; seed {args.seed}; training set "
         f"{'whole' if args.n_train is None else f'{args.n_train} examples'}. Default: the search space's default "
         "config at full fidelity (`rlhpo train`); its minutes are its training. Tune: the policy's episode, then its "
         "chosen config retrained at full fidelity; its minutes are both, and the policy's share is its own "
@@ -100,6 +104,7 @@ def main() -> None:
     parser.add_argument("--budget", type=float, default=3.0, help="Tuning budget in full-training equivalents.")
     parser.add_argument("--policy", type=Path, default=None, help="policy.zip (default: the shipped policy).")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--method", choices=("ppo", "ppo_tpe"), default="ppo", help="What tunes: rlhpo tune --method.")
     parser.add_argument("--n-train", type=int, default=None, help="Subsample each training set (a quick look).")
     parser.add_argument("--data-dir", type=Path, default=None, help="Default: $RLHPO_DATA_DIR.")
     parser.add_argument("--runs-dir", type=Path, default=None, help="Where run folders go (default: ./runs).")

@@ -360,6 +360,34 @@ def test_ppo_tpe_enqueues_the_list_only_for_tpes_startup_trials(policy):
     assert listed == [False] * n + [True] * (startup - n) + [False] * (len(trials) - startup)
 
 
+def test_tune_with_ppo_tpe_plays_the_policy_then_tpe_and_resumes_to_the_same_tune(cli, tmp_path, monkeypatch):
+    budget = ("--budget", "14")  # past TPE's startup trials: the list's configs, then TPE's own
+    alone = cli("tune", *DIGITS_ARGS, "--budget", "3")  # the policy's own episode, its meta-training budget
+    both = cli("tune", *DIGITS_ARGS, *budget, "--method", "ppo_tpe")
+    assert both["method"] == "ppo_tpe" and alone["method"] == "ppo"
+    assert [t["config"] for t in both["trials"][: len(alone["trials"])]] == [t["config"] for t in alone["trials"]]
+    configs = [json.dumps(t["config"], sort_keys=True) for t in both["trials"]]
+    assert len(configs) > PPOTPETuner.startup_trials and len(set(configs)) == len(configs)  # never a repeat
+    assert both["tuning_epochs"] <= both["budget_epochs"]
+
+    # Ctrl-C at trial 12 (TPE's own), then --resume: the tune an uninterrupted run gives.
+    runs, runner = tmp_path / "again", CliRunner()
+    helpers.interrupt_tune_at(monkeypatch, 12)
+    args = ["tune", *DIGITS_ARGS, *budget, "--method", "ppo_tpe"]
+    assert runner.invoke(main, args, env={"RLHPO_RUNS_DIR": str(runs)}).exit_code == 130
+    monkeypatch.undo()
+    resumed = runner.invoke(main, ["tune", "--resume", str(next(runs.iterdir())), "--json"])
+    assert resumed.exit_code == 0, resumed.output
+    again = json.loads(resumed.stdout.strip().splitlines()[-1])
+    assert [(t["config"], t["score"]) for t in again["trials"]] == [(t["config"], t["score"]) for t in both["trials"]]
+
+
+def test_tune_with_ppo_tpe_refuses_rounds_of_trials(tmp_path):
+    args = ["tune", *DIGITS_ARGS, "--method", "ppo_tpe", "--workers", "2"]
+    result = CliRunner().invoke(main, args, env={"RLHPO_RUNS_DIR": str(tmp_path)})
+    assert result.exit_code == 1 and "one trial at a time" in result.output and not list(tmp_path.iterdir())
+
+
 class _DefaultFirst:
     """A stand-in for a policy in a space that searches the family: the default config, for one trial."""
 
