@@ -30,7 +30,7 @@ def make_tuners(
 
     ``ppo`` plays ``policy``; ``learned_list`` learns its list from ``store`` less ``exclude_datasets`` (give it
     the policy's, so both learn from the same tasks); ``ppo_tpe`` plays ``policy``, then enqueues that same
-    list, then runs TPE (:class:`PPOTPETuner`).
+    list as TPE's startup trials, then runs TPE (:class:`PPOTPETuner`).
     """
     out: list[Tuner] = []
     listed: LearnedListTuner | None = None  # fitted once, for the first method that needs it
