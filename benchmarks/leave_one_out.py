@@ -119,7 +119,7 @@ def main() -> None:
     kept = Path(args.out).with_suffix("")  # each dataset's table, plot and rows are kept beside the report
     for dataset in datasets:
         held_out = same_data(dataset, in_store)
-        policy_dir = runs / f"policy-{'+'.join(held_out)}"
+        policy_dir = policy_folder(runs, dataset, in_store)
         if not (policy_dir / "summary.json").exists():
             settings = dataclasses.replace(base, exclude_datasets=held_out)
             if backend == "surrogate":  # fit without the held-out dataset: it must never see it
@@ -145,7 +145,7 @@ def main() -> None:
         for name in ("bench.md", "bench.png", "bench.csv"):
             shutil.copy(runs / f"bench-{dataset}" / name, kept / dataset / name)
         for k in range(1, args.train_seeds):  # more PPO training seeds: ppo only
-            seeded = runs / f"policy-{'+'.join(held_out)}-t{k}"
+            seeded = policy_folder(runs, dataset, in_store, k)
             if not (seeded / "summary.json").exists():
                 settings = dataclasses.replace(base, exclude_datasets=held_out, seed=base.seed + k)
                 train_agent(settings, run_name=seeded.name, runs_dir=runs, argv=["benchmarks/leave_one_out.py"])
@@ -219,6 +219,13 @@ def train_seeds_section(
             f"{ref:g}: " + ", ".join(speedups) + ".",
         ]
     return lines
+
+
+def policy_folder(runs: Path, dataset: str, datasets: list[str], train_seed_index: int = 0) -> Path:
+    """The folder of the policy that held ``dataset`` out (with the datasets among ``datasets`` read
+    from the same data): ``policy-<them, joined by +>``, with ``-t<k>`` for the k-th further PPO seed."""
+    name = f"policy-{'+'.join(same_data(dataset, datasets))}"
+    return runs / (f"{name}-t{train_seed_index}" if train_seed_index else name)
 
 
 def same_data(dataset: str, datasets: list[str]) -> tuple[str, ...]:

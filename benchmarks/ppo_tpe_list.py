@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,11 @@ import optuna
 
 from rlhpo.agents.bench import BenchSettings, read_csv, run_bench
 from rlhpo.agents.evaluate import mean_se, pm
+from rlhpo.settings import SHIPPED_STORE, shipped_file
+from rlhpo.store import CurveStore
+
+sys.path.insert(0, str(Path(__file__).parent))
+from leave_one_out import policy_folder  # noqa: E402
 
 METHODS = ("ppo", "tpe", "ppo_tpe", "learned_list")
 NO_LIST = "ppo_tpe (no list)"
@@ -55,6 +61,8 @@ def main() -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
 
     datasets = args.datasets.split(",")
+    with CurveStore(args.store or shipped_file(SHIPPED_STORE), readonly=True) as store:
+        in_store = sorted({r.task.dataset for r in store.tasks(with_runs=True)})
     budgets = tuple(float(b) for b in args.budgets.split(","))
     rows: list[dict[str, Any]] = []
     for dataset in datasets:
@@ -64,7 +72,7 @@ def main() -> None:
             methods=METHODS,
             budgets=budgets,
             seeds=args.seeds,
-            policy=str(policy_folder(Path(args.policies), dataset)),
+            policy=str(policy_folder(Path(args.policies), dataset, in_store)),
             store=args.store,
         )
         run_bench(settings, out, argv=["benchmarks/ppo_tpe_list.py"])
@@ -75,19 +83,6 @@ def main() -> None:
         rows += previous_rows(Path(args.previous), datasets, rows, args.previous_label)
         methods.insert(methods.index("ppo_tpe"), args.previous_label)
     print("\n".join(tables(rows, datasets, budgets, methods)))
-
-
-def policy_folder(policies: Path, dataset: str) -> Path:
-    """``policy-<dataset>``, or the one folder whose ``+``-joined name holds it (datasets held out together)."""
-    alone = policies / f"policy-{dataset}"
-    if alone.exists():
-        return alone
-    names = {p: p.name.removeprefix("policy-") for p in policies.glob("policy-*+*")}
-    # "-" marks another training seed's policy (policy-<datasets>-t1); dataset names hold none
-    grouped = [p for p, name in names.items() if "-" not in name and dataset in name.split("+")]
-    if len(grouped) != 1:
-        raise SystemExit(f"{policies}: no single policy folder for {dataset} (found {[p.name for p in grouped]})")
-    return grouped[0]
 
 
 def previous_rows(

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,9 @@ from rlhpo.agents.suggest import ranked_configs
 from rlhpo.envs.hpo_env import HPOEnv
 from rlhpo.settings import SHIPPED_STORE, shipped_file
 from rlhpo.store import CurveStore
+
+sys.path.insert(0, str(Path(__file__).parent))
+from leave_one_out import policy_folder  # noqa: E402
 
 METHODS = ("suggest", "default", "learned_list")
 
@@ -42,8 +46,8 @@ def main() -> None:
     print(f"| dataset | tasks | {' | '.join(METHODS)} | suggest exact |")
     print("| --- | ---: |" + " ---: |" * (len(METHODS) + 1))
     for dataset in datasets:
-        path = policy_dir(Path(args.policies), dataset) if args.policies else None
-        if args.policies and path is None:
+        path = policy_folder(Path(args.policies), dataset, datasets) if args.policies else None
+        if path is not None and not path.exists():
             continue
         rows = regrets(store, dataset, PPOTuner.load(path))
         if not rows:
@@ -55,12 +59,6 @@ def main() -> None:
         print(f"| {dataset} | {len(rows)} | " + " | ".join(f"{m:.3f}" for m in means) + f" | {exact}/{len(rows)} |")
     if args.out:
         Path(args.out).write_text(json.dumps(out, indent=1) + "\n")
-
-
-def policy_dir(folder: Path, dataset: str) -> Path | None:
-    """The policy of ``folder`` that held ``dataset`` out: ``policy-<datasets joined by +>/``."""
-    found = [p for p in folder.glob("policy-*") if p.is_dir() and dataset in p.name[len("policy-") :].split("+")]
-    return found[0] if found else None
 
 
 def regrets(store: CurveStore, dataset: str, policy: PPOTuner) -> list[dict[str, Any]]:
@@ -85,10 +83,8 @@ def regrets(store: CurveStore, dataset: str, policy: PPOTuner) -> list[dict[str,
             elif method == "default":
                 action = env.default_action()
             else:
-                # The list's configs keep the family they were recorded with: none on a pinned instance.
-                first = lists.configs_for(env.modality)[0]
-                family = (first.family or env.task_family) if space.families else None
-                action = space.indices(first.with_epochs(space.max_epochs).with_family(family), env.modality)
+                first = env.on_task(lists.configs_for(env.modality)[0].with_epochs(space.max_epochs))
+                action = space.indices(first, env.modality)
             result = env.step(action)[4]["result"]
             row[method] = oracle.regret(record.key, result.answered_config)
             row[f"{method}_exact"] = result.exact
