@@ -24,6 +24,8 @@ EXECUTORS = ("local", "ray")
 TRAIN_BACKENDS = ("recorded", "surrogate")
 # The tuners, by name.
 METHODS = ("ppo", "default", "random", "tpe", "tpe_hyperband", "top_k", "learned_list", "ppo_tpe")
+# What may play ``rlhpo tune``'s episode: the policy, or the policy then the learned list and TPE.
+TUNE_METHODS = ("ppo", "ppo_tpe")
 
 
 @dataclass(frozen=True)

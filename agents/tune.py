@@ -56,6 +56,7 @@ from stable_baselines3.common.logger import HParam
 from rlhpo.agents.base import Tuner, TuneResult, run_tuner
 from rlhpo.agents.policy import PPOTuner
 from rlhpo.agents.sb3_logging import tensorboard_logger
+from rlhpo.agents.settings import TUNE_METHODS
 from rlhpo.collect import Executor, make_executor
 from rlhpo.envs.backends import LiveBackend
 from rlhpo.envs.hpo_env import HPOEnv, StepResult
@@ -81,7 +82,6 @@ from rlhpo.training import Curve, resolve_device, reusable, train_final
 log = logging.getLogger(__name__)
 
 STORE_FILE = "store.sqlite"
-METHODS = ("ppo", "ppo_tpe")  # what plays a tune's episode: the policy, or the policy then TPE
 SCORE_NOTE = "score: validation accuracy rescaled so that chance is 0 and perfect is 1"
 
 
@@ -152,8 +152,8 @@ def tune(
         )
     if workers < 1:
         raise RlhpoError(f"workers must be at least 1, but got {workers=}.")
-    if method not in METHODS:
-        raise unknown("method", method, METHODS)
+    if method not in TUNE_METHODS:
+        raise unknown("method", method, TUNE_METHODS)
     rounds = workers > 1 or executor != "local"
     if rounds and method != "ppo":
         raise RlhpoError(

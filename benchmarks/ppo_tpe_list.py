@@ -85,9 +85,7 @@ def main() -> None:
     print("\n".join(tables(rows, datasets, budgets, methods)))
 
 
-def previous_rows(
-    folder: Path, datasets: list[str], rows: list[dict[str, Any]], label: str = NO_LIST
-) -> list[dict[str, Any]]:
+def previous_rows(folder: Path, datasets: list[str], rows: list[dict[str, Any]], label: str) -> list[dict[str, Any]]:
     """The earlier bench's ``ppo_tpe`` rows as ``label``, once its rows of the other methods match."""
     ours = {_key(r): r["regret"] for r in rows if r["method"] != "ppo_tpe"}
     out: list[dict[str, Any]] = []

@@ -29,6 +29,7 @@ from typing import Any
 
 import torch
 
+from rlhpo.agents.settings import TUNE_METHODS
 from rlhpo.agents.tune import tune
 from rlhpo.runs import config_text as short_config
 from rlhpo.runs import train_run
@@ -104,7 +105,7 @@ def main() -> None:
     parser.add_argument("--budget", type=float, default=3.0, help="Tuning budget in full-training equivalents.")
     parser.add_argument("--policy", type=Path, default=None, help="policy.zip (default: the shipped policy).")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--method", choices=("ppo", "ppo_tpe"), default="ppo", help="What tunes: rlhpo tune --method.")
+    parser.add_argument("--method", choices=TUNE_METHODS, default="ppo", help="What tunes: rlhpo tune --method.")
     parser.add_argument("--n-train", type=int, default=None, help="Subsample each training set (a quick look).")
     parser.add_argument("--data-dir", type=Path, default=None, help="Default: $RLHPO_DATA_DIR.")
     parser.add_argument("--runs-dir", type=Path, default=None, help="Where run folders go (default: ./runs).")

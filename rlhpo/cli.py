@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from rlhpo.agents.settings import BenchSettings
+from rlhpo.agents.settings import TUNE_METHODS, BenchSettings
 from rlhpo.cli_options import (
     data_dir_option,
     device_option,
@@ -491,7 +491,7 @@ def train_agent_cmd(
 @click.option("--study-name", default=None, help="The Optuna study (with --storage); an existing one is continued.")
 @click.option(
     "--method",
-    type=click.Choice(["ppo", "ppo_tpe"]),
+    type=click.Choice(TUNE_METHODS),
     default="ppo",
     show_default=True,
     help="ppo: the policy. ppo_tpe: the policy for its meta-training budget (3 FTE), then the learned list and "
