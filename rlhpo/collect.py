@@ -1,5 +1,9 @@
 """``rlhpo collect``: record the curves of one matched design of configs on many task instances.
 
+Before the design, each instance that leaves the family to the config records its modality's
+*recipes* (``recipes`` in ``configs/collect.yaml``): known-good configs from the literature that a
+random design rarely holds, so that the learned list and the policy can choose them.
+
 Every config is trained at the largest epochs choice, so every smaller fidelity is recorded too
 (the store answers ``k`` epochs from a run's first ``k``). Work runs in worker processes behind
 the small :class:`Executor` interface (local processes by default, or Ray tasks:
@@ -36,7 +40,7 @@ from rlhpo.space import HYPERPARAMETERS, Config, SearchSpace, load_search_space
 from rlhpo.store import CurveStore, TaskRecord
 from rlhpo.tasks.loader import LoadedTasks, family_before_loading
 from rlhpo.tasks.sampler import TaskSampler
-from rlhpo.tasks.task import Task, TaskData
+from rlhpo.tasks.task import MODALITIES, Task, TaskData
 from rlhpo.training import Curve
 
 log = logging.getLogger(__name__)
@@ -103,6 +107,10 @@ class CollectSettings:
     # Every ``noise_every``-th config of the design (the default first) is also trained with
     # ``train_seed + 1``: the seed-to-seed noise floor. None: one seed only.
     noise_every: int | None = None
+    # Known-good configs, by modality, recorded on every instance of that modality that leaves the
+    # family to the config, before the design: each a mapping of the hyperparameters but epochs,
+    # and the family (:meth:`recipe_configs`).
+    recipes: dict[str, list[dict]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for n in [self.configs] + [g.configs for g in self.instances if g.configs is not None]:
@@ -161,6 +169,22 @@ class CollectSettings:
                 out[task] = tuple(dict.fromkeys(out.get(task, ()) + listed))
         return out
 
+    def recipe_configs(self, space: SearchSpace, modality: str) -> list[Config]:
+        """The recipes of ``modality`` as configs at the largest epochs; one outside ``space`` is an error."""
+        out = []
+        for i, raw in enumerate(self.recipes.get(modality, ())):
+            where = f"recipes.{modality}[{i}]"
+            names = [h for h in HYPERPARAMETERS if h != "epochs"] + ["family"]
+            if not isinstance(raw, dict) or sorted(raw) != sorted(names):
+                raise RlhpoError(f"{where} must give exactly {', '.join(names)}, but got {raw!r}.")
+            config = Config(epochs=space.max_epochs, **raw)
+            try:
+                space.indices(config, modality)
+            except RlhpoError as e:
+                raise RlhpoError(f"{where} is not in the search space for {modality}: {e}") from None
+            out.append(config)
+        return out
+
     def with_configs(self, n: int) -> CollectSettings:
         """The same instances with ``n`` configs each (the CLI's ``--configs``)."""
         groups = [dataclasses.replace(g, configs=None) for g in self.instances]
@@ -206,7 +230,12 @@ def load_collect_settings(path: str | Path | None = None) -> CollectSettings:
                     f"to a number of design configs (at least 1), but got {group.family_configs!r}."
                 )
         parsed.append(group)
-    return from_dict(CollectSettings, {**data, "instances": parsed}, where)
+    recipes = data.get("recipes") or {}
+    if not isinstance(recipes, dict) or not all(m in MODALITIES and isinstance(v, list) for m, v in recipes.items()):
+        raise RlhpoError(
+            f"{where}: recipes must map a modality ({', '.join(MODALITIES)}) to a list of configs, but got {recipes!r}."
+        )
+    return from_dict(CollectSettings, {**data, "instances": parsed, "recipes": recipes}, where)
 
 
 # ------------------------------------------------------------- config design
@@ -563,6 +592,27 @@ def task_designs(
     return out
 
 
+def recipe_designs(
+    store: CurveStore,
+    settings: CollectSettings,
+    space: SearchSpace,
+    families: dict[Task, tuple[str | None, ...]],
+) -> dict[Task, list[Config]]:
+    """Each recorded task that leaves the family to the config (no ``config_families``), with its
+    modality's recipes (:meth:`CollectSettings.recipe_configs`); tasks of modalities without any are left out."""
+    by_modality: dict[str, list[Config]] = {}
+    out = {}
+    for task, listed in families.items():
+        if task.family is not None or listed != (None,):
+            continue
+        modality = store.task(task.key()).modality
+        if modality not in by_modality:
+            by_modality[modality] = settings.recipe_configs(space, modality)
+        if by_modality[modality]:
+            out[task] = by_modality[modality]
+    return out
+
+
 @dataclass(frozen=True)
 class CollectResult:
     tasks: int
@@ -617,7 +667,7 @@ def collect(
     progress: bool = True,
     only_families: Sequence[str] | None = None,
 ) -> CollectResult:
-    """Record a prefix of the matched config design on every task instance of ``settings``.
+    """Record the recipes, then a prefix of the matched config design, on every task instance of ``settings``.
 
     ``only_families`` records only the design's runs of these families (e.g. the cheap ones
     first, or a family whose runs were dropped); a later collect without it records the rest.
@@ -664,6 +714,14 @@ def collect(
             counts=plan,
             family_depths=recorded_depths,
         )
+        recipes = recipe_designs(store, settings, space, recorded_families)
+        recipe_items, recipes_skipped = plan_items(
+            store, recipes, settings.train_seed, data_dir_text, only_families=only_families
+        )
+        # A recipe that is also a design config trains once, as a recipe.
+        planned_recipes = {(i.task, i.config.key(), i.seed) for i in recipe_items}
+        items = recipe_items + [i for i in items if (i.task, i.config.key(), i.seed) not in planned_recipes]
+        skipped += recipes_skipped
         log.info(
             "collect: %d tasks, %d runs; %d recorded, %d to train", len(plan), skipped + len(items), skipped, len(items)
         )

@@ -34,7 +34,7 @@ from rlhpo.collect import (
     task_designs,
 )
 from rlhpo.errors import RlhpoError
-from rlhpo.space import HYPERPARAMETERS, load_search_space
+from rlhpo.space import HYPERPARAMETERS, Config, load_search_space
 from rlhpo.store import CurveStore, TaskRecord, store_rows, stored_runs
 from rlhpo.tasks.task import Task
 from rlhpo.training import Curve, EpochRecord
@@ -208,6 +208,67 @@ def test_bad_settings_are_clear_errors(tmp_path):
     path.write_text(yaml.safe_dump({"instances": [{"datasets": ["imdb"], "family_configs": {"bag": 640}}]}))
     with pytest.raises(RlhpoError, match="family_configs must map model families .*'bag'"):
         load_collect_settings(path)
+
+
+RECIPE = {
+    "family": "mlp",
+    "optimizer": "sgd",
+    "learning_rate": 0.1,
+    "batch_size": 16,
+    "dropout": 0.0,
+    "weight_decay": 0.0,
+    "num_layers": 1,
+    "units": 64,
+}
+
+
+def test_recipes_are_recorded_first_on_every_instance_of_their_modality_that_leaves_the_family_open(tmp_path):
+    settings = CollectSettings(
+        instances=[
+            InstanceGroup(datasets=["digits"], n_train=[150, 160]),
+            InstanceGroup(datasets=["digits"], n_train=[170], families=["mlp"]),  # pinned: no recipes
+        ],
+        configs=2,
+        recipes={"tabular": [RECIPE], "text": [{**RECIPE, "family": "bow"}]},
+    )
+    path = tmp_path / "s.sqlite"
+    first = collect(settings, path, executor=InlineExecutor(), progress=False)
+    assert (first.trained, first.failed) == (2 + 2 + 2 + 2, [])  # the design on all 3, the recipe on 2
+    recipe = Config(epochs=SPACE.max_epochs, **RECIPE)
+    with sqlite3.connect(path) as conn:
+        order = [
+            (key.split("/")[2], config_key)
+            for key, config_key in conn.execute("SELECT task_key, config_key FROM runs ORDER BY rowid")
+        ]
+    assert order[:2] == [("n150", recipe.key()), ("n160", recipe.key())]  # before any design config
+    assert ("n170", recipe.key()) not in order
+    store = CurveStore(path)
+    run = store.get_run(settings.tasks()[0].key(), recipe, 0)
+    assert run is not None and run.config == recipe and len(run.curve.epochs) == SPACE.max_epochs
+    again = collect(settings, path, executor=InlineExecutor(), progress=False)
+    assert (again.trained, again.skipped) == (0, 8)
+
+
+def test_recipes_outside_the_space_or_of_another_modality_are_clear_errors(tmp_path):
+    def settings(recipe: dict, modality: str = "tabular") -> CollectSettings:
+        return CollectSettings(instances=[InstanceGroup(datasets=["digits"])], recipes={modality: [recipe]})
+
+    with pytest.raises(RlhpoError, match=r"recipes.tabular\[0\] is not in the search space.*learning_rate=0.5"):
+        settings({**RECIPE, "learning_rate": 0.5}).recipe_configs(SPACE, "tabular")
+    with pytest.raises(RlhpoError, match=r"recipes.tabular\[0\].*family='bow' is not one of the choices \['mlp'\]"):
+        settings({**RECIPE, "family": "bow"}).recipe_configs(SPACE, "tabular")
+    with pytest.raises(RlhpoError, match=r"recipes.tabular\[0\] must give exactly .*units, family"):
+        settings({k: v for k, v in RECIPE.items() if k != "units"}).recipe_configs(SPACE, "tabular")
+    path = tmp_path / "collect.yaml"
+    path.write_text(yaml.safe_dump({"instances": [{"datasets": ["digits"]}], "recipes": {"txt": [RECIPE]}}))
+    with pytest.raises(RlhpoError, match="recipes must map a modality \\(image, text, tabular\\)"):
+        load_collect_settings(path)
+
+
+def test_the_shipped_recipes_are_in_the_shipped_space():
+    settings = load_collect_settings()
+    assert [c.family for c in settings.recipe_configs(SPACE, "text")] == ["bow"]
+    assert settings.recipe_configs(SPACE, "image") == []
 
 
 def test_an_unknown_dataset_fails_before_any_training(tmp_path):
