@@ -678,6 +678,8 @@ def collect(
     """
     started = time.perf_counter()
     space = space or load_search_space()
+    for modality in settings.recipes:  # a bad recipe fails before any training
+        settings.recipe_configs(space, modality)
     plan = settings.plan(datasets)
     depths = settings.family_depths(datasets)
     data_dir_text = str(data_dir) if data_dir is not None else None

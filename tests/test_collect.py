@@ -259,6 +259,10 @@ def test_recipes_outside_the_space_or_of_another_modality_are_clear_errors(tmp_p
         settings({**RECIPE, "family": "bow"}).recipe_configs(SPACE, "tabular")
     with pytest.raises(RlhpoError, match=r"recipes.tabular\[0\] must give exactly .*units, family"):
         settings({k: v for k, v in RECIPE.items() if k != "units"}).recipe_configs(SPACE, "tabular")
+    bad_text = settings({**RECIPE, "family": "gru", "learning_rate": 0.5}, modality="text")  # no text instance
+    with pytest.raises(RlhpoError, match=r"recipes.text\[0\] is not in the search space"):
+        collect(bad_text, tmp_path / "s.sqlite", executor=InlineExecutor(), progress=False)
+    assert not (tmp_path / "s.sqlite").exists()  # refused before any store or training
     path = tmp_path / "collect.yaml"
     path.write_text(yaml.safe_dump({"instances": [{"datasets": ["digits"]}], "recipes": {"txt": [RECIPE]}}))
     with pytest.raises(RlhpoError, match="recipes must map a modality \\(image, text, tabular\\)"):
