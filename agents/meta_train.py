@@ -244,9 +244,12 @@ def _train_agent(
     venv = make_vec_env(settings, answers, space, portfolio)
     model, start_steps = _model(settings, venv, run_dir, resume is not None)
     if settings.imitation_episodes and resume is None:
-        loss = imitate_list_order(model, venv, settings.imitation_episodes, seed=settings.seed)
+        loss = imitate_list_order(
+            model, venv, settings.imitation_episodes, plan=settings.imitation_plan, seed=settings.seed
+        )
         log.info(
-            "train-agent: the policy imitates the learned list's plan (%d episodes, loss %.3f)",
+            "train-agent: the policy imitates the learned list's %s plan (%d episodes, loss %.3f)",
+            settings.imitation_plan,
             settings.imitation_episodes,
             loss,
         )

@@ -18,6 +18,8 @@ from rlhpo.errors import RlhpoError, unknown
 from rlhpo.settings import SHIPPED_STORE, from_dict, read_yaml, shipped_file
 from rlhpo.space import DEFAULT_BUDGET_FTE, SearchSpace, load_search_space
 
+IMITATION_PLANS = ("list", "halving")  # the plans imitation_episodes can clone (agents/portfolio.py)
+
 # Where work runs: rlhpo.collect.EXECUTORS (not imported here: rlhpo.collect loads torch).
 EXECUTORS = ("local", "ray")
 # What may answer meta-training's trials (evaluation is always on the recorded curves of the store).
@@ -92,6 +94,7 @@ class TrainAgentSettings:
     first_trial_top: int = 1  # the tuner's first trial: drawn by seed among the policy's this many most likely
     portfolio: int = 0  # > 0: the policy picks among the learned list's first `portfolio` configs (agents/portfolio.py)
     imitation_episodes: int = 0  # portfolio: before PPO, behaviour-clone the list's plan on this many episodes
+    imitation_plan: str = "list"  # the plan cloned: list (its order, full fidelity) or halving (agents/portfolio.py)
     meta_features: bool = True  # the policy sees the task's meta-features; False: zeros, it acts on curves alone
     config_fraction: float = 0.5  # share of a task's recorded configs each episode may be answered from
     total_steps: int = 200_000  # environment steps (all envs together)
@@ -124,6 +127,8 @@ class TrainAgentSettings:
         _check_int("first_trial_top", self.first_trial_top, minimum=1)
         _check_int("portfolio", self.portfolio, minimum=0)
         _check_int("imitation_episodes", self.imitation_episodes, minimum=0)
+        if self.imitation_plan not in IMITATION_PLANS:
+            raise unknown("imitation plan", str(self.imitation_plan), IMITATION_PLANS)
         if self.imitation_episodes and not self.portfolio:
             raise RlhpoError("imitation_episodes clones the learned list's plan: it needs portfolio: N > 0.")
         if self.budget_fte_range is not None:

@@ -64,6 +64,7 @@ def main() -> None:
     parser.add_argument("--first-trial-top", type=int, default=None, help="override first_trial_top")
     parser.add_argument("--portfolio", type=int, default=None, help="portfolio policy of N configs (override)")
     parser.add_argument("--imitation-episodes", type=int, default=None, help="override imitation_episodes")
+    parser.add_argument("--imitation-plan", default=None, help="override imitation_plan (list or halving)")
     parser.add_argument("--compute-cost", type=float, default=None, help="override reward.compute_cost")
     parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated tuners to bench")
     parser.add_argument("--datasets", default=None, help="comma-separated (default: every dataset of the store)")
@@ -102,6 +103,8 @@ def main() -> None:
         base = dataclasses.replace(base, reward=dataclasses.replace(base.reward, compute_cost=args.compute_cost))
     if args.imitation_episodes is not None:
         base = dataclasses.replace(base, imitation_episodes=args.imitation_episodes)
+    if args.imitation_plan is not None:
+        base = dataclasses.replace(base, imitation_plan=args.imitation_plan)
     methods = tuple(args.methods.split(","))
     if args.train_seeds < 1 or (args.train_seeds > 1 and "ppo" not in methods):
         parser.error(f"--train-seeds {args.train_seeds}: give at least 1, and more than 1 only with ppo in --methods.")
@@ -253,7 +256,8 @@ def write_report(
         f"meta_features={str(base.meta_features).lower()}, config_fraction={base.config_fraction}, "
         f"meta-trained on the {backend} backend, history={base.history}, budget_fte_range={base.budget_fte_range}, "
         f"first_trial_top={base.first_trial_top}, portfolio={base.portfolio}, "
-        f"imitation_episodes={base.imitation_episodes}, reward={dataclasses.asdict(base.reward)}, "
+        f"imitation_episodes={base.imitation_episodes}, imitation_plan={base.imitation_plan}, "
+        f"reward={dataclasses.asdict(base.reward)}, "
         "the held-out dataset excluded (with any dataset read from the same data; from the surrogate's fit too); "
         "the learned list learns from the same tasks. Judged on the recorded curves of the held-out dataset, "
         f"{args.seeds} seeds per task (10000..), regret at full fidelity (normalised accuracy), mean ± s.e.",

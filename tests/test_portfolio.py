@@ -152,6 +152,30 @@ def test_imitation_fits_the_policy_to_the_lists_plan(tmp_path_factory, space, po
     assert [t.config for t in result.trials] == [c.with_epochs(space.max_epochs) for c in portfolio["tabular"]]
 
 
+def test_the_halving_plan_screens_the_lists_first_configs_then_continues_the_best():
+    from rlhpo.agents.portfolio import HALVING_KEEP, HALVING_SCREEN, halving_action
+
+    size, full = 12, 2
+    known, scores = np.zeros(size), np.zeros(size)
+    plan = []
+    while True:
+        action = halving_action(np.concatenate([[0.5], known, scores]), size, full)[0]
+        if known[action[0]] == 1.0:  # repeats a config known in full: the list is exhausted
+            break
+        plan.append((int(action[0]), int(action[1])))
+        known[action[0]] = 1.0 if action[1] == full else 1 / 9
+        scores[action[0]] = [0.3, 0.9, 0.1, 0.5, 0.2, 0.95, 0.4, 0.6, 0.0, 0.7, 0.8, 0.85][action[0]]
+    assert plan[:HALVING_SCREEN] == [(i, 0) for i in range(HALVING_SCREEN)]  # screened in list order
+    assert plan[HALVING_SCREEN : HALVING_SCREEN + HALVING_KEEP] == [(5, full), (1, full)]  # the best two of them
+    rest = [i for i in range(size) if i not in (5, 1)]
+    assert plan[HALVING_SCREEN + HALVING_KEEP :] == [(i, full) for i in rest]  # then the list's order
+
+
+def test_an_unknown_imitation_plan_is_a_clear_error():
+    with pytest.raises(RlhpoError, match="imitation plan.*'halvign'.*Did you mean 'halving'"):
+        TrainAgentSettings(portfolio=4, imitation_episodes=10, imitation_plan="halvign")
+
+
 def test_imitation_needs_a_portfolio():
     with pytest.raises(RlhpoError, match="imitation_episodes"):
         TrainAgentSettings(imitation_episodes=10)
