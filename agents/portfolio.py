@@ -28,7 +28,9 @@ does there (:func:`learn_portfolio`).
 PPO from a random policy need not find even the list's own plan (train the configs in order, at
 full fidelity) in a short run. With ``imitation_episodes: K``, the policy is first fitted to that
 plan by behaviour cloning on K meta-training episodes (:func:`imitate_list_order`); PPO then
-starts from the learned list and departs from it where the reward says so.
+starts from the learned list and departs from it where the reward says so. With
+``imitation_plan: halving`` it clones successive halving over the list instead
+(:func:`halving_action`: the first 10 configs for one epoch, the best 2 continued).
 """
 
 from __future__ import annotations
