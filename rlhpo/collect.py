@@ -172,9 +172,9 @@ class CollectSettings:
     def recipe_configs(self, space: SearchSpace, modality: str) -> list[Config]:
         """The recipes of ``modality`` as configs at the largest epochs; one outside ``space`` is an error."""
         out = []
+        names = [h for h in HYPERPARAMETERS if h != "epochs"] + ["family"]
         for i, raw in enumerate(self.recipes.get(modality, ())):
             where = f"recipes.{modality}[{i}]"
-            names = [h for h in HYPERPARAMETERS if h != "epochs"] + ["family"]
             if not isinstance(raw, dict) or sorted(raw) != sorted(names):
                 raise RlhpoError(f"{where} must give exactly {', '.join(names)}, but got {raw!r}.")
             config = Config(epochs=space.max_epochs, **raw)
@@ -594,22 +594,17 @@ def task_designs(
 
 def recipe_designs(
     store: CurveStore,
-    settings: CollectSettings,
-    space: SearchSpace,
+    recipes: dict[str, list[Config]],
     families: dict[Task, tuple[str | None, ...]],
 ) -> dict[Task, list[Config]]:
     """Each recorded task that leaves the family to the config (no ``config_families``), with its
-    modality's recipes (:meth:`CollectSettings.recipe_configs`); tasks of modalities without any are left out."""
-    by_modality: dict[str, list[Config]] = {}
+    modality's ``recipes`` (:meth:`CollectSettings.recipe_configs`); tasks of modalities without any are left out."""
     out = {}
     for task, listed in families.items():
-        if task.family is not None or listed != (None,):
-            continue
-        modality = store.task(task.key()).modality
-        if modality not in by_modality:
-            by_modality[modality] = settings.recipe_configs(space, modality)
-        if by_modality[modality]:
-            out[task] = by_modality[modality]
+        if task.family is None and listed == (None,):
+            modality = store.task(task.key()).modality
+            if recipes.get(modality):
+                out[task] = recipes[modality]
     return out
 
 
@@ -678,8 +673,7 @@ def collect(
     """
     started = time.perf_counter()
     space = space or load_search_space()
-    for modality in settings.recipes:  # a bad recipe fails before any training
-        settings.recipe_configs(space, modality)
+    recipes = {m: settings.recipe_configs(space, m) for m in settings.recipes}  # a bad one fails before any training
     plan = settings.plan(datasets)
     depths = settings.family_depths(datasets)
     data_dir_text = str(data_dir) if data_dir is not None else None
@@ -716,9 +710,12 @@ def collect(
             counts=plan,
             family_depths=recorded_depths,
         )
-        recipes = recipe_designs(store, settings, space, recorded_families)
         recipe_items, recipes_skipped = plan_items(
-            store, recipes, settings.train_seed, data_dir_text, only_families=only_families
+            store,
+            recipe_designs(store, recipes, recorded_families),
+            settings.train_seed,
+            data_dir_text,
+            only_families=only_families,
         )
         # A recipe that is also a design config trains once, as a recipe.
         planned_recipes = {(i.task, i.config.key(), i.seed) for i in recipe_items}
