@@ -111,7 +111,7 @@ def make_vec_env(
             if settings.history:
                 env = HistoryObservation(env, settings.history)
             if portfolio:
-                env = PortfolioActions(env, portfolio)
+                env = PortfolioActions(env, portfolio, ranks=settings.portfolio_ranks)
             return Monitor(env if settings.meta_features else HideMetaFeatures(env))
 
         return build

@@ -71,6 +71,11 @@ class PolicyInfo:
         return int(self.settings.get("first_trial_top") or 1)
 
     @property
+    def portfolio_ranks(self) -> bool:
+        """Whether a portfolio policy sees its configs' ranks by score (``portfolio_ranks: true``)."""
+        return bool(self.settings.get("portfolio_ranks", False))
+
+    @property
     def exclude_datasets(self) -> tuple[str, ...]:
         """The datasets held out of its meta-training."""
         return tuple(self.settings.get("exclude_datasets") or ())
@@ -331,7 +336,7 @@ class PPOTuner(Tuner):
             extra = self.env.history_features(self.info.history, self.shown_budget)
             obs = np.concatenate([obs, extra]).astype(np.float32)
         if self.info.portfolio:
-            extra = portfolio_features(self.env, self.info.portfolio, self.shown_budget)
+            extra = portfolio_features(self.env, self.info.portfolio, self.shown_budget, self.info.portfolio_ranks)
             obs = np.concatenate([obs, extra]).astype(np.float32)
         expected = self.model.observation_space.shape
         if np.shape(obs) != expected:

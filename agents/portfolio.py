@@ -16,7 +16,8 @@ recorded on every meta-training task of its modality, so meta-training's answers
 neighbour to exploit), but for those that ``config_fraction`` < 1 leaves out of an episode.
 The observation gains ``1 + 2N`` entries (:func:`portfolio_names`): the budget's size, then per
 portfolio config the epochs the episode knows of it (a fraction of the largest choice) and its
-latest score. The portfolio is saved in the policy file
+latest score; with ``portfolio_ranks: true``, ``N`` more after the budget: each config's rank by
+its score so far (:func:`score_ranks`). The portfolio is saved in the policy file
 (:class:`rlhpo.agents.policy.PolicyInfo`), so a tuner plays exactly the configs it was trained on.
 On a task of another family the configs are played with the task's family, as the learned list
 does. Once every portfolio config is known at full fidelity, :class:`~rlhpo.agents.policy.PPOTuner`
@@ -30,7 +31,8 @@ full fidelity) in a short run. With ``imitation_episodes: K``, the policy is fir
 plan by behaviour cloning on K meta-training episodes (:func:`imitate_list_order`); PPO then
 starts from the learned list and departs from it where the reward says so. With
 ``imitation_plan: halving`` it clones successive halving over the list instead
-(:func:`halving_action`: the first 10 configs for one epoch, the best 2 continued).
+(:func:`halving_action`: the first 9 configs for 1 epoch, the best 3 continued to 3, the best 2
+of those to 9).
 """
 
 from __future__ import annotations
@@ -83,10 +85,11 @@ def portfolio_size(portfolio: ConfigLists) -> int:
     return sizes.pop() if sizes else 0
 
 
-def portfolio_names(size: int) -> tuple[str, ...]:
+def portfolio_names(size: int, ranks: bool = False) -> tuple[str, ...]:
     """The entries :func:`portfolio_features` gives, in order."""
     return (
         ("budget_size",)
+        + (tuple(f"portfolio{i + 1}_rank" for i in range(size)) if ranks else ())
         + tuple(f"portfolio{i + 1}_epochs" for i in range(size))
         + tuple(f"portfolio{i + 1}_score" for i in range(size))
     )
@@ -109,18 +112,34 @@ def portfolio_action(env: HPOEnv, portfolio: ConfigLists, action: Any) -> np.nda
     return env.space.indices(portfolio_config(env, portfolio, action), env.modality)
 
 
-def portfolio_features(env: HPOEnv, portfolio: ConfigLists, budget_epochs: int | None = None) -> np.ndarray:
+def portfolio_features(
+    env: HPOEnv, portfolio: ConfigLists, budget_epochs: int | None = None, ranks: bool = False
+) -> np.ndarray:
     """The budget's size, then per portfolio config the epochs known of it (fraction of the largest), then its score.
 
     The budget is the episode's, or ``budget_epochs`` (what :attr:`PPOTuner.shown_budget` shows the policy).
+    With ``ranks``, each config's rank comes after the budget's size (:func:`score_ranks`).
     """
     n = portfolio_size(portfolio)
-    out = np.zeros(1 + 2 * n, dtype=np.float32)
-    out[0] = env.history_features(0, budget_epochs)[0]
+    known, scores = np.zeros(n, dtype=np.float32), np.zeros(n, dtype=np.float32)
     for i in range(n):
         epochs, score = env.seen(portfolio_config(env, portfolio, [i, 0]))
-        out[1 + i] = epochs / env.max_epochs
-        out[1 + n + i] = score
+        known[i], scores[i] = epochs / env.max_epochs, score
+    budget = [env.history_features(0, budget_epochs)[0]]
+    return np.concatenate([budget, score_ranks(known, scores) if ranks else [], known, scores]).astype(np.float32)
+
+
+def score_ranks(known: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """Each config's place among the tried ones by its latest score, over their number (0: the best); 1: untried.
+
+    What a person looks at to choose which configs to continue. A policy could work it out from the
+    scores, but behaviour cloning of :func:`halving_action` does not learn to sort from a few
+    thousand observations (``portfolio_ranks`` in ``configs/train_agent.yaml``).
+    """
+    out = np.ones(len(known), dtype=np.float32)
+    tried = np.flatnonzero(known > 0)
+    order = tried[np.argsort(-scores[tried], kind="stable")]
+    out[order] = np.arange(len(order)) / len(known)
     return out
 
 
@@ -131,20 +150,22 @@ class PortfolioActions(gym.Wrapper):
     env's space, and :func:`portfolio_features` is appended to every observation.
     """
 
-    def __init__(self, env: gym.Env, portfolio: ConfigLists) -> None:
+    def __init__(self, env: gym.Env, portfolio: ConfigLists, ranks: bool = False) -> None:
         super().__init__(env)
         n = portfolio_size(portfolio)
         if not n:
             raise RlhpoError("A portfolio needs at least one config.")
         self.portfolio: Mapping[str, Sequence[Config]] = portfolio
+        self.ranks = ranks
         hpo: HPOEnv = env.unwrapped  # type: ignore[assignment]
         self.action_space = gym.spaces.MultiDiscrete([n, len(hpo.space.choices["epochs"])])
         base = env.observation_space
         assert isinstance(base, gym.spaces.Box)
-        low = np.concatenate([np.zeros(1 + n), -np.ones(n)]).astype(np.float32)
+        extra = len(portfolio_names(n, ranks))
+        low = np.concatenate([np.zeros(extra - n), -np.ones(n)]).astype(np.float32)
         self.observation_space = gym.spaces.Box(
             low=np.concatenate([base.low, low]),
-            high=np.concatenate([base.high, np.ones(1 + 2 * n, dtype=np.float32)]),
+            high=np.concatenate([base.high, np.ones(extra, dtype=np.float32)]),
             dtype=np.float32,
         )
 
@@ -161,11 +182,13 @@ class PortfolioActions(gym.Wrapper):
         return self._observe(obs), reward, terminated, truncated, info
 
     def _observe(self, obs: np.ndarray) -> np.ndarray:
-        return np.concatenate([obs, portfolio_features(self.hpo, self.portfolio)]).astype(np.float32)
+        return np.concatenate([obs, portfolio_features(self.hpo, self.portfolio, ranks=self.ranks)]).astype(np.float32)
 
 
-def list_order_action(obs: np.ndarray, size: int, max_epochs_index: int) -> np.ndarray:
+def list_order_action(obs: np.ndarray, size: int, fractions: Sequence[float]) -> np.ndarray:
     """The learned list's plan as portfolio actions, from observations: the first config not yet known in full.
+
+    ``fractions``: each epochs choice over the largest (the plan uses only the largest).
 
     ``obs`` ends with :func:`portfolio_features` (one row per observation); once every config is
     known in full, the last one (a repeat, which :class:`~rlhpo.agents.policy.PPOTuner` replaces).
@@ -173,34 +196,33 @@ def list_order_action(obs: np.ndarray, size: int, max_epochs_index: int) -> np.n
     known = np.atleast_2d(obs)[:, -2 * size : -size]
     untried = known < 1.0 - 1e-6
     index = np.where(untried.any(axis=1), untried.argmax(axis=1), size - 1)
-    return np.stack([index, np.full_like(index, max_epochs_index)], axis=1)
+    return np.stack([index, np.full_like(index, len(fractions) - 1)], axis=1)
 
 
-HALVING_SCREEN = 10  # halving plan: the list's first 10 configs for one epoch each ...
-HALVING_KEEP = 2  # ... then the 2 best of them continued to the largest epochs choice
+HALVING_RUNGS = ((9, 0), (3, 1), (2, 2))  # halving plan: (configs, epochs index) per rung, successive halving at eta 3
 
 
-def halving_action(obs: np.ndarray, size: int, max_epochs_index: int) -> np.ndarray:
-    """Successive halving over the list as portfolio actions, from observations.
+def halving_action(obs: np.ndarray, size: int, fractions: Sequence[float]) -> np.ndarray:
+    """Successive halving over the list (rate 3) as portfolio actions, from observations.
 
-    The list's first :data:`HALVING_SCREEN` configs at the smallest epochs choice, in order; then
-    the :data:`HALVING_KEEP` best of them by their score, each continued to the largest choice;
-    then :func:`list_order_action`. At 3 FTE (27 epochs) that is 10 + 2 x 8 = 26 epochs: the
-    "10 x 1 > 2" plan of ``benchmarks/list_variants.py``.
+    ``fractions``: each epochs choice over the largest. By :data:`HALVING_RUNGS`, with epochs
+    choices 1, 3 and 9: the list's first 9 configs for 1 epoch each, in order; the best 3 of them
+    (by their latest score) continued to 3 epochs; the best 2 of those continued to 9; then
+    :func:`list_order_action`. That is 9 + 3 x 2 + 2 x 6 = 27 epochs, 3 FTE; at 1 FTE, the
+    one-epoch screen alone. Each rung ranks the configs by what the observation holds now, so a
+    config whose score falls when it is continued can let another one in.
     """
     rows = np.atleast_2d(obs)
     known, scores = rows[:, -2 * size : -size], rows[:, -size:]
-    out = list_order_action(rows, size, max_epochs_index)
-    screen = min(HALVING_SCREEN, size)
+    out = list_order_action(rows, size, fractions)
     for r in range(len(rows)):
-        unscreened = np.flatnonzero(known[r, :screen] <= 0.0)
-        if len(unscreened):
-            out[r] = [unscreened[0], 0]
-            continue
-        best = np.argsort(-scores[r, :screen], kind="stable")[:HALVING_KEEP]
-        short = [i for i in best if known[r, i] < 1.0 - 1e-6]
-        if short:
-            out[r] = [short[0], max_epochs_index]
+        pool = np.arange(min(HALVING_RUNGS[0][0], size))
+        for k, e in HALVING_RUNGS:
+            pool = pool[np.argsort(-scores[r, pool], kind="stable")[:k]] if k < len(pool) else pool
+            short = [i for i in pool if known[r, i] < fractions[e] - 1e-6]
+            if short:
+                out[r] = [short[0], e]
+                break
     return out
 
 
@@ -229,12 +251,14 @@ def imitate_list_order(
     """
     action_space = venv.action_space
     assert isinstance(action_space, gym.spaces.MultiDiscrete)
-    size, max_epochs_index = int(action_space.nvec[0]), int(action_space.nvec[1]) - 1
+    size = int(action_space.nvec[0])
+    choices = venv.get_attr("space")[0].choices["epochs"]
+    fractions = [c / choices[-1] for c in choices]
     venv.seed(seed)
     obs = venv.reset()
     seen, actions, done_episodes = [], [], 0
     while done_episodes < episodes:
-        action = PLAN_ACTIONS[plan](obs, size, max_epochs_index)
+        action = PLAN_ACTIONS[plan](obs, size, fractions)
         seen.append(obs)
         actions.append(action)
         obs, _, dones, _ = venv.step(action)

@@ -95,6 +95,7 @@ class TrainAgentSettings:
     portfolio: int = 0  # > 0: the policy picks among the learned list's first `portfolio` configs (agents/portfolio.py)
     imitation_episodes: int = 0  # portfolio: before PPO, behaviour-clone the list's plan on this many episodes
     imitation_plan: str = "list"  # the plan cloned: list (its order, full fidelity) or halving (agents/portfolio.py)
+    portfolio_ranks: bool = False  # portfolio: the policy also sees each config's rank by its score so far
     meta_features: bool = True  # the policy sees the task's meta-features; False: zeros, it acts on curves alone
     config_fraction: float = 0.5  # share of a task's recorded configs each episode may be answered from
     total_steps: int = 200_000  # environment steps (all envs together)
@@ -139,8 +140,9 @@ class TrainAgentSettings:
         _check_float("config_fraction", self.config_fraction, minimum=0.0)
         if not 0.0 < self.config_fraction <= 1.0:
             raise RlhpoError(f"config_fraction must be in (0, 1], but got config_fraction={self.config_fraction!r}.")
-        if not isinstance(self.meta_features, bool):
-            raise RlhpoError(f"meta_features must be true or false, but got {self.meta_features!r}.")
+        for name in ("meta_features", "portfolio_ranks"):
+            if not isinstance(getattr(self, name), bool):
+                raise RlhpoError(f"{name} must be true or false, but got {getattr(self, name)!r}.")
         if isinstance(self.exclude_datasets, str) or not isinstance(self.exclude_datasets, list | tuple):
             raise RlhpoError(f"exclude_datasets must be a list of dataset names, but got {self.exclude_datasets!r}.")
         object.__setattr__(self, "exclude_datasets", tuple(str(d) for d in self.exclude_datasets))

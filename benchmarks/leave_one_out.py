@@ -65,6 +65,7 @@ def main() -> None:
     parser.add_argument("--portfolio", type=int, default=None, help="portfolio policy of N configs (override)")
     parser.add_argument("--imitation-episodes", type=int, default=None, help="override imitation_episodes")
     parser.add_argument("--imitation-plan", default=None, help="override imitation_plan (list or halving)")
+    parser.add_argument("--portfolio-ranks", action="store_true", help="set portfolio_ranks: true")
     parser.add_argument("--compute-cost", type=float, default=None, help="override reward.compute_cost")
     parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated tuners to bench")
     parser.add_argument("--datasets", default=None, help="comma-separated (default: every dataset of the store)")
@@ -105,6 +106,8 @@ def main() -> None:
         base = dataclasses.replace(base, imitation_episodes=args.imitation_episodes)
     if args.imitation_plan is not None:
         base = dataclasses.replace(base, imitation_plan=args.imitation_plan)
+    if args.portfolio_ranks:
+        base = dataclasses.replace(base, portfolio_ranks=True)
     methods = tuple(args.methods.split(","))
     if args.train_seeds < 1 or (args.train_seeds > 1 and "ppo" not in methods):
         parser.error(f"--train-seeds {args.train_seeds}: give at least 1, and more than 1 only with ppo in --methods.")
@@ -257,6 +260,7 @@ def write_report(
         f"meta-trained on the {backend} backend, history={base.history}, budget_fte_range={base.budget_fte_range}, "
         f"first_trial_top={base.first_trial_top}, portfolio={base.portfolio}, "
         f"imitation_episodes={base.imitation_episodes}, imitation_plan={base.imitation_plan}, "
+        f"portfolio_ranks={str(base.portfolio_ranks).lower()}, "
         f"reward={dataclasses.asdict(base.reward)}, "
         "the held-out dataset excluded (with any dataset read from the same data; from the surrogate's fit too); "
         "the learned list learns from the same tasks. Judged on the recorded curves of the held-out dataset, "

@@ -18,6 +18,7 @@ from rlhpo.agents.portfolio import (
     portfolio_config,
     portfolio_names,
     portfolio_size,
+    score_ranks,
 )
 from rlhpo.agents.settings import TrainAgentSettings
 from rlhpo.envs.hpo_env import HPOEnv
@@ -104,6 +105,38 @@ def test_actions_train_portfolio_configs_and_the_observation_shows_what_is_known
         env.step([4, 0])
 
 
+def test_with_ranks_the_observation_also_shows_each_configs_place_by_score(tmp_path_factory, space, portfolio):
+    env = PortfolioActions(HPOEnv("recorded", helpers.tiny_store(tmp_path_factory), space=space), portfolio, ranks=True)
+    obs, _ = env.reset(seed=0, options={"task": helpers.DIGITS.key()})
+    base = len(env.unwrapped.observation_names)
+    assert obs.shape == env.observation_space.shape == (base + len(portfolio_names(4, ranks=True)),)
+    assert portfolio_names(4, ranks=True)[1:5] == tuple(f"portfolio{i}_rank" for i in range(1, 5))
+    assert np.all(obs[base + 1 : base + 5] == 1.0)  # nothing tried
+    obs, _, _, _, _ = env.step([2, 0])
+    assert obs[base + 1 : base + 5].tolist() == [1.0, 1.0, 0.0, 1.0]  # the one tried is the best
+    assert env.observation_space.contains(obs)
+
+
+def test_score_ranks_orders_the_tried_configs_by_their_latest_score():
+    known = np.array([1 / 9, 0.0, 1.0, 1 / 3, 1 / 9])
+    scores = np.array([0.5, 0.0, 0.7, 0.9, 0.5])
+    assert score_ranks(known, scores).tolist() == pytest.approx([0.4, 1.0, 0.2, 0.0, 0.6])  # ties: list order
+
+
+def test_a_policy_that_sees_ranks_and_imitates_halving_tunes_without_repeats(tmp_path_factory, space):
+    runs = tmp_path_factory.mktemp("ranks-runs")
+    settings = helpers.tiny_settings(
+        tmp_path_factory, portfolio=4, portfolio_ranks=True, imitation_episodes=20, imitation_plan="halving"
+    )
+    summary = train_agent(settings, run_name="ranks", runs_dir=runs, argv=["test"], progress=False)
+    policy = PPOTuner.load(summary["policy"])
+    assert policy.info.portfolio_ranks
+    env = HPOEnv("recorded", helpers.tiny_store(tmp_path_factory), space=space, budget_epochs=3 * space.max_epochs)
+    result = run_tuner(policy, env, 0, task=helpers.DIGITS.key())
+    trials = [(t.config.key(), t.epochs) for t in result.trials]
+    assert len(trials) == len(set(trials)) and result.epochs_used <= env.budget_epochs
+
+
 def test_a_portfolio_policy_plays_its_configs_then_new_random_ones_never_a_repeat(
     tmp_path_factory, space, portfolio, portfolio_policy
 ):
@@ -153,22 +186,26 @@ def test_imitation_fits_the_policy_to_the_lists_plan(tmp_path_factory, space, po
 
 
 def test_the_halving_plan_screens_the_lists_first_configs_then_continues_the_best():
-    from rlhpo.agents.portfolio import HALVING_KEEP, HALVING_SCREEN, halving_action
+    from rlhpo.agents.portfolio import halving_action
 
-    size, full = 12, 2
+    size, fractions = 12, (1 / 9, 3 / 9, 1.0)
+    final = [0.3, 0.9, 0.1, 0.5, 0.2, 0.95, 0.4, 0.6, 0.0, 0.7, 0.8, 0.85]
     known, scores = np.zeros(size), np.zeros(size)
-    plan = []
+    plan, paid = [], []
     while True:
-        action = halving_action(np.concatenate([[0.5], known, scores]), size, full)[0]
+        action = halving_action(np.concatenate([[0.5], known, scores]), size, fractions)[0]
         if known[action[0]] == 1.0:  # repeats a config known in full: the list is exhausted
             break
         plan.append((int(action[0]), int(action[1])))
-        known[action[0]] = 1.0 if action[1] == full else 1 / 9
-        scores[action[0]] = [0.3, 0.9, 0.1, 0.5, 0.2, 0.95, 0.4, 0.6, 0.0, 0.7, 0.8, 0.85][action[0]]
-    assert plan[:HALVING_SCREEN] == [(i, 0) for i in range(HALVING_SCREEN)]  # screened in list order
-    assert plan[HALVING_SCREEN : HALVING_SCREEN + HALVING_KEEP] == [(5, full), (1, full)]  # the best two of them
+        paid.append(round(9 * (fractions[action[1]] - known[action[0]])))  # a continuation pays the new epochs
+        known[action[0]] = fractions[action[1]]
+        scores[action[0]] = final[action[0]] * known[action[0]] ** 0.1  # a config's score rises with its epochs
+    assert plan[:9] == [(i, 0) for i in range(9)]  # the list's first 9, screened in order
+    assert plan[9:12] == [(5, 1), (1, 1), (7, 1)]  # the best 3 of them to 3 epochs
+    assert plan[12:14] == [(5, 2), (1, 2)]  # the best 2 of those to 9
     rest = [i for i in range(size) if i not in (5, 1)]
-    assert plan[HALVING_SCREEN + HALVING_KEEP :] == [(i, full) for i in rest]  # then the list's order
+    assert plan[14:] == [(i, 2) for i in rest]  # then the list's order, in full
+    assert sum(paid[:14]) == 27  # 3 FTE
 
 
 def test_an_unknown_imitation_plan_is_a_clear_error():
