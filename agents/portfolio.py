@@ -130,7 +130,7 @@ def portfolio_features(
 
 
 def score_ranks(known: np.ndarray, scores: np.ndarray) -> np.ndarray:
-    """Each config's place among the tried ones by its latest score, over their number (0: the best); 1: untried.
+    """Each config's place among the tried ones by latest score, over the portfolio's size (0: the best); 1: untried.
 
     What a person looks at to choose which configs to continue. A policy could work it out from the
     scores, but behaviour cloning of :func:`halving_action` does not learn to sort from a few

@@ -132,6 +132,8 @@ class TrainAgentSettings:
             raise unknown("imitation plan", str(self.imitation_plan), IMITATION_PLANS)
         if self.imitation_episodes and not self.portfolio:
             raise RlhpoError("imitation_episodes clones the learned list's plan: it needs portfolio: N > 0.")
+        if self.portfolio_ranks and not self.portfolio:
+            raise RlhpoError("portfolio_ranks shows the ranks of a portfolio's configs: it needs portfolio: N > 0.")
         if self.budget_fte_range is not None:
             low_high = self.budget_fte_range
             if not isinstance(low_high, list | tuple) or len(low_high) != 2 or not 0 < low_high[0] <= low_high[1]:

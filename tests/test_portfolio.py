@@ -213,9 +213,11 @@ def test_an_unknown_imitation_plan_is_a_clear_error():
         TrainAgentSettings(portfolio=4, imitation_episodes=10, imitation_plan="halvign")
 
 
-def test_imitation_needs_a_portfolio():
+def test_imitation_and_ranks_need_a_portfolio():
     with pytest.raises(RlhpoError, match="imitation_episodes"):
         TrainAgentSettings(imitation_episodes=10)
+    with pytest.raises(RlhpoError, match="portfolio_ranks"):
+        TrainAgentSettings(portfolio_ranks=True)
 
 
 def test_a_portfolio_policy_and_ppo_tpe_show_the_policy_its_meta_training_budget(
