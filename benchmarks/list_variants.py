@@ -15,6 +15,7 @@ rest, per modality; regret at full fidelity on the held-out dataset's recorded c
   ``k * e + m * (9 - e)`` epochs, at most the list's 3 full trainings (27). A plan may have
   three rungs: ``9 x 1 > 3 x 3 > 2 x 9`` continues the best 3 of the first 9 to 3 epochs, then
   the best 2 of those to 9 (``imitation_plan: halving``, :func:`rlhpo.agents.portfolio.halving_action`).
+  A *hedged* plan first trains the list's first configs in full, then halves over the rest.
 
 Only held-out tasks on which the list's first 18 configs are all recorded are judged, so every
 variant answers exactly (no nearest neighbour). Tabular (digits) has no meta-training task of its
@@ -54,6 +55,10 @@ HALVINGS = (  # rungs (k, e): the best k of the previous rung's configs (the lis
     ((10, 1), (4, 3), (1, 9)),
     ((12, 1), (4, 3), (1, 9)),
 )
+HEDGED = (  # (n, rungs): the list's first n configs in full, then the rungs over the rest of the list
+    (1, ((6, 1), (2, 3), (1, 9))),
+    (1, ((9, 1), (1, 9))),
+)
 EPOCHS = 9
 NEEDED = 18  # list configs that must be recorded on a held-out task (the largest k)
 
@@ -75,12 +80,18 @@ def curves_of(store: CurveStore, record: TaskRecord) -> dict[str, np.ndarray]:
     return out
 
 
-def halving_final(rungs: tuple[tuple[int, int], ...], listed: list[str], curves: dict[str, np.ndarray]) -> float:
-    """The final score of the best config that reached the last rung of a halving plan over ``listed``."""
-    pool, epochs = listed[: rungs[0][0]], rungs[0][1]
+def halving_final(
+    rungs: tuple[tuple[int, int], ...], listed: list[str], curves: dict[str, np.ndarray], full: int = 0
+) -> float:
+    """The final score of the best config that reached the last rung of a halving plan over ``listed``.
+
+    ``full``: the list's first ``full`` configs are trained in full first (they count too), and the
+    plan runs over the rest of the list.
+    """
+    pool, epochs = listed[full : full + rungs[0][0]], rungs[0][1]
     for k, e in rungs[1:]:
         pool, epochs = sorted(pool, key=lambda c: -curves[c][epochs - 1])[:k], e
-    return max(curves[c][-1] for c in pool)
+    return max(curves[c][-1] for c in listed[:full] + pool)
 
 
 def plan_name(rungs: tuple[tuple[int, int], ...]) -> str:
@@ -119,6 +130,8 @@ def main() -> None:
             weighted[r.task.dataset][tau].append(min(regrets) if regrets else float("nan"))
         for rungs in HALVINGS:
             halving[r.task.dataset][rungs].append(best - halving_final(rungs, uniform, curves))
+        for full, rungs in HEDGED:
+            halving[r.task.dataset][(full, rungs)].append(best - halving_final(rungs, uniform, curves, full))
 
     def table(results: dict, columns: tuple, header: list[str]) -> list[str]:
         lines = ["| held-out dataset | tasks | " + " | ".join(header) + " |"]
@@ -149,8 +162,10 @@ def main() -> None:
         "",
         *table(
             {d: {**halving[d], "list": weighted[d][math.inf]} for d in halving},
-            ("list", *HALVINGS),
-            ["list (3 x 9)"] + [plan_name(rungs) for rungs in HALVINGS],
+            ("list", *HALVINGS, *HEDGED),
+            ["list (3 x 9)"]
+            + [plan_name(rungs) for rungs in HALVINGS]
+            + [f"{full} x 9, then {plan_name(rungs)}" for full, rungs in HEDGED],
         ),
         "",
     ]
