@@ -530,8 +530,8 @@ def plan_items(
     only_families: Sequence[str] | None = None,
     counts: dict[Task, int] | None = None,
     family_depths: dict[Task, dict[str, int]] | None = None,
-) -> tuple[list[WorkItem], int]:
-    """The runs still to record, breadth first across tasks, and how many are recorded already.
+) -> tuple[list[WorkItem], set[tuple[str, str, int]]]:
+    """The runs still to record, breadth first across tasks, and those recorded already (task key, config key, seed).
 
     ``designs`` maps each task to its configs (a prefix of the design), each recorded with every
     family of ``families[task]`` (default: the config's own). Items go round-robin over the
@@ -544,7 +544,8 @@ def plan_items(
     of its design (default: all of it), and beyond them only those of the families in
     ``family_depths[task]``, each up to its own number.
     """
-    items, skipped = [], 0
+    items: list[WorkItem] = []
+    recorded: set[tuple[str, str, int]] = set()
     needs_family = only_families is not None or family_depths
     own_family = {task: store.task(task.key()).family for task in designs} if needs_family else {}
     for i in range(max((len(c) for c in designs.values()), default=0)):
@@ -562,10 +563,10 @@ def plan_items(
                     continue
                 for run_seed in seeds:
                     if store.has_run(task.key(), run, run_seed, run.epochs):
-                        skipped += 1
+                        recorded.add((task.key(), run.key(), run_seed))
                     else:
                         items.append(WorkItem(task=task, config=run, seed=run_seed, data_dir=data_dir))
-    return items, skipped
+    return items, recorded
 
 
 def task_designs(
@@ -699,7 +700,7 @@ def collect(
         copied = copy_pinned_runs(store, designs, settings.train_seed, recorded_families)
         if copied:
             log.info("collect: %d runs copied from the same instances pinned to their family", copied)
-        items, skipped = plan_items(
+        items, recorded = plan_items(
             store,
             designs,
             settings.train_seed,
@@ -710,7 +711,7 @@ def collect(
             counts=plan,
             family_depths=recorded_depths,
         )
-        recipe_items, recipes_skipped = plan_items(
+        recipe_items, recipes_recorded = plan_items(
             store,
             recipe_designs(store, recipes, recorded_families),
             settings.train_seed,
@@ -720,7 +721,7 @@ def collect(
         # A recipe that is also a design config trains once, as a recipe.
         planned_recipes = {(i.task, i.config.key(), i.seed) for i in recipe_items}
         items = recipe_items + [i for i in items if (i.task, i.config.key(), i.seed) not in planned_recipes]
-        skipped += recipes_skipped
+        skipped = len(recorded | recipes_recorded)  # a recorded recipe that is also a design config counts once
         log.info(
             "collect: %d tasks, %d runs; %d recorded, %d to train", len(plan), skipped + len(items), skipped, len(items)
         )

@@ -172,8 +172,8 @@ def test_collect_goes_breadth_first_and_records_every_nth_config_with_a_second_s
         plan = {task: n for task, n in settings.plan().items()}
         record_tasks(store, plan)
         designs = task_designs(store, plan, SPACE, settings.seed, settings.families())
-        items, skipped = plan_items(store, designs, settings.train_seed, noise_every=2)
-    assert skipped == 0
+        items, recorded = plan_items(store, designs, settings.train_seed, noise_every=2)
+    assert not recorded
     order = [(item.task.n_train, designs[item.task].index(item.config), item.seed) for item in items]
     assert order == [
         (150, 0, 0),
@@ -247,6 +247,19 @@ def test_recipes_are_recorded_first_on_every_instance_of_their_modality_that_lea
     assert run is not None and run.config == recipe and len(run.curve.epochs) == SPACE.max_epochs
     again = collect(settings, path, executor=InlineExecutor(), progress=False)
     assert (again.trained, again.skipped) == (0, 8)
+
+
+def test_a_recorded_recipe_that_is_also_a_design_config_counts_once(tmp_path):
+    path = tmp_path / "s.sqlite"
+    plain = CollectSettings(instances=[InstanceGroup(datasets=["digits"], n_train=[150])], configs=2)
+    first = collect(plain, path, executor=InlineExecutor(), progress=False)
+    with CurveStore(path) as store:
+        design_config = store.runs(plain.tasks()[0].key(), plain.train_seed)[0].config
+    recipe = {k: v for k, v in design_config.to_dict().items() if k != "epochs"}
+    again = collect(
+        dataclasses.replace(plain, recipes={"tabular": [recipe]}), path, executor=InlineExecutor(), progress=False
+    )
+    assert (again.trained, again.runs, again.skipped) == (0, first.trained, first.trained)
 
 
 def test_recipes_outside_the_space_or_of_another_modality_are_clear_errors(tmp_path):
