@@ -53,7 +53,7 @@ from rlhpo.agents.policy import (
     one_torch_thread,
     save_policy,
 )
-from rlhpo.agents.portfolio import PortfolioActions, imitate_list_order, learn_portfolio, portfolio_size
+from rlhpo.agents.portfolio import PortfolioActions, imitate_plan, learn_portfolio, portfolio_size
 from rlhpo.agents.sb3_logging import run_logger
 from rlhpo.agents.settings import TrainAgentSettings, settings_from_dict
 from rlhpo.envs.backends import Backend, RecordedBackend, SubsetBackend
@@ -244,9 +244,7 @@ def _train_agent(
     venv = make_vec_env(settings, answers, space, portfolio)
     model, start_steps = _model(settings, venv, run_dir, resume is not None)
     if settings.imitation_episodes and resume is None:
-        loss = imitate_list_order(
-            model, venv, settings.imitation_episodes, plan=settings.imitation_plan, seed=settings.seed
-        )
+        loss = imitate_plan(model, venv, settings.imitation_episodes, plan=settings.imitation_plan, seed=settings.seed)
         log.info(
             "train-agent: the policy imitates the learned list's %s plan (%d episodes, loss %.3f)",
             settings.imitation_plan,

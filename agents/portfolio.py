@@ -28,11 +28,12 @@ does there (:func:`learn_portfolio`).
 
 PPO from a random policy need not find even the list's own plan (train the configs in order, at
 full fidelity) in a short run. With ``imitation_episodes: K``, the policy is first fitted to that
-plan by behaviour cloning on K meta-training episodes (:func:`imitate_list_order`); PPO then
+plan by behaviour cloning on K meta-training episodes (:func:`imitate_plan`); PPO then
 starts from the learned list and departs from it where the reward says so. With
 ``imitation_plan: halving`` it clones successive halving over the list instead
 (:func:`halving_action`: the first 9 configs for 1 epoch, the best 3 continued to 3, the best 2
-of those to 9).
+of those to 9). ``imitation_plan: by_budget`` clones halving in episodes under 3 FTE and the list's
+plan from 3 FTE on (:func:`by_budget_action`); with ``budget_fte_range`` the policy sees both.
 """
 
 from __future__ import annotations
@@ -185,10 +186,13 @@ class PortfolioActions(gym.Wrapper):
         return np.concatenate([obs, portfolio_features(self.hpo, self.portfolio, ranks=self.ranks)]).astype(np.float32)
 
 
-def list_order_action(obs: np.ndarray, size: int, fractions: Sequence[float]) -> np.ndarray:
+def list_order_action(
+    obs: np.ndarray, size: int, fractions: Sequence[float], budget_fte: np.ndarray | None = None
+) -> np.ndarray:
     """The learned list's plan as portfolio actions, from observations: the first config not yet known in full.
 
-    ``fractions``: each epochs choice over the largest (the plan uses only the largest).
+    ``fractions``: each epochs choice over the largest (the plan uses only the largest). The plan is
+    the same at every budget, so ``budget_fte`` (each row's episode budget) is not used.
 
     ``obs`` ends with :func:`portfolio_features` (one row per observation); once every config is
     known in full, the last one (a repeat, which :class:`~rlhpo.agents.policy.PPOTuner` replaces).
@@ -202,10 +206,13 @@ def list_order_action(obs: np.ndarray, size: int, fractions: Sequence[float]) ->
 HALVING_RUNGS = ((9, 0), (3, 1), (2, 2))  # halving plan: (configs, epochs index) per rung, successive halving at eta 3
 
 
-def halving_action(obs: np.ndarray, size: int, fractions: Sequence[float]) -> np.ndarray:
+def halving_action(
+    obs: np.ndarray, size: int, fractions: Sequence[float], budget_fte: np.ndarray | None = None
+) -> np.ndarray:
     """Successive halving over the list (rate 3) as portfolio actions, from observations.
 
-    ``fractions``: each epochs choice over the largest. By :data:`HALVING_RUNGS`, with epochs
+    ``fractions``: each epochs choice over the largest; ``budget_fte`` is not used (the rungs are
+    the same at every budget; a small budget ends the episode early). By :data:`HALVING_RUNGS`, with epochs
     choices 1, 3 and 9: the list's first 9 configs for 1 epoch each, in order; the best 3 of them
     (by their latest score) continued to 3 epochs; the best 2 of those continued to 9; then
     :func:`list_order_action`. That is 9 + 3 x 2 + 2 x 6 = 27 epochs, 3 FTE; at 1 FTE, the
@@ -226,10 +233,38 @@ def halving_action(obs: np.ndarray, size: int, fractions: Sequence[float]) -> np
     return out
 
 
-PLAN_ACTIONS = {"list": list_order_action, "halving": halving_action}  # by agents.settings.IMITATION_PLANS
+HALVING_BELOW_FTE = 3.0  # by_budget: budgets under this many full trainings are halved; larger ones play the list
 
 
-def imitate_list_order(
+def by_budget_action(
+    obs: np.ndarray, size: int, fractions: Sequence[float], budget_fte: np.ndarray | None = None
+) -> np.ndarray:
+    """:func:`halving_action` in episodes of a budget under :data:`HALVING_BELOW_FTE`, else :func:`list_order_action`.
+
+    ``budget_fte``: each row's episode budget in full trainings (required). Below 3 FTE the list can
+    train at most two of its configs in full, and screening nine of them for an epoch each finds a
+    better one on held-out datasets (regret at 1 FTE 0.046 against 0.139, ``docs/benchmarks/hpo.md``,
+    session 16). From 3 FTE on, the list's first configs in full do as well live on text
+    (``docs/benchmarks/tune_text.md``, session 16) and better on held-out ag_news and imdb.
+    """
+    if budget_fte is None:
+        raise RlhpoError("The by_budget plan needs each episode's budget (budget_fte).")
+    rows = np.atleast_2d(obs)
+    out = list_order_action(rows, size, fractions)
+    small = np.asarray(budget_fte, dtype=float).reshape(-1) < HALVING_BELOW_FTE - 1e-9
+    if small.any():
+        out[small] = halving_action(rows[small], size, fractions)
+    return out
+
+
+PLAN_ACTIONS = {  # by agents.settings.IMITATION_PLANS
+    "list": list_order_action,
+    "halving": halving_action,
+    "by_budget": by_budget_action,
+}
+
+
+def imitate_plan(
     model: PPO,
     venv: VecEnv,
     episodes: int,
@@ -242,7 +277,8 @@ def imitate_list_order(
 ) -> float:
     """Fit ``model``'s policy to a plan over the list on ``episodes`` episodes of ``venv``; the last loss.
 
-    ``plan``: ``list`` (:func:`list_order_action`) or ``halving`` (:func:`halving_action`).
+    ``plan``: ``list`` (:func:`list_order_action`), ``halving`` (:func:`halving_action`) or
+    ``by_budget`` (:func:`by_budget_action`, which looks at each episode's budget).
 
     The episodes are played by the plan itself on the meta-training tasks (the venv's), their
     observations and actions kept, and the policy's log-likelihood of the actions maximised
@@ -258,7 +294,8 @@ def imitate_list_order(
     obs = venv.reset()
     seen, actions, done_episodes = [], [], 0
     while done_episodes < episodes:
-        action = PLAN_ACTIONS[plan](obs, size, fractions)
+        budget_fte = np.asarray(venv.get_attr("budget_epochs"), dtype=float) / choices[-1]  # the episodes' budgets now
+        action = PLAN_ACTIONS[plan](obs, size, fractions, budget_fte)
         seen.append(obs)
         actions.append(action)
         obs, _, dones, _ = venv.step(action)

@@ -18,7 +18,7 @@ from rlhpo.errors import RlhpoError, unknown
 from rlhpo.settings import SHIPPED_STORE, from_dict, read_yaml, shipped_file
 from rlhpo.space import DEFAULT_BUDGET_FTE, SearchSpace, load_search_space
 
-IMITATION_PLANS = ("list", "halving")  # the plans imitation_episodes can clone (agents/portfolio.py)
+IMITATION_PLANS = ("list", "halving", "by_budget")  # the plans imitation_episodes can clone (agents/portfolio.py)
 
 # Where work runs: rlhpo.collect.EXECUTORS (not imported here: rlhpo.collect loads torch).
 EXECUTORS = ("local", "ray")
@@ -94,7 +94,7 @@ class TrainAgentSettings:
     first_trial_top: int = 1  # the tuner's first trial: drawn by seed among the policy's this many most likely
     portfolio: int = 0  # > 0: the policy picks among the learned list's first `portfolio` configs (agents/portfolio.py)
     imitation_episodes: int = 0  # portfolio: before PPO, behaviour-clone the list's plan on this many episodes
-    imitation_plan: str = "list"  # the plan cloned: list (its order, full fidelity) or halving (agents/portfolio.py)
+    imitation_plan: str = "list"  # the plan cloned: list (in order, in full), halving or by_budget (portfolio.py)
     portfolio_ranks: bool = False  # portfolio: the policy also sees each config's rank by its score so far
     meta_features: bool = True  # the policy sees the task's meta-features; False: zeros, it acts on curves alone
     config_fraction: float = 0.5  # share of a task's recorded configs each episode may be answered from

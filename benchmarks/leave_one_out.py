@@ -64,7 +64,7 @@ def main() -> None:
     parser.add_argument("--first-trial-top", type=int, default=None, help="override first_trial_top")
     parser.add_argument("--portfolio", type=int, default=None, help="portfolio policy of N configs (override)")
     parser.add_argument("--imitation-episodes", type=int, default=None, help="override imitation_episodes")
-    parser.add_argument("--imitation-plan", default=None, help="override imitation_plan (list or halving)")
+    parser.add_argument("--imitation-plan", default=None, help="override imitation_plan (list, halving or by_budget)")
     parser.add_argument("--portfolio-ranks", action="store_true", help="set portfolio_ranks: true")
     parser.add_argument("--compute-cost", type=float, default=None, help="override reward.compute_cost")
     parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated tuners to bench")

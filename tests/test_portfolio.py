@@ -170,14 +170,14 @@ def test_a_negative_portfolio_is_a_clear_error():
 
 def test_imitation_fits_the_policy_to_the_lists_plan(tmp_path_factory, space, portfolio):
     from rlhpo.agents.meta_train import make_vec_env, new_model
-    from rlhpo.agents.portfolio import imitate_list_order
+    from rlhpo.agents.portfolio import imitate_plan
     from rlhpo.envs.backends import RecordedBackend
 
     settings = helpers.tiny_settings(tmp_path_factory, portfolio=4, imitation_episodes=60, config_fraction=1.0)
     backend = RecordedBackend(settings.store_path(), space, exclude_datasets=settings.exclude_datasets)
     venv = make_vec_env(settings, backend, space, portfolio)
     model = new_model(settings, venv)
-    loss = imitate_list_order(model, venv, settings.imitation_episodes, epochs=100, batch_size=16)
+    loss = imitate_plan(model, venv, settings.imitation_episodes, epochs=100, batch_size=16)
     assert loss < 0.1
     tuner = PPOTuner(model, PolicyInfo(space=space, budget_epochs=12, portfolio=portfolio))
     env = HPOEnv("recorded", settings.store_path(), space=space, budget_epochs=12)
@@ -206,6 +206,41 @@ def test_the_halving_plan_screens_the_lists_first_configs_then_continues_the_bes
     rest = [i for i in range(size) if i not in (5, 1)]
     assert plan[14:] == [(i, 2) for i in rest]  # then the list's order, in full
     assert sum(paid[:14]) == 27  # 3 FTE
+
+
+def test_the_by_budget_plan_halves_small_budgets_and_plays_the_list_from_3_fte():
+    from rlhpo.agents.portfolio import by_budget_action, halving_action, list_order_action
+
+    size, fractions = 12, (1 / 9, 3 / 9, 1.0)
+    known = np.array([1 / 9] * 9 + [0.0] * 3)  # the list's first 9 screened for an epoch
+    scores = np.linspace(0.1, 0.9, size)
+    obs = np.stack([np.concatenate([[0.5], known, scores])] * 3)
+    budgets = np.array([1.0, 2.9, 3.0])
+    actions = by_budget_action(obs, size, fractions, budgets)
+    assert actions[0].tolist() == actions[1].tolist() == halving_action(obs[:1], size, fractions)[0].tolist() == [8, 1]
+    assert actions[2].tolist() == list_order_action(obs[:1], size, fractions)[0].tolist() == [0, 2]
+    with pytest.raises(RlhpoError, match="budget"):
+        by_budget_action(obs, size, fractions)
+
+
+def test_imitation_of_the_by_budget_plan_follows_each_episodes_budget(tmp_path_factory, space, portfolio):
+    from rlhpo.agents.meta_train import make_vec_env, new_model
+    from rlhpo.agents.portfolio import imitate_plan
+    from rlhpo.envs.backends import RecordedBackend
+
+    settings = helpers.tiny_settings(
+        tmp_path_factory, portfolio=4, imitation_episodes=60, config_fraction=1.0, budget_fte_range=(1.0, 4.0)
+    )
+    backend = RecordedBackend(settings.store_path(), space, exclude_datasets=settings.exclude_datasets)
+    venv = make_vec_env(settings, backend, space, portfolio)
+    model = new_model(settings, venv)
+    loss = imitate_plan(model, venv, settings.imitation_episodes, plan="by_budget", epochs=100, batch_size=16)
+    assert loss < 0.2
+    info = PolicyInfo(space=space, settings={"budget_fte_range": [1.0, 4.0]}, portfolio=portfolio)
+    for fte, first_epochs in ((1, 1), (4, space.max_epochs)):  # the screen's one epoch, or the list in full
+        env = HPOEnv("recorded", settings.store_path(), space=space, budget_epochs=fte * space.max_epochs)
+        result = run_tuner(PPOTuner(model, info), env, 0, task=helpers.DIGITS.key())
+        assert result.trials[0].config == portfolio["tabular"][0].with_epochs(first_epochs)
 
 
 def test_an_unknown_imitation_plan_is_a_clear_error():
