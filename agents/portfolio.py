@@ -244,8 +244,9 @@ def by_budget_action(
     ``budget_fte``: each row's episode budget in full trainings (required). Below 3 FTE the list can
     train at most two of its configs in full, and screening nine of them for an epoch each finds a
     better one on held-out datasets (regret at 1 FTE 0.046 against 0.139, ``docs/benchmarks/hpo.md``,
-    session 16). From 3 FTE on, the list's first configs in full do as well live on text
-    (``docs/benchmarks/tune_text.md``, session 16) and better on held-out ag_news and imdb.
+    session 16). At 3 FTE halving loses to the list on held-out ag_news and imdb
+    (``docs/benchmarks/list_variants.md``), and live on text it lost to the shipped policy
+    (``docs/benchmarks/tune_text.md``, session 16), so from 3 FTE on the plan is the list's.
     """
     if budget_fte is None:
         raise RlhpoError("The by_budget plan needs each episode's budget (budget_fte).")
