@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import logging
 from pathlib import Path
 
@@ -301,6 +302,23 @@ def test_second_load_reuses_the_disk_cache(data_dir: Path, tmp_cache: Path, monk
     load_prepared.cache_clear()  # forget the in-memory copy: the next load reads the disk
     second = load_task(Task("trec", n_train=100), data_dir=data_dir)
     assert torch.equal(first.x_train, second.x_train) and second.vocab_size == first.vocab_size
+
+
+@pytest.mark.parametrize("mode", ["L", "RGB"])
+def test_decoded_images_have_the_strides_of_images_read_back_from_the_cache(mode: str) -> None:
+    from PIL import Image
+
+    def png(value: int) -> bytes:
+        buffer = io.BytesIO()
+        Image.new(mode, (5, 4), value if mode == "L" else (value, 0, 0)).save(buffer, format="PNG")
+        return buffer.getvalue()
+
+    images = preprocess_module.decode_images(pa.chunked_array([pa.array([png(0), png(128), png(255)])]))
+    channels = 1 if mode == "L" else 3
+    assert images.shape == (3, channels, 4, 5)
+    # The strides np.load gives the cached arrays; a single channel must not look channels-last.
+    assert images.strides == (channels * 20, 20, 5, 1)
+    assert torch.from_numpy(images).float().stride() == (channels * 20, 20, 5, 1)
 
 
 def test_a_corrupt_cache_file_is_rebuilt(data_dir: Path, tmp_cache: Path) -> None:

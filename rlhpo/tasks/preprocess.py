@@ -289,7 +289,11 @@ def decode_images(column: pa.ChunkedArray, like: tuple[tuple[int, int], str] | N
         out[i] = np.asarray(image).reshape(out.shape[1:])
     if resized:
         logger.warning("Resized %d of %d images to %dx%d.", resized, len(items), *size)
-    return np.ascontiguousarray(out.transpose(0, 3, 1, 2))
+    # A copy, not np.ascontiguousarray: with one channel the transposed view already counts as
+    # contiguous and would keep strides (H*W, 1, W, 1). torch then takes the images as channels-last,
+    # and its convolutions compute another curve than on the same images read back from the cache
+    # (mnist, default config, seed 0: test accuracy 0.961 against 0.958).
+    return out.transpose(0, 3, 1, 2).copy()
 
 
 def _image_items(column: pa.ChunkedArray) -> list[bytes | str]:
