@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from rlhpo.envs.hpo_env import HPOEnv
-from rlhpo.envs.recorder import ROLLOUTS_FILE
+from rlhpo.envs.recorder import ROLLOUTS_FILE, numeric_environment
 from rlhpo.envs.reward import RewardSettings
 from rlhpo.errors import RlhpoError
 from rlhpo.runs import config_text
@@ -158,8 +158,12 @@ def report_lines(rollouts: Rollouts, episodes: list[Episode], with_choices: bool
     return lines
 
 
-def verify_lines(checks: list[StepCheck]) -> list[str]:
-    """What ``rlhpo replay --verify`` prints: a line per step, then the verdict."""
+def verify_lines(checks: list[StepCheck], header: dict[str, Any] | None = None) -> list[str]:
+    """What ``rlhpo replay --verify`` prints: a line per step, then the verdict.
+
+    When steps differ and ``header`` (the rollouts' header) says the run was recorded in another
+    numeric environment than this process's, a last line names what differs.
+    """
     lines = []
     for c in checks:
         status = (
@@ -171,7 +175,27 @@ def verify_lines(checks: list[StepCheck]) -> list[str]:
     bad = sum(not c.ok for c in checks)
     n_eps = len({c.episode for c in checks})
     lines.append(f"verified {len(checks)} steps of {n_eps} episodes: " + ("all match" if not bad else f"{bad} differ"))
+    if bad and header and header.get("backend") == "live":
+        lines.append(environment_note(header.get("environment")))
     return lines
+
+
+def environment_note(recorded: dict[str, Any] | None) -> str:
+    """Why live steps may differ: the numeric environment they were recorded in, against this one."""
+    here = numeric_environment()
+    if recorded is None:
+        return "note: the rollouts do not say which torch, threads or CPU they were recorded with."
+    changed = [f"{k} {recorded.get(k)!r} then, {v!r} now" for k, v in here.items() if recorded.get(k) != v]
+    if not changed:
+        return (
+            "note: recorded with this torch, these threads and these CPU kernels, so the difference is not float "
+            "rounding across machines: look at the data and the code."
+        )
+    return (
+        "note: recorded in another numeric environment ("
+        + "; ".join(changed)
+        + "): float rounding differs, and training can amplify it."
+    )
 
 
 # ----------------------------------------------------------------------- plot

@@ -3,27 +3,49 @@
 One JSON object per line, append-only and flushed per step (like Optuna's journal storage), so
 a run killed at any moment leaves every completed step readable. The file starts with a header
 line, ``{"header": {...}}`` (:func:`write_rollouts_header`): what a replay needs to rebuild the
-environment. Each step line holds the episode and step numbers, the episode's reset seed, the
-task and its meta-features, the action, the decoded config, a summary of the trial's curve, the
-reward and the incumbent.
+environment, and the numeric environment the steps ran in (:func:`numeric_environment`). Each
+step line holds the episode and step numbers, the episode's reset seed, the task and its
+meta-features, the action, the decoded config, a summary of the trial's curve, the reward and
+the incumbent.
 """
 
 from __future__ import annotations
 
 import json
+import platform
 from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
+import torch
 
 from rlhpo.envs.hpo_env import StepResult
 
 ROLLOUTS_FILE = "rollouts.jsonl"
 
 
+def numeric_environment() -> dict[str, Any]:
+    """What decides a live curve's last bits besides the seed: torch's build, its threads, the CPU's kernels.
+
+    Training is deterministic within one of these; across them, float rounding differs, and a config
+    whose training amplifies it (a high learning rate) can end on another curve. ``rlhpo replay
+    --verify`` names the difference when a live step does not match.
+    """
+    return {
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "machine": platform.machine(),
+    }
+
+
 def write_rollouts_header(path: Path, header: dict[str, Any]) -> None:
-    """Start a rollouts file afresh with its header line: what a replay needs to rebuild the env."""
+    """Start a rollouts file afresh with its header line: what a replay needs to rebuild the env.
+
+    The header gains ``environment`` (:func:`numeric_environment`) unless it has one.
+    """
+    header = {"environment": numeric_environment(), **header}
     path.write_text(json.dumps({"header": header}) + "\n")
 
 

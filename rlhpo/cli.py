@@ -606,7 +606,7 @@ def replay_cmd(run_dir: Path, episode: int | None, plot_path: Path | None, verif
         click.echo(f"plot {replay.plot(rollouts, plot_path, episodes)}")
     if verify:
         checks = replay.verify(rollouts, episode=episode, data_dir=data_dir)
-        for line in replay.verify_lines(checks):
+        for line in replay.verify_lines(checks, rollouts.header):
             click.echo(line)
         if not all(c.ok for c in checks):
             raise SystemExit(1)

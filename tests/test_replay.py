@@ -14,6 +14,7 @@ from helpers import one_torch_thread  # noqa: F401 (an autouse fixture)
 from rlhpo.agents import replay
 from rlhpo.agents.tune import tune
 from rlhpo.cli import main
+from rlhpo.envs.recorder import numeric_environment
 from rlhpo.errors import RlhpoError
 
 
@@ -86,6 +87,24 @@ def test_verify_reports_a_step_that_differs(agent_run, tmp_path):
     assert result.exit_code == 1
     assert f"verify episode {step['episode']} step {step['step']}: MISMATCH score: recorded" in result.output
     assert "1 differ" in result.output
+
+
+def test_verify_names_another_numeric_environment_when_a_live_step_differs(tune_run, tmp_path):
+    header, *steps = (json.loads(x) for x in (tune_run / "rollouts.jsonl").read_text().splitlines())
+    assert header["header"]["environment"] == numeric_environment()
+    steps[0]["curve"]["score"] += 0.01
+    for environment, note in [
+        ({**numeric_environment(), "torch": "1.0"}, "note: recorded in another numeric environment (torch '1.0' then"),
+        (numeric_environment(), "so the difference is not float rounding across machines"),
+        (None, "the rollouts do not say which torch"),
+    ]:
+        run = tmp_path / f"run-{len(note)}"
+        shutil.copytree(tune_run, run)
+        header["header"]["environment"] = environment
+        (run / "rollouts.jsonl").write_text("".join(json.dumps(x) + "\n" for x in [header, *steps]))
+        result = cli("replay", str(run), "--episode", "0", "--verify")
+        assert result.exit_code == 1 and "1 differ" in result.output
+        assert note in result.output.splitlines()[-1]  # the note closes the report
 
 
 def test_verify_confirms_a_run_made_before_the_reward_charged_compute_and_distance(agent_run, tmp_path):
