@@ -1,7 +1,7 @@
 """How far can a tuner that chooses among the shipped text portfolio go at full size? A ceiling probe.
 
-For each text task and seed, every config of the shipped policy's text portfolio (plus ``--extra``
-configs, e.g. fastText's recipe) is trained on the tune pool of ``rlhpo tune --seed S`` for the
+For each text task and seed, every config of the shipped policy's text portfolio (plus the configs of
+``EXTRA``, e.g. fastText's recipe) is trained on the tune pool of ``rlhpo tune --seed S`` for the
 full epochs, with validation and test accuracy after every epoch (the trainer's own steps, as in
 ``best_epoch_probe.py``). The report gives, per task (means over seeds):
 
@@ -26,20 +26,19 @@ import collections
 import itertools
 import json
 import time
-import zipfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from best_epoch_probe import epoch_accuracies
+from best_epoch_probe import epoch_accuracies, read
 
+from rlhpo.agents.policy import policy_file, read_policy_info
 from rlhpo.space import Config
 from rlhpo.tasks import Task, load_task
 
 # The three text configs the shipped policy plays at budget 3 (tune_text.md, session 17).
 SHIPPED_TRIPLE = ("list 0", "list 9", "list 5")
-SHIPPED_POLICY = Path(__file__).resolve().parents[1] / "rlhpo" / "assets" / "policy.zip"
 # Configs known from earlier probes to do well on full-size text (linear_baseline.md): fastText's
 # recipe and its lr 0.03 variant, and Galke & Scherp's wide TF-IDF MLP.
 EXTRA = {
@@ -57,8 +56,7 @@ EXTRA = {
 
 def portfolio_configs(families: set[str]) -> list[tuple[str, Config]]:
     """The shipped policy's text portfolio, in list order, restricted to ``families``."""
-    meta = json.loads(zipfile.ZipFile(SHIPPED_POLICY).read("rlhpo.json"))
-    configs = [Config(**c) for c in meta["portfolio"]["text"]]
+    configs = read_policy_info(policy_file(None)).portfolio["text"]
     return [(f"list {i}", c) for i, c in enumerate(configs) if c.family in families]
 
 
@@ -90,10 +88,6 @@ def probe(tasks: list[str], seeds: list[int], families: set[str], out: Path, epo
                     f.write(json.dumps(row) + "\n")
                 final = f"{curve[-1]['test']:.4f}" if curve else "diverged"
                 print(f"{name} seed {seed} {label}: test {final} ({row['seconds']:.0f} s)", flush=True)
-
-
-def read(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
 def final(row: dict[str, Any], key: str) -> float:
