@@ -56,6 +56,7 @@ from rlhpo.agents.policy import (
 from rlhpo.agents.portfolio import PortfolioActions, imitate_plan, learn_portfolio, portfolio_size
 from rlhpo.agents.sb3_logging import run_logger
 from rlhpo.agents.settings import TrainAgentSettings, settings_from_dict
+from rlhpo.agents.similar_tasks import SimilarTasks, fit_similar_tasks
 from rlhpo.envs.backends import Backend, RecordedBackend, SubsetBackend
 from rlhpo.envs.hpo_env import HPOEnv
 from rlhpo.envs.recorder import ROLLOUTS_FILE
@@ -79,12 +80,14 @@ def make_vec_env(
     backend: RecordedBackend | SurrogateModel,
     space: SearchSpace,
     portfolio: ConfigLists | None = None,
+    similar: SimilarTasks | None = None,
 ) -> DummyVecEnv:
     """``ppo.n_envs`` HPOEnvs (sharing one recorded backend or surrogate), each in SB3's Monitor.
 
     On a surrogate, env ``i`` draws its episodes' noise from seed ``seed + i``; ``config_fraction``
     does not apply (every config answers, with noise, so there is no lookup to recall). With a
-    ``portfolio`` (configs by modality), the policy's actions pick among its configs (:class:`PortfolioActions`).
+    ``portfolio`` (configs by modality), the policy's actions pick among its configs (:class:`PortfolioActions`),
+    in each task's order with ``similar`` (``portfolio_order: similar``).
     """
     budget = settings.budget_epochs(space)
 
@@ -111,7 +114,7 @@ def make_vec_env(
             if settings.history:
                 env = HistoryObservation(env, settings.history)
             if portfolio:
-                env = PortfolioActions(env, portfolio, ranks=settings.portfolio_ranks)
+                env = PortfolioActions(env, portfolio, ranks=settings.portfolio_ranks, similar=similar)
             return Monitor(env if settings.meta_features else HideMetaFeatures(env))
 
         return build
@@ -241,7 +244,16 @@ def _train_agent(
             portfolio_size(portfolio),
             ", ".join(portfolio),
         )
-    venv = make_vec_env(settings, answers, space, portfolio)
+    similar = None
+    if settings.portfolio_order == "similar":
+        similar = fit_similar_tasks(
+            backend.store, space, portfolio, train_seed=settings.train_seed, exclude_datasets=settings.exclude_datasets
+        )
+        log.info(
+            "train-agent: each task's portfolio in the order of the tasks most like it (kernel widths %s)",
+            ", ".join(f"{m} {w:g}" for m, w in similar.widths.items()),
+        )
+    venv = make_vec_env(settings, answers, space, portfolio, similar)
     model, start_steps = _model(settings, venv, run_dir, resume is not None)
     if settings.imitation_episodes and resume is None:
         loss = imitate_plan(model, venv, settings.imitation_episodes, plan=settings.imitation_plan, seed=settings.seed)
@@ -261,7 +273,12 @@ def _train_agent(
     train_seconds = time.perf_counter() - started
     # The policy file says what space its actions index and how it was trained.
     info = PolicyInfo(
-        space=space, budget_epochs=budget, settings=settings.to_dict(), portfolio=portfolio, fallback=fallback
+        space=space,
+        budget_epochs=budget,
+        settings=settings.to_dict(),
+        portfolio=portfolio,
+        fallback=fallback,
+        similar=similar,
     )
     save_policy(model, checkpoint_path(run_dir / CHECKPOINTS, model.num_timesteps), info)
     save_policy(model, run_dir / POLICY_FILE, info)

@@ -26,8 +26,9 @@ import torch
 from stable_baselines3 import PPO
 
 from rlhpo.agents.base import Tuner
-from rlhpo.agents.learned_list import as_lists, for_modality, full_fidelity_action
+from rlhpo.agents.learned_list import ConfigLists, as_lists, for_modality, full_fidelity_action
 from rlhpo.agents.portfolio import portfolio_action, portfolio_features, portfolio_size
+from rlhpo.agents.similar_tasks import SimilarTasks
 from rlhpo.envs.hpo_env import HPOEnv, history_names
 from rlhpo.errors import RlhpoError
 from rlhpo.settings import SHIPPED_POLICY, shipped_file
@@ -54,6 +55,8 @@ class PolicyInfo:
     # What a portfolio policy plays on a modality it has no portfolio for: the learned list of the
     # configs recorded on every meta-training task (learn_portfolio); empty: the default config.
     fallback: tuple[Config, ...] = ()
+    # portfolio_order: similar: the meta-training tasks each task's portfolio is ordered by; None: the list's order.
+    similar: SimilarTasks | None = None
 
     @property
     def meta_features(self) -> bool:
@@ -87,6 +90,7 @@ class PolicyInfo:
             "settings": self.settings,
             "portfolio": {m: [c.to_dict() for c in configs] for m, configs in self.portfolio.items()},
             "fallback": [c.to_dict() for c in self.fallback],
+            "similar": self.similar.to_dict() if self.similar else None,
         }
 
     @classmethod
@@ -98,6 +102,7 @@ class PolicyInfo:
             settings=dict(data.get("settings") or {}),
             portfolio=_portfolio(data.get("portfolio")),
             fallback=tuple(Config(**c) for c in data.get("fallback") or ()),
+            similar=SimilarTasks.from_dict(data["similar"]) if data.get("similar") else None,
         )
 
 
@@ -166,6 +171,7 @@ class PPOTuner(Tuner):
         self.horizon = 0  # epochs it plays as in an episode of that budget (set by start, set_horizon)
         self._blind = False  # a portfolio policy on a modality it has no configs for (set by start)
         self._warned: set[str] = set()  # the modalities it said so for: once each, not once per episode
+        self.portfolio: ConfigLists = self.info.portfolio  # the episode's, in its task's order (set by start)
 
     @property
     def policy_space(self) -> SearchSpace | None:
@@ -202,6 +208,11 @@ class PPOTuner(Tuner):
         # among: it plays its fallback list (else the default config), then random configs, at full
         # fidelity, as the learned list does there.
         self._blind = bool(self.info.portfolio) and not for_modality(self.info.portfolio, env.modality)
+        # The portfolio in this task's order (portfolio_order: similar), else in the learned list's.
+        self.portfolio = self.info.portfolio
+        if self.info.similar is not None:
+            record = env.record
+            self.portfolio = self.info.similar.reorder(self.portfolio, record.modality, record.meta_features)
         if self._blind and env.modality not in self._warned:
             self._warned.add(env.modality)
             log.warning(
@@ -235,7 +246,7 @@ class PPOTuner(Tuner):
         if self._blind:
             return next(self._blind_actions())
         if self.past_horizon:
-            return next(self._listed_then_random(for_modality(self.info.portfolio, self.env.modality)))
+            return next(self._listed_then_random(for_modality(self.portfolio, self.env.modality)))
         obs = self.policy_view(self.within_horizon(obs))
         first, self._first = self._first, False
         with one_torch_thread():
@@ -254,7 +265,7 @@ class PPOTuner(Tuner):
         its epochs (:mod:`rlhpo.agents.portfolio`).
         """
         if self.info.portfolio:
-            return portfolio_action(self.env, self.info.portfolio, action)
+            return portfolio_action(self.env, self.portfolio, action)
         return action
 
     def _drawn_first(self, obs: np.ndarray) -> np.ndarray:
@@ -283,7 +294,7 @@ class PPOTuner(Tuner):
         if self._blind:
             return self._blind_actions()
         if self.past_horizon:
-            return self._listed_then_random(for_modality(self.info.portfolio, self.env.modality))
+            return self._listed_then_random(for_modality(self.portfolio, self.env.modality))
         obs = self.policy_view(self.within_horizon(obs))
         with one_torch_thread():
             log_probs = self._log_probs(obs)
@@ -336,7 +347,7 @@ class PPOTuner(Tuner):
             extra = self.env.history_features(self.info.history, self.shown_budget)
             obs = np.concatenate([obs, extra]).astype(np.float32)
         if self.info.portfolio:
-            extra = portfolio_features(self.env, self.info.portfolio, self.shown_budget, self.info.portfolio_ranks)
+            extra = portfolio_features(self.env, self.portfolio, self.shown_budget, self.info.portfolio_ranks)
             obs = np.concatenate([obs, extra]).astype(np.float32)
         expected = self.model.observation_space.shape
         if np.shape(obs) != expected:

@@ -34,6 +34,10 @@ starts from the learned list and departs from it where the reward says so. With
 (:func:`halving_action`: the first 9 configs for 1 epoch, the best 3 continued to 3, the best 2
 of those to 9). ``imitation_plan: by_budget`` clones halving in episodes under 3 FTE and the list's
 plan from 3 FTE on (:func:`by_budget_action`); with ``budget_fte_range`` the policy sees both.
+
+With ``portfolio_order: similar`` the indices follow each task's own order of the same configs:
+what did best on the meta-training tasks most like it (:mod:`rlhpo.agents.similar_tasks`). The
+list's plan then plays that order, and index ``i`` means "the ``i``-th best for tasks like this one".
 """
 
 from __future__ import annotations
@@ -49,10 +53,12 @@ from stable_baselines3 import PPO
 from stable_baselines3.common.vec_env import VecEnv
 
 from rlhpo.agents.learned_list import ANY_MODALITY, ConfigLists, LearnedListTuner, for_modality
+from rlhpo.agents.similar_tasks import SimilarTasks
 from rlhpo.envs.hpo_env import HPOEnv
 from rlhpo.errors import RlhpoError
 from rlhpo.space import Config, SearchSpace
 from rlhpo.store import CurveStore
+from rlhpo.tasks.registry import data_source
 
 
 def learn_portfolio(
@@ -148,16 +154,22 @@ class PortfolioActions(gym.Wrapper):
     """The policy's action is ``[portfolio index, epochs index]``; it observes each portfolio config's status.
 
     Wraps an :class:`HPOEnv` (possibly inside observation wrappers): actions are mapped onto the
-    env's space, and :func:`portfolio_features` is appended to every observation.
+    env's space, and :func:`portfolio_features` is appended to every observation. With ``similar``
+    (``portfolio_order: similar``), each episode's task gets the portfolio in its own order, its own
+    dataset's tasks left out (:mod:`rlhpo.agents.similar_tasks`).
     """
 
-    def __init__(self, env: gym.Env, portfolio: ConfigLists, ranks: bool = False) -> None:
+    def __init__(
+        self, env: gym.Env, portfolio: ConfigLists, ranks: bool = False, similar: SimilarTasks | None = None
+    ) -> None:
         super().__init__(env)
         n = portfolio_size(portfolio)
         if not n:
             raise RlhpoError("A portfolio needs at least one config.")
-        self.portfolio: Mapping[str, Sequence[Config]] = portfolio
+        self.listed: Mapping[str, Sequence[Config]] = portfolio  # in the learned list's order
+        self.portfolio: Mapping[str, Sequence[Config]] = portfolio  # in the current task's order
         self.ranks = ranks
+        self.similar = similar
         hpo: HPOEnv = env.unwrapped  # type: ignore[assignment]
         self.action_space = gym.spaces.MultiDiscrete([n, len(hpo.space.choices["epochs"])])
         base = env.observation_space
@@ -176,6 +188,11 @@ class PortfolioActions(gym.Wrapper):
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict]:
         obs, info = self.env.reset(seed=seed, options=options)
+        if self.similar is not None:
+            record = self.hpo.record
+            self.portfolio = self.similar.reorder(
+                self.listed, record.modality, record.meta_features, leave_out=data_source(record.task.dataset)
+            )
         return self._observe(obs), info
 
     def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict]:

@@ -19,6 +19,7 @@ from rlhpo.settings import SHIPPED_STORE, from_dict, read_yaml, shipped_file
 from rlhpo.space import DEFAULT_BUDGET_FTE, SearchSpace, load_search_space
 
 IMITATION_PLANS = ("list", "halving", "by_budget")  # the plans imitation_episodes can clone (agents/portfolio.py)
+PORTFOLIO_ORDERS = ("list", "similar")  # how a task's portfolio is ordered (agents/similar_tasks.py)
 
 # Where work runs: rlhpo.collect.EXECUTORS (not imported here: rlhpo.collect loads torch).
 EXECUTORS = ("local", "ray")
@@ -96,6 +97,9 @@ class TrainAgentSettings:
     imitation_episodes: int = 0  # portfolio: before PPO, behaviour-clone the list's plan on this many episodes
     imitation_plan: str = "list"  # the plan cloned: list (in order, in full), halving or by_budget (portfolio.py)
     portfolio_ranks: bool = False  # portfolio: the policy also sees each config's rank by its score so far
+    # portfolio: the order of its configs on a task: list (the learned list's, every task alike) or similar
+    # (the order that did best on the meta-training tasks most like it, agents/similar_tasks.py)
+    portfolio_order: str = "list"
     meta_features: bool = True  # the policy sees the task's meta-features; False: zeros, it acts on curves alone
     config_fraction: float = 0.5  # share of a task's recorded configs each episode may be answered from
     total_steps: int = 200_000  # environment steps (all envs together)
@@ -132,6 +136,10 @@ class TrainAgentSettings:
             raise unknown("imitation plan", str(self.imitation_plan), IMITATION_PLANS)
         if self.imitation_episodes and not self.portfolio:
             raise RlhpoError("imitation_episodes clones the learned list's plan: it needs portfolio: N > 0.")
+        if self.portfolio_order not in PORTFOLIO_ORDERS:
+            raise unknown("portfolio order", str(self.portfolio_order), PORTFOLIO_ORDERS)
+        if self.portfolio_order != "list" and not self.portfolio:
+            raise RlhpoError("portfolio_order orders a portfolio's configs: it needs portfolio: N > 0.")
         if self.portfolio_ranks and not self.portfolio:
             raise RlhpoError("portfolio_ranks shows the ranks of a portfolio's configs: it needs portfolio: N > 0.")
         if self.budget_fte_range is not None:

@@ -46,7 +46,7 @@ from rlhpo.agents.meta_train import train_agent
 from rlhpo.agents.settings import METHODS, load_train_agent_settings
 from rlhpo.envs.surrogate import SurrogateSettings, fit_surrogate
 from rlhpo.store import CurveStore
-from rlhpo.tasks.registry import get_spec
+from rlhpo.tasks.registry import data_source
 
 
 def main() -> None:
@@ -66,6 +66,7 @@ def main() -> None:
     parser.add_argument("--imitation-episodes", type=int, default=None, help="override imitation_episodes")
     parser.add_argument("--imitation-plan", default=None, help="override imitation_plan (list, halving or by_budget)")
     parser.add_argument("--portfolio-ranks", action="store_true", help="set portfolio_ranks: true")
+    parser.add_argument("--portfolio-order", default=None, help="override portfolio_order (list or similar)")
     parser.add_argument("--compute-cost", type=float, default=None, help="override reward.compute_cost")
     parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated tuners to bench")
     parser.add_argument("--datasets", default=None, help="comma-separated (default: every dataset of the store)")
@@ -108,6 +109,8 @@ def main() -> None:
         base = dataclasses.replace(base, imitation_plan=args.imitation_plan)
     if args.portfolio_ranks:
         base = dataclasses.replace(base, portfolio_ranks=True)
+    if args.portfolio_order is not None:
+        base = dataclasses.replace(base, portfolio_order=args.portfolio_order)
     methods = tuple(args.methods.split(","))
     if args.train_seeds < 1 or (args.train_seeds > 1 and "ppo" not in methods):
         parser.error(f"--train-seeds {args.train_seeds}: give at least 1, and more than 1 only with ppo in --methods.")
@@ -235,13 +238,8 @@ def policy_folder(runs: Path, dataset: str, datasets: list[str], train_seed_inde
 
 
 def same_data(dataset: str, datasets: list[str]) -> tuple[str, ...]:
-    """``dataset`` and the datasets among ``datasets`` read from the same data (same hub name or folder)."""
-
-    def source(name: str) -> str:
-        spec = get_spec(name)
-        return spec.hub_path or str(spec.local_path or spec.folder or spec.name)
-
-    return tuple(sorted({dataset} | {d for d in datasets if source(d) == source(dataset)}))
+    """``dataset`` and the datasets among ``datasets`` read from the same data (:func:`data_source`)."""
+    return tuple(sorted({dataset} | {d for d in datasets if data_source(d) == data_source(dataset)}))
 
 
 def write_report(
@@ -260,7 +258,7 @@ def write_report(
         f"meta-trained on the {backend} backend, history={base.history}, budget_fte_range={base.budget_fte_range}, "
         f"first_trial_top={base.first_trial_top}, portfolio={base.portfolio}, "
         f"imitation_episodes={base.imitation_episodes}, imitation_plan={base.imitation_plan}, "
-        f"portfolio_ranks={str(base.portfolio_ranks).lower()}, "
+        f"portfolio_ranks={str(base.portfolio_ranks).lower()}, portfolio_order={base.portfolio_order}, "
         f"reward={dataclasses.asdict(base.reward)}, "
         "the held-out dataset excluded (with any dataset read from the same data; from the surrogate's fit too); "
         "the learned list learns from the same tasks. Judged on the recorded curves of the held-out dataset, "

@@ -463,6 +463,12 @@ class HPOEnv(gym.Env[np.ndarray, np.ndarray]):
         return self._get_obs(), float(reward), terminated, False, {"result": result}
 
     @property
+    def record(self) -> TaskRecord:
+        """The current task as the backend describes it (its meta-features included)."""
+        assert self._record is not None, "reset() first"
+        return self._record
+
+    @property
     def modality(self) -> str:
         """The current task's modality (``image``, ``text`` or ``tabular``)."""
         assert self._record is not None, "reset() first"

@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from rlhpo.errors import unknown
+from rlhpo.errors import RlhpoError, unknown
 
 DEFAULT_FAMILY = {"image": "cnn", "text": "bow", "tabular": "mlp"}
 
@@ -93,3 +93,16 @@ def get_spec(name: str) -> DatasetSpec:
     if _HUB_NAME.match(name):
         return DatasetSpec(name, name, max_len=USER_MAX_LEN, vocab_size=USER_VOCAB_SIZE)
     raise unknown("task", name, BUILTINS)
+
+
+def data_source(name: str) -> str:
+    """Where a dataset's examples come from: its hub name, else its folder; two tasks on the same data share it.
+
+    ``trec`` and ``trec_fine`` (one set of questions, coarse and fine labels) share one. A name
+    :func:`get_spec` does not resolve (a folder a recorded task was read from, now gone) is its own source.
+    """
+    try:
+        spec = get_spec(name)
+    except RlhpoError:
+        return name
+    return spec.hub_path or str(spec.local_path or spec.folder or spec.name)
