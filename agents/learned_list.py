@@ -75,15 +75,24 @@ def learn_list(oracle: FullFidelity, task_keys: Sequence[str], weights: Sequence
         raise RlhpoError("No config is recorded on every meta-training task: nothing to learn a list from.")
     regret = np.array([[max(s.values()) - s[c] for c in common] for s in scores.values()])  # tasks x configs
     held = np.array([max(s.values()) for s in scores.values()])  # regret with no config yet (incumbent 0)
-    w = np.full(len(held), 1.0 / len(held)) if weights is None else np.asarray(weights, dtype=float) / np.sum(weights)
+    order = greedy_order(regret, held, np.ones(len(held)) if weights is None else weights)
+    return [oracle.configs[common[i]] for i in order]  # ties: the first in key order
+
+
+def greedy_order(regret: np.ndarray, held: np.ndarray, weights: Sequence[float] | np.ndarray) -> list[int]:
+    """Config indices in greedy order: each next the one that most lowers the weighted mean best regret.
+
+    ``regret``: tasks x configs; ``held``: each task's regret with no config yet; ``weights``: one per
+    task (normalised here). Ties: the lower index.
+    """
+    w = np.asarray(weights, dtype=float) / np.sum(weights)
     order: list[int] = []
-    left = list(range(len(common)))
+    left = list(range(regret.shape[1]))
     while left:
-        gains = [(w * np.minimum(held, regret[:, c])).sum() for c in left]
-        best = left.pop(int(np.argmin(gains)))  # ties: the first in key order
+        best = left.pop(int(np.argmin([(w * np.minimum(held, regret[:, c])).sum() for c in left])))
         order.append(best)
         held = np.minimum(held, regret[:, best])
-    return [oracle.configs[common[i]] for i in order]
+    return order
 
 
 class LearnedListTuner(Tuner):

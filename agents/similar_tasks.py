@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from rlhpo.agents.evaluate import FullFidelity
-from rlhpo.agents.learned_list import ConfigLists
+from rlhpo.agents.learned_list import ConfigLists, greedy_order
 from rlhpo.envs.backends import RecordedBackend
 from rlhpo.errors import RlhpoError
 from rlhpo.space import Config, SearchSpace
@@ -76,7 +76,7 @@ class SimilarTasks:
         if not rows:
             return ()
         x = np.array([features[name] for name in SIMILARITY_FEATURES])
-        return greedy_order(rows, weights(rows, x, self.widths.get(modality, math.inf)))
+        return order_by(rows, weights(rows, x, self.widths.get(modality, math.inf)))
 
     def reorder(
         self, portfolio: ConfigLists, modality: str, features: Mapping[str, float], leave_out: str | None = None
@@ -119,21 +119,10 @@ def weights(rows: Sequence[TaskRow], x: Sequence[float] | np.ndarray, width: flo
     return np.exp(-(d2 - d2.min()) / (2 * width * width))
 
 
-def greedy_order(rows: Sequence[TaskRow], w: Sequence[float] | np.ndarray) -> tuple[int, ...]:
-    """Portfolio indices in greedy order: each next the one that most lowers the weighted mean of the best regret.
-
-    As :func:`rlhpo.agents.learned_list.learn_list`, over the portfolio's configs only; ties: the lower index.
-    """
+def order_by(rows: Sequence[TaskRow], w: Sequence[float] | np.ndarray) -> tuple[int, ...]:
+    """Portfolio indices in the learned list's greedy order over ``rows`` weighed by ``w`` (ties: the lower index)."""
     regret = np.array([r.regret for r in rows])  # tasks x configs
-    held = np.array([r.best for r in rows])
-    w = np.asarray(w, dtype=float) / np.sum(w)
-    order: list[int] = []
-    left = list(range(regret.shape[1]))
-    while left:
-        best = left.pop(int(np.argmin([(w * np.minimum(held, regret[:, c])).sum() for c in left])))
-        order.append(best)
-        held = np.minimum(held, regret[:, best])
-    return tuple(order)
+    return tuple(greedy_order(regret, np.array([r.best for r in rows]), w))
 
 
 def first_regret(rows: Sequence[TaskRow], width: float) -> float:
@@ -142,7 +131,7 @@ def first_regret(rows: Sequence[TaskRow], width: float) -> float:
     for source in sorted({r.source for r in rows}):
         others = [r for r in rows if r.source != source]
         for r in (r for r in rows if r.source == source):
-            first = greedy_order(others, weights(others, np.array(r.features), width))[0]
+            first = order_by(others, weights(others, np.array(r.features), width))[0]
             by_source.setdefault(source, []).append(r.regret[first])
     return float(np.mean([np.mean(v) for v in by_source.values()]))
 

@@ -19,7 +19,7 @@ from rlhpo.agents.similar_tasks import (
     SimilarTasks,
     TaskRow,
     choose_width,
-    greedy_order,
+    order_by,
     weights,
 )
 from rlhpo.envs.hpo_env import HPOEnv
@@ -69,8 +69,8 @@ def test_weights_peak_at_the_nearest_task_and_are_flat_at_infinite_width():
 def test_greedy_order_lowers_the_weighted_best_regret_step_by_step():
     rows = [row("a", 0.5, (0.3, 0.1, 0.0)), row("b", 0.5, (0.0, 0.1, 0.5))]
     # config 1 has the least mean regret; then 0 and 2 each leave one task at 0, the other at 0.1 (tie: 0).
-    assert greedy_order(rows, [1.0, 1.0]) == (1, 0, 2)
-    assert greedy_order(rows, [0.0, 1.0]) == (0, 1, 2)  # only b counts
+    assert order_by(rows, [1.0, 1.0]) == (1, 0, 2)
+    assert order_by(rows, [0.0, 1.0]) == (0, 1, 2)  # only b counts
 
 
 def test_the_width_is_chosen_by_leaving_each_source_out():
