@@ -326,6 +326,20 @@ def _families(space: SearchSpace, record: TaskRecord) -> tuple[str, ...]:
 # ------------------------------------------------------------------ ppo_tpe
 
 
+def in_order_of(configs: Sequence[Config], order: Sequence[Config]) -> list[Config]:
+    """``configs`` with those that ``order`` holds put in its order, in the slots they held; the rest unmoved.
+
+    The learned list with a policy's portfolio (its first configs) in the task's own order
+    (``portfolio_order: similar``): ``in_order_of([a, b, c, d], [c, a, b])`` is ``[c, a, b, d]``.
+    """
+    rank = {c.key(): i for i, c in enumerate(order)}
+    slots = [i for i, c in enumerate(configs) if c.key() in rank]
+    out = list(configs)
+    for i, c in zip(slots, sorted((configs[i] for i in slots), key=lambda c: rank[c.key()])):
+        out[i] = c
+    return out
+
+
 class PPOTPETuner(TPETuner):
     """The policy's first trials, then known-good configs enqueued, then Optuna TPE warm-started with all of them.
 
@@ -353,10 +367,13 @@ class PPOTPETuner(TPETuner):
        while the study holds fewer than :attr:`startup_trials` trials, the policy's included.
        Past its horizon the policy has no more than a fixed plan, and TPE samples its first
        trials at random; the list holds the configs that did best across the meta-training
-       tasks together, the best hedge before a model of this task exists. Once TPE has its
-       startup trials, its model of this task is the better guide, above all where the list does
-       not fit the task: enqueueing the whole list (87 text configs) left TPE no trial within 30 FTE,
-       and on held-out trec_fine that cost 0.064 regret against 0.018 (``hpo.md``, session 14).
+       tasks together, the best hedge before a model of this task exists. A policy with
+       ``portfolio_order: similar`` has its portfolio (the list's first configs) in the task's own
+       order, which leave-one-dataset-out found the better hedge; the list follows that order
+       (:func:`in_order_of`). Once TPE has its startup trials, its model of this task is the
+       better guide, above all where the list does not fit the task: enqueueing the whole list
+       (87 text configs) left TPE no trial within 30 FTE, and on held-out trec_fine that cost
+       0.064 regret against 0.018 (``hpo.md``, session 14).
     3. **TPE** then samples on its own, with a model of this task built from every trial so far.
 
     Params, enqueued or added, are encoded as :class:`TPETuner` asks them (choice indices, so
@@ -388,6 +405,8 @@ class PPOTPETuner(TPETuner):
         self.policy.set_horizon(self.policy_epochs or self.policy.info.budget_epochs or self.space.budget_epochs())
         self._from_policy = False
         self._configs = for_modality(self.lists, env.modality)
+        if self.policy.info.similar is not None:  # portfolio_order: similar: its configs in this task's order
+            self._configs = in_order_of(self._configs, for_modality(self.policy.portfolio, env.modality))
         self._next = 0  # the next of ``configs`` to enqueue
 
     def propose(self, obs: np.ndarray) -> np.ndarray:

@@ -98,7 +98,8 @@ class TrainAgentSettings:
     imitation_plan: str = "list"  # the plan cloned: list (in order, in full), halving or by_budget (portfolio.py)
     portfolio_ranks: bool = False  # portfolio: the policy also sees each config's rank by its score so far
     # portfolio: the order of its configs on a task: list (the learned list's, every task alike) or similar
-    # (the order that did best on the meta-training tasks most like it, agents/similar_tasks.py)
+    # (the order that did best on the meta-training tasks most like it, agents/similar_tasks.py; it reads
+    # the task's data meta-features even with meta_features: False, which only blanks the observation)
     portfolio_order: str = "list"
     meta_features: bool = True  # the policy sees the task's meta-features; False: zeros, it acts on curves alone
     config_fraction: float = 0.5  # share of a task's recorded configs each episode may be answered from

@@ -6,6 +6,7 @@ on both kinds of Optuna storage: an SQLite database and a journal file.
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import json
 import subprocess
@@ -29,6 +30,7 @@ from rlhpo.agents.optuna_interop import (
     PPOTPETuner,
     accuracy_of,
     import_study,
+    in_order_of,
     make_storage,
     optuna_distributions,
     suggest_to_study,
@@ -343,21 +345,46 @@ def test_ppo_tpe_enqueues_the_list_after_the_policy_in_order_skipping_repeats_th
     assert not any("fixed_params" in t.system_attrs for t in repeats.study.trials)
 
 
+def play_ppo_tpe_with_the_list(policy, task: str, modality: str, fte: int):
+    """ppo_tpe with the learned list of ``modality`` (learned as make_tuners learns it), ``fte`` FTE on ``task``."""
+    space = policy.policy_space
+    store = CurveStore(shipped_file(SHIPPED_STORE), readonly=True)
+    configs = LearnedListTuner.fit(store, space, exclude_datasets=policy.info.exclude_datasets).configs_for(modality)
+    tuner = PPOTPETuner(policy, configs=configs)
+    env = HPOEnv("recorded", store, space=space, budget_epochs=fte * space.max_epochs)
+    return configs, tuner, run_tuner(tuner, env, 10_000, task=task).trials
+
+
 def test_ppo_tpe_enqueues_the_list_only_for_tpes_startup_trials(policy):
     # The list takes the place of the trials TPE would sample at random before it models the task.
     startup = PPOTPETuner.startup_trials
     assert startup == inspect.signature(optuna.samplers.TPESampler).parameters["n_startup_trials"].default
-    task = "digits/default/n500/call/s1283935874"
-    space = policy.policy_space
-    store = CurveStore(shipped_file(SHIPPED_STORE), readonly=True)
-    configs = LearnedListTuner.fit(store, space, exclude_datasets=policy.info.exclude_datasets).configs_for("tabular")
-    tuner = PPOTPETuner(policy, configs=configs)
-    env = HPOEnv("recorded", store, space=space, budget_epochs=30 * space.max_epochs)
-    trials = run_tuner(tuner, env, 10_000, task=task).trials
+    configs, tuner, trials = play_ppo_tpe_with_the_list(policy, "digits/default/n500/call/s1283935874", "tabular", 30)
     n = sum(t.budget_used - t.paid_epochs < policy.info.budget_epochs for t in trials)  # the policy's trials
     listed = ["fixed_params" in t.system_attrs for t in tuner.study.trials]
     assert n < startup and len(configs) > startup and len(trials) > startup  # a list longer than it may run
     assert listed == [False] * n + [True] * (startup - n) + [False] * (len(trials) - startup)
+
+
+def test_in_order_of_moves_only_the_ordered_configs_and_keeps_their_slots():
+    default = load_search_space(shipped_file(SHIPPED_SPACE)).default
+    a, b, c, d = (dataclasses.replace(default, learning_rate=lr) for lr in (1e-4, 3e-4, 1e-3, 3e-3))
+    assert in_order_of([a, b, c, d], [c, a, b]) == [c, a, b, d]
+    assert in_order_of([a, d, b], [b, c, a]) == [b, d, a]  # c is not in the list: nothing added
+    assert in_order_of([a, b], []) == [a, b]
+
+
+def test_ppo_tpe_enqueues_the_list_in_the_similar_policys_order_for_the_task(policy):
+    # The shipped policy orders its portfolio by the tasks most like this one (portfolio_order: similar);
+    # the learned list that ppo_tpe enqueues puts the portfolio's configs in that order too.
+    assert policy.info.similar is not None
+    configs, tuner, trials = play_ppo_tpe_with_the_list(policy, "trec/default/nall/call/s2045038562", "text", 10)
+    ordered = in_order_of(configs, tuner.policy.portfolio["text"])
+    assert ordered != configs  # the task's order is not the list's: the test can tell them apart
+    listed = [t.config for t, s in zip(trials, tuner.study.trials) if "fixed_params" in s.system_attrs]
+    position = {c.key(): i for i, c in enumerate(ordered)}
+    at = [position[c.with_epochs(configs[0].epochs).key()] for c in listed]
+    assert len(at) >= 2 and at == sorted(at)  # enqueued in the task's order, repeats of the policy's skipped
 
 
 def test_tune_with_ppo_tpe_plays_the_policy_then_tpe_and_resumes_to_the_same_tune(cli, tmp_path, monkeypatch):
