@@ -246,9 +246,7 @@ def _train_agent(
         )
     similar = None
     if settings.portfolio_order == "similar":
-        similar = fit_similar_tasks(
-            backend.store, space, portfolio, train_seed=settings.train_seed, exclude_datasets=settings.exclude_datasets
-        )
+        similar = fit_similar_tasks(backend, portfolio)  # the tasks meta-training plays, records loaded once
         log.info(
             "train-agent: each task's portfolio in the order of the tasks most like it (kernel widths %s)",
             ", ".join(f"{m} {w:g}" for m, w in similar.widths.items()),

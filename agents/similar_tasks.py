@@ -31,7 +31,6 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -40,8 +39,8 @@ from rlhpo.agents.evaluate import FullFidelity
 from rlhpo.agents.learned_list import ConfigLists, greedy_order
 from rlhpo.envs.backends import RecordedBackend
 from rlhpo.errors import RlhpoError
-from rlhpo.space import Config, SearchSpace
-from rlhpo.store import CurveStore, TaskRecord
+from rlhpo.space import Config
+from rlhpo.store import TaskRecord
 from rlhpo.tasks.registry import data_source
 
 # The meta-features that describe the data (rlhpo.tasks.features); the modality and family one-hots are left out.
@@ -69,7 +68,7 @@ class SimilarTasks:
     def order(self, modality: str, features: Mapping[str, float], leave_out: str | None = None) -> tuple[int, ...]:
         """Portfolio indices of ``modality`` in the order for a task of these meta-features.
 
-        ``leave_out``: a data source whose tasks do not count (meta-training's own dataset). ``None``
+        ``leave_out``: a data source whose tasks do not count (meta-training's own dataset). Empty
         where the modality has no table (a modality the policy never saw: no reordering).
         """
         rows = [r for r in self.tasks.get(modality, ()) if r.source != leave_out]
@@ -161,17 +160,9 @@ def task_row(record: TaskRecord, oracle: FullFidelity, configs: Sequence[Config]
     )
 
 
-def fit_similar_tasks(
-    store: CurveStore | str | Path,
-    space: SearchSpace,
-    portfolio: ConfigLists,
-    *,
-    train_seed: int = 0,
-    exclude_datasets: Sequence[str] = (),
-) -> SimilarTasks:
-    """The table of the store's meta-training tasks (less ``exclude_datasets``) and each modality's width."""
-    backend = RecordedBackend(store, space, train_seed=train_seed, exclude_datasets=exclude_datasets)
-    oracle = FullFidelity(backend.store, space, train_seed)
+def fit_similar_tasks(backend: RecordedBackend, portfolio: ConfigLists) -> SimilarTasks:
+    """The table of ``backend``'s meta-training tasks (its default tasks) and each modality's width."""
+    oracle = FullFidelity(backend.store, backend.space, backend.train_seed)
     tasks: dict[str, list[TaskRow]] = {}
     for task in backend.default_tasks():
         record = backend.describe(task)

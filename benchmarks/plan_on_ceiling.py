@@ -25,12 +25,12 @@ from __future__ import annotations
 
 import argparse
 import collections
-import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from best_epoch_probe import read
+from text_ceiling import final
 
 from rlhpo.agents.policy import PPOTuner
 from rlhpo.agents.portfolio import HALVING_RUNGS
@@ -42,18 +42,14 @@ TEXT = "text"
 EPOCHS = (1, 3, 9)  # the epochs choices that HALVING_RUNGS index
 
 
-def config_key(config: dict[str, Any]) -> str:
-    """A config's hyperparameters and family, without its epochs."""
-    return json.dumps({k: v for k, v in sorted(config.items()) if k != "epochs"})
-
-
 def val(run: dict[str, Any], epochs: int) -> float:
     """Validation accuracy after ``epochs`` (0 for a run that diverged)."""
     return run["epochs"][epochs - 1]["val"] if len(run["epochs"]) >= epochs else 0.0
 
 
 def test(run: dict[str, Any]) -> float:
-    return run["epochs"][-1]["test"] if run["epochs"] else 0.0
+    """Test accuracy after the run's last epoch (0 for a run that diverged)."""
+    return final(run, "test")
 
 
 def first_in_full(order: list[dict[str, Any]]) -> float:
@@ -110,7 +106,7 @@ def main() -> None:
     args = parser.parse_args()
     runs: dict[tuple[str, int], dict[str, dict[str, Any]]] = collections.defaultdict(dict)
     for row in read(Path(args.ceiling)):
-        runs[(row["task"], row["seed"])][config_key(row["config"])] = row
+        runs[(row["task"], row["seed"])][Config(**row["config"]).key()] = row
     features: dict[tuple[str, int], dict[str, float]] = {}
     tasks = sorted({t for t, _ in runs})
     for path in args.policies.split(","):
@@ -118,7 +114,7 @@ def main() -> None:
         orders, missing = {}, []
         for task, seed in sorted(runs):
             recorded = runs[(task, seed)]
-            order = [config_key(c.to_dict()) for c in task_order(policy, task, seed, features)]
+            order = [c.key() for c in task_order(policy, task, seed, features)]
             missing += [f"{task} seed {seed} #{i}" for i, k in enumerate(order[:9]) if k not in recorded]
             orders[(task, seed)] = [recorded[k] for k in order if k in recorded]
         print(f"\n{path}: test accuracy of the config kept, per seed (mean)\n")
