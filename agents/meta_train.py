@@ -58,7 +58,7 @@ from rlhpo.agents.sb3_logging import run_logger
 from rlhpo.agents.settings import TrainAgentSettings, settings_from_dict
 from rlhpo.agents.similar_tasks import SimilarTasks, fit_similar_tasks
 from rlhpo.envs.backends import Backend, RecordedBackend, SubsetBackend
-from rlhpo.envs.hpo_env import HPOEnv
+from rlhpo.envs.hpo_env import HPOEnv, trial_score
 from rlhpo.envs.recorder import ROLLOUTS_FILE
 from rlhpo.envs.surrogate import SurrogateBackend, SurrogateModel, load_surrogate
 from rlhpo.errors import RlhpoError
@@ -73,6 +73,33 @@ log = logging.getLogger(__name__)
 CHECKPOINTS = "checkpoints"
 EVALUATION = "evaluation"  # the run folder's bench folder of the evaluation
 EVAL_METHODS = ("ppo", "default", "random")
+
+
+class FullFidelityReturn(gym.Wrapper):
+    """At an episode's end, the reward also pays what the incumbent config scores at full fidelity.
+
+    HPOEnv's return is the final incumbent's score *as trained*, but a tuner is judged (and
+    ``rlhpo tune`` ends) by the incumbent config trained in full (:mod:`rlhpo.agents.evaluate`). A
+    one-epoch screen ends with a one-epoch incumbent that scores less than one config trained in
+    full, even where the screen's pick is the better config in full, so PPO is paid to undo
+    screens that the benchmark rewards. With ``full_fidelity_return: true`` the episode's last
+    reward gains ``max(0, s_full) − incumbent``, ``s_full`` the incumbent config's score after the
+    largest epochs choice as the backend answers it (a look-up on recorded curves, a prediction on a
+    surrogate): the undiscounted return is then that full-fidelity score less the costs. The
+    correction is 0 when the incumbent was trained in full. Meta-training only: live, the backend
+    would have to train it.
+    """
+
+    def step(self, action: Any) -> tuple[Any, float, bool, bool, dict]:
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        result = info["result"]
+        if (terminated or truncated) and result.incumbent_config is not None:
+            hpo: HPOEnv = self.env.unwrapped  # type: ignore[assignment]
+            epochs = hpo.space.max_epochs
+            if result.incumbent_config.epochs < epochs:
+                trial = hpo.backend.run(hpo.record.task, result.incumbent_config.with_epochs(epochs), epochs)
+                reward += max(0.0, trial_score(trial)) - result.incumbent
+        return obs, float(reward), terminated, truncated, info
 
 
 def make_vec_env(
@@ -109,12 +136,15 @@ def make_vec_env(
             env: gym.Env = HPOEnv(
                 answers, space=space, budget_epochs=budget, train_seed=settings.train_seed, reward=settings.reward
             )
+            if settings.full_fidelity_return:
+                env = FullFidelityReturn(env)
             if settings.budget_fte_range is not None:
                 env = DrawnBudget(env, *settings.budget_fte_range, seed=settings.seed + i)
             if settings.history:
                 env = HistoryObservation(env, settings.history)
             if portfolio:
-                env = PortfolioActions(env, portfolio, ranks=settings.portfolio_ranks, similar=similar)
+                small = settings.imitation_plan == "by_size"  # the plan's branch, shown to the policy
+                env = PortfolioActions(env, portfolio, ranks=settings.portfolio_ranks, similar=similar, small=small)
             return Monitor(env if settings.meta_features else HideMetaFeatures(env))
 
         return build

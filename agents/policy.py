@@ -79,6 +79,11 @@ class PolicyInfo:
         return bool(self.settings.get("portfolio_ranks", False))
 
     @property
+    def small_task(self) -> bool:
+        """Whether a portfolio policy sees if the task is small (``imitation_plan: by_size`` branches on it)."""
+        return self.settings.get("imitation_plan") == "by_size"
+
+    @property
     def exclude_datasets(self) -> tuple[str, ...]:
         """The datasets held out of its meta-training."""
         return tuple(self.settings.get("exclude_datasets") or ())
@@ -347,7 +352,9 @@ class PPOTuner(Tuner):
             extra = self.env.history_features(self.info.history, self.shown_budget)
             obs = np.concatenate([obs, extra]).astype(np.float32)
         if self.info.portfolio:
-            extra = portfolio_features(self.env, self.portfolio, self.shown_budget, self.info.portfolio_ranks)
+            extra = portfolio_features(
+                self.env, self.portfolio, self.shown_budget, self.info.portfolio_ranks, self.info.small_task
+            )
             obs = np.concatenate([obs, extra]).astype(np.float32)
         expected = self.model.observation_space.shape
         if np.shape(obs) != expected:

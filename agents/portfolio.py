@@ -34,6 +34,8 @@ starts from the learned list and departs from it where the reward says so. With
 (:func:`halving_action`: the first 9 configs for 1 epoch, the best 3 continued to 3, the best 2
 of those to 9). ``imitation_plan: by_budget`` clones halving in episodes under 3 FTE and the list's
 plan from 3 FTE on (:func:`by_budget_action`); with ``budget_fte_range`` the policy sees both.
+``imitation_plan: by_size`` clones halving on tasks of under 4,000 training examples and the list's
+plan on larger ones (:func:`by_size_action`); its observation then says whether the task is that small.
 
 With ``portfolio_order: similar`` the indices follow each task's own order of the same configs:
 what did best on the meta-training tasks most like it (:mod:`rlhpo.agents.similar_tasks`). The
@@ -58,6 +60,7 @@ from rlhpo.envs.hpo_env import HPOEnv
 from rlhpo.errors import RlhpoError
 from rlhpo.space import Config, SearchSpace
 from rlhpo.store import CurveStore
+from rlhpo.tasks.features import META_FEATURES
 from rlhpo.tasks.registry import data_source
 
 
@@ -92,10 +95,11 @@ def portfolio_size(portfolio: ConfigLists) -> int:
     return sizes.pop() if sizes else 0
 
 
-def portfolio_names(size: int, ranks: bool = False) -> tuple[str, ...]:
+def portfolio_names(size: int, ranks: bool = False, small: bool = False) -> tuple[str, ...]:
     """The entries :func:`portfolio_features` gives, in order."""
     return (
         ("budget_size",)
+        + (("small_task",) if small else ())
         + (tuple(f"portfolio{i + 1}_rank" for i in range(size)) if ranks else ())
         + tuple(f"portfolio{i + 1}_epochs" for i in range(size))
         + tuple(f"portfolio{i + 1}_score" for i in range(size))
@@ -120,12 +124,16 @@ def portfolio_action(env: HPOEnv, portfolio: ConfigLists, action: Any) -> np.nda
 
 
 def portfolio_features(
-    env: HPOEnv, portfolio: ConfigLists, budget_epochs: int | None = None, ranks: bool = False
+    env: HPOEnv, portfolio: ConfigLists, budget_epochs: int | None = None, ranks: bool = False, small: bool = False
 ) -> np.ndarray:
     """The budget's size, then per portfolio config the epochs known of it (fraction of the largest), then its score.
 
     The budget is the episode's, or ``budget_epochs`` (what :attr:`PPOTuner.shown_budget` shows the policy).
-    With ``ranks``, each config's rank comes after the budget's size (:func:`score_ranks`).
+    With ``small``, 1 after the budget's size on a task of under :data:`HALVING_BELOW_N_TRAIN` training
+    examples, else 0: what :func:`by_size_action` branches on, as one input a cloned policy cannot miss
+    (read from ``log_n_train`` among the meta-features, the clone's gate failed on held-out trec, whose
+    other meta-features lie outside the meta-training tasks'). With ``ranks``, each config's rank comes
+    next (:func:`score_ranks`).
     """
     n = portfolio_size(portfolio)
     known, scores = np.zeros(n, dtype=np.float32), np.zeros(n, dtype=np.float32)
@@ -133,7 +141,8 @@ def portfolio_features(
         epochs, score = env.seen(portfolio_config(env, portfolio, [i, 0]))
         known[i], scores[i] = epochs / env.max_epochs, score
     budget = [env.history_features(0, budget_epochs)[0]]
-    return np.concatenate([budget, score_ranks(known, scores) if ranks else [], known, scores]).astype(np.float32)
+    gate = [float(env.record.n_train < HALVING_BELOW_N_TRAIN)] if small else []
+    return np.concatenate([budget, gate, score_ranks(known, scores) if ranks else [], known, scores]).astype(np.float32)
 
 
 def score_ranks(known: np.ndarray, scores: np.ndarray) -> np.ndarray:
@@ -160,7 +169,12 @@ class PortfolioActions(gym.Wrapper):
     """
 
     def __init__(
-        self, env: gym.Env, portfolio: ConfigLists, ranks: bool = False, similar: SimilarTasks | None = None
+        self,
+        env: gym.Env,
+        portfolio: ConfigLists,
+        ranks: bool = False,
+        similar: SimilarTasks | None = None,
+        small: bool = False,
     ) -> None:
         super().__init__(env)
         n = portfolio_size(portfolio)
@@ -169,12 +183,13 @@ class PortfolioActions(gym.Wrapper):
         self.listed: Mapping[str, Sequence[Config]] = portfolio  # in the learned list's order
         self.portfolio: Mapping[str, Sequence[Config]] = portfolio  # in the current task's order
         self.ranks = ranks
+        self.small = small
         self.similar = similar
         hpo: HPOEnv = env.unwrapped  # type: ignore[assignment]
         self.action_space = gym.spaces.MultiDiscrete([n, len(hpo.space.choices["epochs"])])
         base = env.observation_space
         assert isinstance(base, gym.spaces.Box)
-        extra = len(portfolio_names(n, ranks))
+        extra = len(portfolio_names(n, ranks, small))
         low = np.concatenate([np.zeros(extra - n), -np.ones(n)]).astype(np.float32)
         self.observation_space = gym.spaces.Box(
             low=np.concatenate([base.low, low]),
@@ -200,7 +215,8 @@ class PortfolioActions(gym.Wrapper):
         return self._observe(obs), reward, terminated, truncated, info
 
     def _observe(self, obs: np.ndarray) -> np.ndarray:
-        return np.concatenate([obs, portfolio_features(self.hpo, self.portfolio, ranks=self.ranks)]).astype(np.float32)
+        extra = portfolio_features(self.hpo, self.portfolio, ranks=self.ranks, small=self.small)
+        return np.concatenate([obs, extra]).astype(np.float32)
 
 
 def list_order_action(
@@ -275,10 +291,36 @@ def by_budget_action(
     return out
 
 
+HALVING_BELOW_N_TRAIN = 4000  # by_size: tasks of fewer training examples are halved; larger ones play the list
+N_TRAIN_FEATURE = META_FEATURES.index("log_n_train")  # log10(n_train) / 5, at the observation's start
+
+
+def by_size_action(
+    obs: np.ndarray, size: int, fractions: Sequence[float], budget_fte: np.ndarray | None = None
+) -> np.ndarray:
+    """:func:`halving_action` on tasks of under :data:`HALVING_BELOW_N_TRAIN` examples, else :func:`list_order_action`.
+
+    The task's size is read from the observation's meta-features (``log_n_train``), so the plan needs
+    ``meta_features: true``; ``budget_fte`` is not used. On the store's small instances (250 to 2,000
+    examples) a one-epoch screen ranks the portfolio well: leaving one dataset out, screening nine
+    configs halves the regret of training the first in full at 1 FTE (``docs/benchmarks/plans_offline.md``).
+    At full size the text datasets' best configs start slow and the screen drops them: there the
+    first config in full tested best, live (``docs/benchmarks/hpo.md``, session 20). The store has no
+    instance between 2,000 and 4,250 examples, so the threshold is anywhere in that gap.
+    """
+    rows = np.atleast_2d(obs)
+    out = list_order_action(rows, size, fractions)
+    small = 10 ** (5 * rows[:, N_TRAIN_FEATURE]) < HALVING_BELOW_N_TRAIN
+    if small.any():
+        out[small] = halving_action(rows[small], size, fractions)
+    return out
+
+
 PLAN_ACTIONS = {  # by agents.settings.IMITATION_PLANS
     "list": list_order_action,
     "halving": halving_action,
     "by_budget": by_budget_action,
+    "by_size": by_size_action,
 }
 
 
@@ -295,8 +337,9 @@ def imitate_plan(
 ) -> float:
     """Fit ``model``'s policy to a plan over the list on ``episodes`` episodes of ``venv``; the last loss.
 
-    ``plan``: ``list`` (:func:`list_order_action`), ``halving`` (:func:`halving_action`) or
-    ``by_budget`` (:func:`by_budget_action`, which looks at each episode's budget).
+    ``plan``: ``list`` (:func:`list_order_action`), ``halving`` (:func:`halving_action`),
+    ``by_budget`` (:func:`by_budget_action`, which looks at each episode's budget) or ``by_size``
+    (:func:`by_size_action`, which looks at the task's size).
 
     The episodes are played by the plan itself on the meta-training tasks (the venv's), their
     observations and actions kept, and the policy's log-likelihood of the actions maximised

@@ -18,7 +18,7 @@ from rlhpo.errors import RlhpoError, unknown
 from rlhpo.settings import SHIPPED_STORE, from_dict, read_yaml, shipped_file
 from rlhpo.space import DEFAULT_BUDGET_FTE, SearchSpace, load_search_space
 
-IMITATION_PLANS = ("list", "halving", "by_budget")  # the plans imitation_episodes can clone (agents/portfolio.py)
+IMITATION_PLANS = ("list", "halving", "by_budget", "by_size")  # what imitation_episodes can clone (agents/portfolio.py)
 PORTFOLIO_ORDERS = ("list", "similar")  # how a task's portfolio is ordered (agents/similar_tasks.py)
 
 # Where work runs: rlhpo.collect.EXECUTORS (not imported here: rlhpo.collect loads torch).
@@ -95,7 +95,7 @@ class TrainAgentSettings:
     first_trial_top: int = 1  # the tuner's first trial: drawn by seed among the policy's this many most likely
     portfolio: int = 0  # > 0: the policy picks among the learned list's first `portfolio` configs (agents/portfolio.py)
     imitation_episodes: int = 0  # portfolio: before PPO, behaviour-clone the list's plan on this many episodes
-    imitation_plan: str = "list"  # the plan cloned: list (in order, in full), halving or by_budget (portfolio.py)
+    imitation_plan: str = "list"  # the plan cloned: list (in order, in full), halving, by_budget, by_size (portfolio)
     portfolio_ranks: bool = False  # portfolio: the policy also sees each config's rank by its score so far
     # portfolio: the order of its configs on a task: list (the learned list's, every task alike) or similar
     # (the order that did best on the meta-training tasks most like it, agents/similar_tasks.py; it reads
@@ -103,6 +103,9 @@ class TrainAgentSettings:
     portfolio_order: str = "list"
     meta_features: bool = True  # the policy sees the task's meta-features; False: zeros, it acts on curves alone
     config_fraction: float = 0.5  # share of a task's recorded configs each episode may be answered from
+    # the episode's last reward also pays the incumbent config's full-fidelity score, as the bench judges it
+    # (agents/meta_train.FullFidelityReturn); False: the return is the incumbent's score as trained
+    full_fidelity_return: bool = False
     total_steps: int = 200_000  # environment steps (all envs together)
     checkpoint_every: int = 25_000  # environment steps between checkpoints
     seed: int = 0  # seeds PPO and the environments
@@ -135,6 +138,10 @@ class TrainAgentSettings:
         _check_int("imitation_episodes", self.imitation_episodes, minimum=0)
         if self.imitation_plan not in IMITATION_PLANS:
             raise unknown("imitation plan", str(self.imitation_plan), IMITATION_PLANS)
+        if self.imitation_plan == "by_size" and not self.meta_features:
+            raise RlhpoError(
+                "imitation_plan: by_size reads the task's size from its meta-features: it needs meta_features: true."
+            )
         if self.imitation_episodes and not self.portfolio:
             raise RlhpoError("imitation_episodes clones the learned list's plan: it needs portfolio: N > 0.")
         if self.portfolio_order not in PORTFOLIO_ORDERS:
@@ -151,7 +158,7 @@ class TrainAgentSettings:
         _check_float("config_fraction", self.config_fraction, minimum=0.0)
         if not 0.0 < self.config_fraction <= 1.0:
             raise RlhpoError(f"config_fraction must be in (0, 1], but got config_fraction={self.config_fraction!r}.")
-        for name in ("meta_features", "portfolio_ranks"):
+        for name in ("meta_features", "portfolio_ranks", "full_fidelity_return"):
             if not isinstance(getattr(self, name), bool):
                 raise RlhpoError(f"{name} must be true or false, but got {getattr(self, name)!r}.")
         if isinstance(self.exclude_datasets, str) or not isinstance(self.exclude_datasets, list | tuple):

@@ -64,7 +64,8 @@ def main() -> None:
     parser.add_argument("--first-trial-top", type=int, default=None, help="override first_trial_top")
     parser.add_argument("--portfolio", type=int, default=None, help="portfolio policy of N configs (override)")
     parser.add_argument("--imitation-episodes", type=int, default=None, help="override imitation_episodes")
-    parser.add_argument("--imitation-plan", default=None, help="override imitation_plan (list, halving or by_budget)")
+    parser.add_argument("--imitation-plan", default=None, help="override imitation_plan (as the settings)")
+    parser.add_argument("--full-fidelity-return", action="store_true", help="set full_fidelity_return: true")
     parser.add_argument("--portfolio-ranks", action="store_true", help="set portfolio_ranks: true")
     parser.add_argument("--portfolio-order", default=None, help="override portfolio_order (list or similar)")
     parser.add_argument("--compute-cost", type=float, default=None, help="override reward.compute_cost")
@@ -109,6 +110,8 @@ def main() -> None:
         base = dataclasses.replace(base, imitation_plan=args.imitation_plan)
     if args.portfolio_ranks:
         base = dataclasses.replace(base, portfolio_ranks=True)
+    if args.full_fidelity_return:
+        base = dataclasses.replace(base, full_fidelity_return=True)
     if args.portfolio_order is not None:
         base = dataclasses.replace(base, portfolio_order=args.portfolio_order)
     methods = tuple(args.methods.split(","))
@@ -259,7 +262,7 @@ def write_report(
         f"first_trial_top={base.first_trial_top}, portfolio={base.portfolio}, "
         f"imitation_episodes={base.imitation_episodes}, imitation_plan={base.imitation_plan}, "
         f"portfolio_ranks={str(base.portfolio_ranks).lower()}, portfolio_order={base.portfolio_order}, "
-        f"reward={dataclasses.asdict(base.reward)}, "
+        f"reward={dataclasses.asdict(base.reward)}, full_fidelity_return={str(base.full_fidelity_return).lower()}, "
         "the held-out dataset excluded (with any dataset read from the same data; from the surrogate's fit too); "
         "the learned list learns from the same tasks. Judged on the recorded curves of the held-out dataset, "
         f"{args.seeds} seeds per task (10000..), regret at full fidelity (normalised accuracy), mean ± s.e.",

@@ -243,6 +243,9 @@ class HPOEnv(gym.Env[np.ndarray, np.ndarray]):
     why). The incumbent starts at 0, so the undiscounted return is the final incumbent score
     less the costs. A trial's score is its normalised validation accuracy at its last completed
     epoch.
+    Meta-training can add one term to an episode's last reward (`full_fidelity_return: true`,
+    `rlhpo.agents.meta_train.FullFidelityReturn`): the incumbent config's score after the largest
+    epochs choice less the incumbent, so that the return is the score the benchmarks judge.
 
     ## Starting State
 

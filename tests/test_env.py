@@ -249,6 +249,22 @@ def test_the_reward_is_the_incumbent_gain_less_the_epochs_and_compute_costs(reco
         incumbent = info.incumbent
 
 
+def test_the_full_fidelity_return_pays_the_incumbent_config_trained_in_full(recorded_store):
+    from rlhpo.agents.meta_train import FullFidelityReturn
+
+    def first_step(env: gym.Env, epochs: int) -> tuple:
+        env.reset(seed=0, options={"task": TASK.key()})
+        return step(env, _at(DEFAULT, epochs))
+
+    _, plain, done, _, one = first_step(recorded(recorded_store, budget_epochs=1), 1)
+    _, paid, wrapped_done, _, _ = first_step(FullFidelityReturn(recorded(recorded_store, budget_epochs=1)), 1)
+    _, nine_reward, _, _, nine = first_step(recorded(recorded_store, budget_epochs=9), 9)
+    assert done and wrapped_done and nine.score != one.score  # the one-epoch incumbent scores otherwise in full
+    assert paid == pytest.approx(plain - one.incumbent + max(0.0, nine.score))
+    _, paid_nine, _, _, _ = first_step(FullFidelityReturn(recorded(recorded_store, budget_epochs=9)), 9)
+    assert paid_nine == pytest.approx(nine_reward)  # trained in full already: nothing to correct
+
+
 # -------------------------------------------------------------- continuing
 
 

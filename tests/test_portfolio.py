@@ -117,6 +117,18 @@ def test_with_ranks_the_observation_also_shows_each_configs_place_by_score(tmp_p
     assert env.observation_space.contains(obs)
 
 
+def test_the_by_size_observation_says_whether_the_task_is_small(tmp_path_factory, space, portfolio, monkeypatch):
+    from rlhpo.agents import portfolio as module
+
+    env = PortfolioActions(HPOEnv("recorded", helpers.tiny_store(tmp_path_factory), space=space), portfolio, small=True)
+    obs, _ = env.reset(seed=0, options={"task": helpers.DIGITS.key()})  # 200 training examples
+    base = len(env.unwrapped.observation_names)
+    assert obs.shape == env.observation_space.shape == (base + len(portfolio_names(4, small=True)),)
+    assert portfolio_names(4, small=True)[:2] == ("budget_size", "small_task") and obs[base + 1] == 1.0
+    monkeypatch.setattr(module, "HALVING_BELOW_N_TRAIN", 200)  # the same task, now at the threshold: not small
+    assert env.reset(seed=0, options={"task": helpers.DIGITS.key()})[0][base + 1] == 0.0
+
+
 def test_score_ranks_orders_the_tried_configs_by_their_latest_score():
     known = np.array([1 / 9, 0.0, 1.0, 1 / 3, 1 / 9])
     scores = np.array([0.5, 0.0, 0.7, 0.9, 0.5])
@@ -221,6 +233,31 @@ def test_the_by_budget_plan_halves_small_budgets_and_plays_the_list_from_3_fte()
     assert actions[2].tolist() == list_order_action(obs[:1], size, fractions)[0].tolist() == [0, 2]
     with pytest.raises(RlhpoError, match="budget"):
         by_budget_action(obs, size, fractions)
+
+
+def test_the_by_size_plan_halves_small_tasks_and_plays_the_list_on_large_ones():
+    from rlhpo.agents.portfolio import N_TRAIN_FEATURE, by_size_action, halving_action, list_order_action
+    from rlhpo.tasks.features import META_FEATURES
+
+    size, fractions = 12, (1 / 9, 3 / 9, 1.0)
+    known = np.array([1 / 9] * 9 + [0.0] * 3)  # the list's first 9 screened for an epoch
+    scores = np.linspace(0.1, 0.9, size)
+
+    def row(n_train: int) -> np.ndarray:
+        meta = np.zeros(len(META_FEATURES))
+        meta[N_TRAIN_FEATURE] = np.log10(n_train) / 5  # as rlhpo.tasks.features writes it
+        return np.concatenate([meta, [0.5], known, scores])
+
+    obs = np.stack([row(250), row(3999), row(4000), row(9000)])
+    actions = by_size_action(obs, size, fractions)
+    halved, listed = halving_action(obs[:1], size, fractions)[0], list_order_action(obs[:1], size, fractions)[0]
+    assert halved.tolist() == [8, 1] and listed.tolist() == [0, 2]
+    assert [a.tolist() for a in actions] == [halved.tolist()] * 2 + [listed.tolist()] * 2
+
+
+def test_the_by_size_plan_needs_the_meta_features():
+    with pytest.raises(RlhpoError, match="by_size.*meta_features: true"):
+        TrainAgentSettings(portfolio=4, imitation_episodes=10, imitation_plan="by_size", meta_features=False)
 
 
 def test_imitation_of_the_by_budget_plan_follows_each_episodes_budget(tmp_path_factory, space, portfolio):
