@@ -364,7 +364,11 @@ class PPOTPETuner(TPETuner):
        study's next asked trial, trained at full fidelity. A config the episode already knows that far
        (the env's ``is_repeat``: the policy tried it, or its recorded curve answered a trial)
        is skipped, not trained again. They fill TPE's startup trials: the list is enqueued
-       while the study holds fewer than :attr:`startup_trials` trials, the policy's included.
+       while the episode holds fewer than :attr:`startup_trials` trials trained in full, the
+       policy's included. A policy that screens (successive halving) adds many short trials whose
+       scores underestimate their configs; counted as startup trials, they left TPE to model
+       the task from them, and it lost to the list on five of seven held-out datasets
+       (``hpo.md``, session 21).
        Past its horizon the policy has no more than a fixed plan, and TPE samples its first
        trials at random; the list holds the configs that did best across the meta-training
        tasks together, the best hedge before a model of this task exists. A policy with
@@ -408,12 +412,13 @@ class PPOTPETuner(TPETuner):
         if self.policy.info.similar is not None:  # portfolio_order: similar: its configs in this task's order
             self._configs = in_order_of(self._configs, for_modality(self.policy.portfolio, env.modality))
         self._next = 0  # the next of ``configs`` to enqueue
+        self._full_trials = 0  # trials of the episode trained to the largest epochs choice
 
     def propose(self, obs: np.ndarray) -> np.ndarray:
         self._from_policy = self.env.budget_used < self.policy.horizon
         if self._from_policy:
             return self.policy.propose(obs)
-        if len(self.study.trials) < self.startup_trials:
+        if self._full_trials < self.startup_trials:
             self._enqueue_next()
         return super().propose(obs)  # the trial enqueued, if any, else TPE's own
 
@@ -428,6 +433,7 @@ class PPOTPETuner(TPETuner):
             log.debug("ppo_tpe: %s is known already, not enqueued", config.to_dict())
 
     def observe(self, action: np.ndarray, result: StepResult) -> None:
+        self._full_trials += int(result.epochs >= self.space.max_epochs)
         if not self._from_policy:
             super().observe(action, result)
             return

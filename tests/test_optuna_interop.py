@@ -366,6 +366,37 @@ def test_ppo_tpe_enqueues_the_list_only_for_tpes_startup_trials(policy):
     assert listed == [False] * n + [True] * (startup - n) + [False] * (len(trials) - startup)
 
 
+def test_ppo_tpe_counts_only_full_trainings_as_tpes_startup_trials(policy, monkeypatch):
+    # A policy that screens (one-epoch trials) leaves TPE nothing to model the task from: the list fills
+    # TPE's startup trials until that many have been trained in full.
+    task, space = "digits/default/n500/call/s1283935874", policy.policy_space
+    store = CurveStore(shipped_file(SHIPPED_STORE), readonly=True)
+    configs = LearnedListTuner.fit(store, space, exclude_datasets=policy.info.exclude_datasets).configs_for("tabular")
+    screened = configs[::-1]  # the policy screens the list from its end, one epoch each
+    played: dict[str, object] = {}
+    start = policy.start
+
+    def screen_start(env: HPOEnv, seed: int) -> None:
+        start(env, seed)
+        played.update(env=env, n=0)
+
+    def screen(obs: np.ndarray) -> np.ndarray:
+        env = played["env"]
+        played["n"] += 1
+        return env.space.indices(env.on_task(screened[played["n"] - 1].with_epochs(1)), env.modality)
+
+    monkeypatch.setattr(policy, "start", screen_start)
+    monkeypatch.setattr(policy, "propose", screen)
+    tuner = PPOTPETuner(policy, configs=configs)
+    env = HPOEnv("recorded", store, space=space, budget_epochs=30 * space.max_epochs)
+    trials = run_tuner(tuner, env, 10_000, task=task).trials
+    n = played["n"]  # the policy's trials: one epoch each, for its whole horizon
+    assert n == policy.info.budget_epochs > PPOTPETuner.startup_trials and len(configs) > n
+    listed = ["fixed_params" in t.system_attrs for t in tuner.study.trials]
+    assert listed[:n] == [False] * n and sum(listed) == PPOTPETuner.startup_trials
+    assert all(t.epochs == space.max_epochs for t in trials[n:])
+
+
 def test_in_order_of_moves_only_the_ordered_configs_and_keeps_their_slots():
     default = load_search_space(shipped_file(SHIPPED_SPACE)).default
     a, b, c, d = (dataclasses.replace(default, learning_rate=lr) for lr in (1e-4, 3e-4, 1e-3, 3e-3))
