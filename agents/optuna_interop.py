@@ -367,7 +367,7 @@ class PPOTPETuner(TPETuner):
        while the episode holds fewer than :attr:`startup_trials` trials trained in full, the
        policy's included. A policy that screens (successive halving) adds many short trials whose
        scores underestimate their configs; counted as startup trials, they left TPE to model
-       the task from them, and it lost to the list on five of seven held-out datasets
+       the task from them, and it lost to the list on four of seven held-out datasets
        (``hpo.md``, session 21).
        Past its horizon the policy has no more than a fixed plan, and TPE samples its first
        trials at random; the list holds the configs that did best across the meta-training
