@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 from best_epoch_probe import read
+from plans_offline import halving
 from text_ceiling import final
 
 from rlhpo.agents.policy import PPOTuner
@@ -69,15 +70,9 @@ def list_plan(order: list[dict[str, Any]]) -> float:
 
 def halving_plan(order: list[dict[str, Any]]) -> tuple[float, float]:
     """Budget 3, halving: the kept config's test accuracy, kept at any fidelity and from the top rung."""
-    pool, trials, seen = order[: HALVING_RUNGS[0][0]], [], None  # seen: the epochs the pool was scored at
-    for k, e in HALVING_RUNGS:
-        if k < len(pool):  # promote the best k by the score the last rung gave them
-            pool = sorted(pool, key=lambda r: -val(r, seen))[:k]
-        seen = EPOCHS[e]
-        trials += [(val(r, seen), r) for r in pool]
-    any_fidelity = max(trials, key=lambda t: t[0])[1]
-    top_rung = max(pool, key=lambda r: val(r, seen))
-    return test(any_fidelity), test(top_rung)
+    nine = range(min(HALVING_RUNGS[0][0], len(order)))
+    any_fidelity, top_rung = halving(nine, lambda i, epochs: val(order[i], epochs))
+    return test(order[any_fidelity]), test(order[top_rung])
 
 
 PLANS = {  # name: the test accuracy of the config it keeps, from the configs in the task's order

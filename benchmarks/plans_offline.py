@@ -84,15 +84,27 @@ def curves(store: CurveStore, space: SearchSpace, record: TaskRecord, configs: S
     return out
 
 
-def halving(cv: Scores, key: Callable[[int, int], float], protect: bool) -> tuple[int, int]:
-    """Successive halving over the first nine: (kept at any fidelity, kept from the top rung), as indices."""
-    pool = [i for i in range(min(HALVING_RUNGS[0][0], len(cv))) if not math.isnan(cv[i][1])]
+def halving(
+    candidates: Sequence[int],
+    score: Callable[[int, int], float],
+    key: Callable[[int, int], float] | None = None,
+    protect: bool = False,
+) -> tuple[int, int]:
+    """Successive halving (:data:`HALVING_RUNGS`) over ``candidates``, the first nine configs of the order.
+
+    ``score(i, epochs)``: config ``i``'s validation score after ``epochs``; each rung promotes by
+    ``key`` (default ``score``), and with ``protect`` config 0 is always promoted. Returns the config
+    kept at any fidelity (as HPOEnv keeps its incumbent) and the one kept from the top rung
+    (Hyperband's rule); ties go to the earlier trial. ``benchmarks/plan_on_ceiling.py`` replays it too.
+    """
+    key = key or score
+    pool = list(candidates)
     trials: list[tuple[float, int]] = []
     for (_, e), (k_next, _) in zip(HALVING_RUNGS, HALVING_RUNGS[1:] + ((0, 0),)):
         epochs = EPOCHS[e]
-        trials += [(cv[i][epochs], i) for i in pool]
+        trials += [(score(i, epochs), i) for i in pool]
         if not k_next:
-            return max(trials)[1], max(pool, key=lambda i: cv[i][epochs])
+            return max(trials, key=lambda t: t[0])[1], max(pool, key=lambda i: score(i, epochs))
         ranked = sorted(pool, key=lambda i: -key(i, epochs))
         if protect and 0 in pool:
             ranked = [0] + [i for i in ranked if i != 0]
@@ -112,7 +124,7 @@ def plan_regrets(cv: Scores, best: float, prior: dict[int, np.ndarray], gated: b
     def predicted(i: int, e: int) -> float:
         return prior[EPOCHS[-1]][i] + cv[i][e] - prior[e][i]
 
-    nine = [i for i in range(min(9, len(cv))) if not math.isnan(cv[i][1])]
+    nine = [i for i in range(min(HALVING_RUNGS[0][0], len(cv))) if not math.isnan(cv[i][1])]
     out = {
         "first": regret(0),
         "screen": regret(max(nine, key=lambda i: cv[i][1])),
@@ -120,11 +132,11 @@ def plan_regrets(cv: Scores, best: float, prior: dict[int, np.ndarray], gated: b
         "list": regret(max(range(3), key=lambda i: cv[i][EPOCHS[-1]])),
     }
     out["gated screen"] = out["screen"] if gated else out["first"]
-    any_fid, top = halving(cv, observed, protect=False)
+    any_fid, top = halving(nine, observed)
     out["halving"], out["halving, top rung"] = regret(any_fid), regret(top)
-    any_fid, top = halving(cv, observed, protect=True)
+    any_fid, top = halving(nine, observed, protect=True)
     out["protected halving"], out["protected halving, top rung"] = regret(any_fid), regret(top)
-    out["transfer halving, top rung"] = regret(halving(cv, predicted, protect=False)[1])
+    out["transfer halving, top rung"] = regret(halving(nine, observed, predicted)[1])
     out["gated: halving / list"] = out["halving"] if gated else out["list"]
     out["gated: halving top rung / list"] = out["halving, top rung"] if gated else out["list"]
     return out
