@@ -53,7 +53,13 @@ from rlhpo.agents.policy import (
     one_torch_thread,
     save_policy,
 )
-from rlhpo.agents.portfolio import PortfolioActions, imitate_plan, learn_portfolio, portfolio_size
+from rlhpo.agents.portfolio import (
+    PortfolioActions,
+    imitate_plan,
+    learn_portfolio,
+    portfolio_size,
+    shows_small_task,
+)
 from rlhpo.agents.sb3_logging import run_logger
 from rlhpo.agents.settings import TrainAgentSettings, settings_from_dict
 from rlhpo.agents.similar_tasks import SimilarTasks, fit_similar_tasks
@@ -143,7 +149,7 @@ def make_vec_env(
             if settings.history:
                 env = HistoryObservation(env, settings.history)
             if portfolio:
-                small = settings.imitation_plan == "by_size"  # the plan's branch, shown to the policy
+                small = shows_small_task(settings.imitation_plan)
                 env = PortfolioActions(env, portfolio, ranks=settings.portfolio_ranks, similar=similar, small=small)
             return Monitor(env if settings.meta_features else HideMetaFeatures(env))
 

@@ -27,7 +27,7 @@ from stable_baselines3 import PPO
 
 from rlhpo.agents.base import Tuner
 from rlhpo.agents.learned_list import ConfigLists, as_lists, for_modality, full_fidelity_action
-from rlhpo.agents.portfolio import portfolio_action, portfolio_features, portfolio_size
+from rlhpo.agents.portfolio import portfolio_action, portfolio_features, portfolio_size, shows_small_task
 from rlhpo.agents.similar_tasks import SimilarTasks
 from rlhpo.envs.hpo_env import HPOEnv, history_names
 from rlhpo.errors import RlhpoError
@@ -81,7 +81,7 @@ class PolicyInfo:
     @property
     def small_task(self) -> bool:
         """Whether a portfolio policy sees if the task is small (``imitation_plan: by_size`` branches on it)."""
-        return self.settings.get("imitation_plan") == "by_size"
+        return shows_small_task(str(self.settings.get("imitation_plan", "list")))
 
     @property
     def exclude_datasets(self) -> tuple[str, ...]:

@@ -292,6 +292,13 @@ def by_budget_action(
 
 
 HALVING_BELOW_N_TRAIN = 4000  # by_size: tasks of fewer training examples are halved; larger ones play the list
+
+
+def shows_small_task(plan: str) -> bool:
+    """Whether a policy cloned from ``plan`` observes ``small_task`` (:func:`portfolio_features`): by_size's branch."""
+    return plan == "by_size"
+
+
 N_TRAIN_FEATURE = META_FEATURES.index("log_n_train")  # log10(n_train) / 5, at the observation's start
 
 
