@@ -22,7 +22,7 @@ step that did anything else is an error, not a silent difference.
 A trial that continues one of the episode's earlier trials is trained from scratch in its
 worker (the earlier model stayed in another process); the env charges only its new epochs, as
 it would have. Workers train on CPU with one torch thread each. A trial at full fidelity sends
-its model back with its curve, so that when it is the incumbent the final training tests that
+its model back with its curve, so that when tune keeps it the final training tests that
 model instead of training the same config again, as the sequential tune does.
 """
 
@@ -39,7 +39,7 @@ import numpy as np
 from rlhpo.agents.base import TuneResult
 from rlhpo.agents.policy import PPOTuner
 from rlhpo.collect import Executor, WorkItem, load_in_worker
-from rlhpo.envs.backends import LiveBackend
+from rlhpo.envs.backends import RESUMABLE_RUNS, LiveBackend
 from rlhpo.envs.hpo_env import HPOEnv, StepResult, fidelity
 from rlhpo.errors import RlhpoError
 from rlhpo.space import Config
@@ -153,8 +153,9 @@ def run_rounds(
 
     ``env`` is a live HPOEnv, possibly wrapped (a rollout recorder); ``on_step`` is called with
     each step's result in the planned order, as soon as the env has taken it. ``held`` gets the
-    incumbent's curve with its model, by config key, when a worker trained it at full fidelity
-    (what :meth:`LiveBackend.held_run` gives a sequential tune); other models are let go.
+    curves with their models, by config key, of the last trials workers trained at full fidelity (at
+    most :data:`~rlhpo.envs.backends.RESUMABLE_RUNS`, the incumbent's always among them): what
+    :meth:`LiveBackend.held_run` gives a sequential tune, so the final training can reuse the kept one.
     """
     held = {} if held is None else held
     hpo: HPOEnv = env.unwrapped
@@ -193,8 +194,8 @@ def run_rounds(
                 on_step(step)
             terminated = terminated or truncated
         incumbent = result.incumbent_config.key() if result.incumbent_config is not None else None
-        for key in [k for k in held if k != incumbent]:
-            del held[key]  # a model a round ago not the incumbent's will not be the final one
+        for key in [k for k in held if k != incumbent][: max(0, len(held) - RESUMABLE_RUNS)]:
+            del held[key]  # the oldest first, as the live backend lets its runs go: the final one is among the rest
     result.tuning_seconds = time.perf_counter() - started
     result.policy_seconds = policy_seconds
     return result

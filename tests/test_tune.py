@@ -58,9 +58,10 @@ def test_tune_reports_the_metrics_and_the_overheads(run, policy, tmp_path):
     assert 0 <= summary["policy_seconds"] < summary["tuning_seconds"] < summary["seconds"]
     assert 0.0 <= summary["test_accuracy"] <= 1.0 and 0.0 <= summary["test_macro_f1"] <= 1.0
     assert summary["config"]["epochs"] == 3 and len(summary["curve"]) == 3  # retrained at full fidelity
-    best = max(summary["trials"], key=lambda t: t["score"])
+    kept = summary["trials"][summary["kept_trial"] - 1]
+    assert kept["step"] == summary["kept_trial"] and kept["score"] == summary["kept_score"]
     assert {k: v for k, v in summary["config"].items() if k != "epochs"} == {
-        k: v for k, v in best["config"].items() if k != "epochs"
+        k: v for k, v in kept["config"].items() if k != "epochs"
     }
     for trial in summary["trials"]:
         assert {"config", "epochs", "val_accuracy", "seconds", "score", "incumbent"} <= set(trial)
@@ -89,7 +90,7 @@ def test_tune_prints_a_readable_report(run, policy):
     assert "test accuracy" in result.stdout and "chosen config lr=" in result.stdout
     assert "tuning 3/3 epochs" in result.stdout and "policy" in result.stdout
     assert "chance is 0" in result.stderr  # the score is explained once, before the trials
-    assert "its best trial ran" in result.stdout  # the epochs tried, apart from the final training's
+    assert ": trial " in result.stdout and " epochs (score " in result.stdout  # the kept trial and its epochs
     assert result.stdout.strip().splitlines()[-1].startswith("next: rlhpo replay")
 
 
@@ -179,8 +180,30 @@ def test_a_bad_device_fails_before_a_run_folder_exists(run, policy, tmp_path, de
 
 def test_the_final_training_reuses_a_full_fidelity_best_trial(policy, tmp_path):
     summary = tune(helpers.DIGITS, policy=policy, budget_fte=2.0, runs_dir=tmp_path)
-    full = summary["incumbent_epochs"] == summary["config"]["epochs"]
-    assert summary["reused_trial"] == full  # the best trial ran at full fidelity: its model was tested
-    best = max(summary["trials"], key=lambda t: t["score"])
+    full = summary["kept_epochs"] == summary["config"]["epochs"]
+    assert summary["reused_trial"] == full  # the kept trial ran at full fidelity: its model was tested
+    kept = summary["trials"][summary["kept_trial"] - 1]
     if full:
-        assert summary["curve"][-1]["val_accuracy"] == best["val_accuracy"]
+        assert summary["curve"][-1]["val_accuracy"] == kept["val_accuracy"]
+
+
+def _trial(step: int, val: float | None, epochs: int = 9, diverged: bool = False) -> dict:
+    score = -1.0 if val is None else 2 * val - 1  # two classes
+    return {"step": step, "val_accuracy": val, "score": score, "epochs": epochs, "diverged": diverged}
+
+
+def test_tune_keeps_the_earliest_trial_within_one_standard_error_of_the_best_of_the_longest():
+    from rlhpo.agents.tune import kept_trial
+
+    # 1,000 validation examples at 0.886: one standard error is 0.0100.
+    trials = [_trial(1, 0.885), _trial(2, 0.886), _trial(3, 0.870)]
+    assert kept_trial(trials, n_val=1000)["step"] == 1
+    assert kept_trial(trials, n_val=1_000_000)["step"] == 2  # a margin of 0.0003: the best trial wins
+    # Clearly better (by more than one standard error): the later trial is kept.
+    assert kept_trial([_trial(1, 0.860), _trial(2, 0.886)], n_val=1000)["step"] == 2
+    # Only the longest-trained trials compete, even against a better short one, and never a diverged one.
+    mixed = [_trial(1, 0.950, epochs=1), _trial(2, 0.884, diverged=True), _trial(3, 0.886), _trial(4, 0.850)]
+    assert kept_trial(mixed, n_val=1000)["step"] == 3
+    assert kept_trial([_trial(1, None), _trial(2, 0.5, epochs=3)], n_val=1000)["step"] == 2
+    # Every trial diverged: the incumbent (the best score, the first of equal ones).
+    assert kept_trial([_trial(1, 0.6, diverged=True), _trial(2, 0.7, diverged=True)], n_val=1000)["step"] == 2

@@ -79,8 +79,8 @@ def test_tune_with_two_workers_never_repeats_keeps_the_budget_ends_alike_and_res
     trials = want["trials"]
     assert want["workers"] == 2 and len(trials) >= 4
     assert want["tuning_epochs"] == sum(t["paid_epochs"] for t in trials) <= want["budget_epochs"] == 12
-    # The incumbent's model came back from its worker when it trained at full fidelity: tested, not trained again.
-    assert want["reused_trial"] == (want["incumbent_epochs"] == want["config"]["epochs"])
+    # The kept trial's model came back from its worker when it trained at full fidelity: tested, not trained again.
+    assert want["reused_trial"] == (want["kept_epochs"] == want["config"]["epochs"])
     known: dict[str, int] = {}
     for t in trials:  # each trial tells something new: a new config, or one trained further
         key = json.dumps({k: v for k, v in t["config"].items() if k != "epochs"}, sort_keys=True)
