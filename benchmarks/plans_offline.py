@@ -21,6 +21,10 @@ Plans at 1 FTE (9 epochs):
 Plans at 3 FTE (27 epochs):
 
 - ``list``: the first three for 9 epochs, the best kept;
+- ``list, kept as tune keeps``: the same three, but the one kept is ``rlhpo tune``'s (``agents/tune.py``
+  ``kept_trial``: the earliest within one standard error of the best in validation accuracy). The judge
+  here is the validation split that chooses, so this can only be worse than ``list``; what it costs there
+  is the figure;
 - ``halving``: nine for 1 epoch, the best three to 3 epochs, the best two of those to 9
   (``agents/portfolio.HALVING_RUNGS``); kept at any fidelity (as HPOEnv keeps its incumbent), or
   from the top rung (Hyperband's rule);
@@ -49,18 +53,22 @@ import numpy as np
 from rlhpo.agents.evaluate import FullFidelity, mean_se, pm
 from rlhpo.agents.portfolio import HALVING_RUNGS, learn_portfolio
 from rlhpo.agents.similar_tasks import SIMILARITY_FEATURES, fit_similar_tasks, weights
+from rlhpo.agents.tune import kept_trial
 from rlhpo.envs.backends import RecordedBackend, runs_in_space, trial_from_curve
 from rlhpo.envs.hpo_env import trial_score
 from rlhpo.settings import SHIPPED_STORE, shipped_file
 from rlhpo.space import Config, SearchSpace, load_search_space
 from rlhpo.store import CurveStore, TaskRecord
 from rlhpo.tasks.registry import data_source
+from rlhpo.tasks.splits import MAX_VAL, VAL_FRACTION
 
 EPOCHS = (1, 3, 9)  # the epochs choices HALVING_RUNGS index
+SPLIT_SIZES = {"trec": 5452, "trec_fine": 5452}  # training splits under 6,667 examples (the others give 1,000)
 GATE_N_TRAIN = 4000  # gated screen: text tasks under this many examples are screened (none has 2,001-4,249)
 PLANS_1 = ("first", "screen", "transfer screen", "gated screen")
-PLANS_3 = ("list", "halving", "halving, top rung", "protected halving", "protected halving, top rung",
-           "transfer halving, top rung", "gated: halving / list", "gated: halving top rung / list")  # fmt: skip
+PLANS_3 = ("list", "list, kept as tune keeps", "halving", "halving, top rung", "protected halving",
+           "protected halving, top rung", "transfer halving, top rung", "gated: halving / list",
+           "gated: halving top rung / list")  # fmt: skip
 
 Scores = list[dict[int, float]]  # per config of the order: epochs -> score
 
@@ -112,7 +120,25 @@ def halving(
     raise AssertionError("unreachable")
 
 
-def plan_regrets(cv: Scores, best: float, prior: dict[int, np.ndarray], gated: bool) -> dict[str, float]:
+def n_val(dataset: str) -> int:
+    """The validation split's size of every instance of ``dataset`` (``rlhpo/tasks/splits.py``: it does not
+    depend on ``n_train``): 15% of the dataset's training split, at most 1,000."""
+    return min(round(VAL_FRACTION * SPLIT_SIZES.get(dataset, MAX_VAL / VAL_FRACTION)), MAX_VAL)
+
+
+def kept_as_tune(cv: Scores, first: int, n_classes: int, dataset: str) -> int:
+    """Which of the first ``first`` configs, each trained for 9 epochs, ``rlhpo tune`` keeps."""
+    trials = [
+        {"step": i + 1, "score": cv[i][EPOCHS[-1]], "epochs": EPOCHS[-1], "diverged": False,
+         "val_accuracy": (cv[i][EPOCHS[-1]] * (n_classes - 1) + 1) / n_classes}
+        for i in range(first)
+    ]  # fmt: skip
+    return kept_trial(trials, n_val(dataset))["step"] - 1
+
+
+def plan_regrets(
+    cv: Scores, best: float, prior: dict[int, np.ndarray], gated: bool, n_classes: int, dataset: str
+) -> dict[str, float]:
     """Each plan's regret on one task, from its curves in the task's order and the prior means."""
 
     def regret(i: int) -> float:
@@ -130,6 +156,7 @@ def plan_regrets(cv: Scores, best: float, prior: dict[int, np.ndarray], gated: b
         "screen": regret(max(nine, key=lambda i: cv[i][1])),
         "transfer screen": regret(max(nine, key=lambda i: predicted(i, 1))),
         "list": regret(max(range(3), key=lambda i: cv[i][EPOCHS[-1]])),
+        "list, kept as tune keeps": regret(kept_as_tune(cv, 3, n_classes, dataset)),
     }
     out["gated screen"] = out["screen"] if gated else out["first"]
     any_fid, top = halving(nine, observed)
@@ -176,7 +203,7 @@ def held_out_rows(store: CurveStore, space: SearchSpace, held: str, datasets: Se
             prior = {e: np.zeros(len(cv)) for e in EPOCHS}
             nearest = math.inf
         gated = modality == "text" and record.n_train < GATE_N_TRAIN
-        regrets = plan_regrets(cv, oracle.best(record.key), prior, gated)
+        regrets = plan_regrets(cv, oracle.best(record.key), prior, gated, record.n_classes, held)
         rows.append({"dataset": held, "task": record.key, "n_train": record.n_train, "modality": modality,
                      "nearest": nearest, "width": similar.widths.get(modality, math.inf), **regrets})  # fmt: skip
     return rows
