@@ -59,8 +59,6 @@ from rlhpo.agents.policy import PPOTuner
 from rlhpo.agents.sb3_logging import tensorboard_logger
 from rlhpo.agents.settings import TUNE_METHODS
 from rlhpo.collect import Executor, make_executor
-from rlhpo.ensemble import MAX_MEMBERS, probabilities
-from rlhpo.ensemble import select as ensemble_select
 from rlhpo.envs.backends import LiveBackend
 from rlhpo.envs.hpo_env import HPOEnv, StepResult
 from rlhpo.envs.recorder import ROLLOUTS_FILE, RolloutRecorder, write_rollouts_header
@@ -79,7 +77,7 @@ from rlhpo.runs import (
 )
 from rlhpo.settings import SHIPPED_STORE, read_yaml, shipped_file
 from rlhpo.space import DEFAULT_BUDGET_FTE, Config, SearchSpace, load_search_space
-from rlhpo.tasks import Task, TaskData, load_task
+from rlhpo.tasks import Task, load_task
 from rlhpo.training import Curve, resolve_device, reusable, train_final
 
 log = logging.getLogger(__name__)
@@ -107,7 +105,6 @@ def tune(
     executor: str = "local",
     address: str | None = None,
     method: str = "ppo",
-    ensemble: bool = False,
 ) -> dict[str, Any]:
     """Tune ``task`` with the policy within ``budget_fte`` full trainings, then train the chosen config.
 
@@ -129,8 +126,6 @@ def tune(
             cluster at ``address``, else on a local Ray instance with ``workers`` CPUs).
         method: ``ppo``, the policy; or ``ppo_tpe``, the policy for its meta-training budget, then
             the learned list and TPE (one trial at a time).
-        ensemble: also test the average of the best trials' models (:mod:`rlhpo.ensemble`), in
-            ``summary["ensemble"]``; the chosen config's own figures stay the summary's.
 
     Returns:
         The summary (also in the run folder's ``summary.json``): the keys of ``rlhpo train
@@ -150,7 +145,6 @@ def tune(
         workers = settings.get("workers", 1)  # absent before --workers; the rounds depend on it, so it is kept
         executor, address = settings.get("executor", "local"), settings.get("address")
         method = settings.get("method", "ppo")  # absent before --method
-        ensemble = settings.get("ensemble", False)  # absent before --ensemble
     elif task is None:
         raise RlhpoError("tune needs a task, or resume=RUN_DIR.")
     if (storage is None) != (study_name is None):
@@ -195,7 +189,6 @@ def tune(
             "workers": workers,
             "executor": executor,
             "address": address,
-            "ensemble": ensemble,
         }
         write_run_files(run_dir, settings, argv)
     reward = RewardSettings()
@@ -231,11 +224,8 @@ def tune(
         held_run = backend.held_run(task, config) or held.get(config.key())
         reused = chosen.epochs == config.epochs and held_run is not None and reusable(held_run, config)
         retrain_started = time.perf_counter()
-        curve = train_final(
-            data, config, seed=seed, device=device, reuse=held_run if reused else None, keep_state=ensemble
-        )
+        curve = train_final(data, config, seed=seed, device=device, reuse=held_run if reused else None)
         retrain_seconds = time.perf_counter() - retrain_started
-        averaged = _ensemble(data, curve, config, trials, backend, task, device) if ensemble else None
     log_curve(logger, curve, prefix="final/", step_offset=result.epochs_used)
     _log_hparams(logger, settings, curve, result.epochs_used)
     logger.close()
@@ -260,7 +250,6 @@ def tune(
         "reused_trial": reused,
         "workers": workers,
         "study": {"storage": storage, "study_name": study_name} if storage else None,
-        "ensemble": averaged,
         "next": [f"rlhpo replay {run_dir} --verify", f"tensorboard --logdir {run_dir}"],
     }
     write_summary(run_dir, summary)
@@ -294,45 +283,6 @@ def kept_trial(trials: list[dict[str, Any]], n_val: int) -> dict[str, Any]:
     best = max(top, key=lambda t: t["score"])  # the first of equal scores, as HPOEnv keeps its incumbent
     margin = math.sqrt(best["val_accuracy"] * (1 - best["val_accuracy"]) / max(n_val, 1))
     return next(t for t in top if t["val_accuracy"] >= best["val_accuracy"] - margin)
-
-
-def _ensemble(
-    data: TaskData,
-    final: Curve,
-    config: Config,
-    trials: list[dict[str, Any]],
-    backend: LiveBackend,
-    task: Task,
-    device: str,
-) -> dict[str, Any] | None:
-    """The ensemble of the final model and the other trials trained in full whose models are held.
-
-    The final model ranks first (validation chose its config); the others follow by validation
-    accuracy. Rounds keep no trial's model but the incumbent's, so there the final model is alone.
-    None when the final training diverged (there is no model to average).
-    """
-    if final.state is None:
-        log.warning("The final training diverged: no ensemble.")
-        return None
-    models = [final.state.model]
-    full = [
-        Config(**t["config"])
-        for t in sorted(trials, key=lambda t: -(t["val_accuracy"] or 0.0))
-        if t["epochs"] == config.epochs and not t["diverged"]
-    ]
-    for other in full:
-        run = backend.held_run(task, other)
-        if other.key() != config.key() and run is not None and reusable(run, other):
-            models.append(run.state.model)  # type: ignore[union-attr]
-    dev = resolve_device(device)
-    chosen = ensemble_select(
-        [probabilities(m, data.x_val, dev) for m in models[:MAX_MEMBERS]],
-        [probabilities(m, data.x_test, dev) for m in models[:MAX_MEMBERS]],
-        data.y_val,
-        data.y_test,
-        data.n_classes,
-    )
-    return {"candidates": len(models), **chosen.to_dict()}
 
 
 def _tuner(method: str, ppo: PPOTuner, space: SearchSpace) -> Tuner:
@@ -517,15 +467,6 @@ def report_lines(s: dict[str, Any]) -> list[str]:
         if s["reused_trial"]
         else (f"trained for {s['config']['epochs']} epochs in {s['retrain_seconds']:.1f}s")
     )
-    ensemble = s.get("ensemble")
-    averaged = (
-        [
-            f"ensemble of the best {ensemble['chosen']} of {ensemble['candidates']} full trainings (by validation): "
-            f"test_acc {ensemble['test_accuracy']:.4f}  test_macro_f1 {ensemble['test_macro_f1']:.4f}"
-        ]
-        if ensemble
-        else []
-    )
     best = max(s["trials"], key=lambda t: t["score"])
     earlier = (
         f"; kept over trial {best['step']} (score {best['score']:.4f}), which is within one standard error of it"
@@ -537,7 +478,6 @@ def report_lines(s: dict[str, Any]) -> list[str]:
         f"chosen config {config_text(s['config'])}: trial {s['kept_trial']}, {s['kept_epochs']} epochs "
         f"(score {s['kept_score']:.4f}){earlier}; final training {final}",
         test_metrics_line(s),
-        *averaged,
         f"tuning {s['tuning_epochs']}/{s['budget_epochs']} epochs{by}{rounds} in {s['tuning_seconds']:.1f}s "
         f"(policy {s['policy_seconds']:.2f}s); run folder {s['run_dir']}",
         "next: " + "; ".join(s["next"]),

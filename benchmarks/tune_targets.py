@@ -14,8 +14,7 @@ Usage (the whole datasets take hours on 2 cores; ``--n-train`` subsamples for a 
     RLHPO_DATA_DIR=<data folder> python benchmarks/tune_targets.py --out docs/benchmarks/tune.md
 
 ``--method ppo_tpe`` tunes with ``rlhpo tune --method ppo_tpe`` (the policy, then the learned
-list and TPE) instead of the policy alone. ``--ensemble`` also tests the average of the best trials'
-models (``rlhpo tune --ensemble``), in its own column.
+list and TPE) instead of the policy alone.
 """
 
 from __future__ import annotations
@@ -66,13 +65,8 @@ def run_task(name: str, args: argparse.Namespace) -> dict[str, Any]:
         runs_dir=args.runs_dir,
         on_trial=show_trial,
         method=args.method,
-        ensemble=args.ensemble,
     )
     return {"task": name, "default": default, "tune": tuned}
-
-
-def _ensemble_cell(e: dict[str, Any] | None) -> str:
-    return "-" if e is None else f"{e['test_accuracy']:.4f} ({e['chosen']} of {e['candidates']})"
 
 
 def report(args: argparse.Namespace, rows: list[dict[str, Any]], seconds: float) -> str:
@@ -90,8 +84,8 @@ def report(args: argparse.Namespace, rows: list[dict[str, Any]], seconds: float)
         "decision time over them.",
         "",
         "| task | model | default test acc. | default min | tune test acc. | tune min | tuning epochs "
-        "| policy share | chosen config |" + (" ensemble test acc. (members) |" if args.ensemble else ""),
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |" + (" --- |" if args.ensemble else ""),
+        "| policy share | chosen config |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in rows:
         d, t = r["default"], r["tune"]
@@ -100,7 +94,6 @@ def report(args: argparse.Namespace, rows: list[dict[str, Any]], seconds: float)
             f"| {r['task']} | {t['model']} | {d['test_accuracy']:.4f} | {d['seconds'] / 60:.1f} "
             f"| {t['test_accuracy']:.4f} | {tune_seconds / 60:.1f} | {t['tuning_epochs']}/{t['budget_epochs']} "
             f"| {t['policy_seconds'] / tune_seconds:.2%} | `{short_config(t['config'])}` |"
-            + (f" {_ensemble_cell(t['ensemble'])} |" if args.ensemble else "")
         )
     lines += ["", "Run folders: " + ", ".join(f"`{r['tune']['run_dir']}`" for r in rows), ""]
     return "\n".join(lines)
@@ -113,7 +106,6 @@ def main() -> None:
     parser.add_argument("--policy", type=Path, default=None, help="policy.zip (default: the shipped policy).")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--method", choices=TUNE_METHODS, default="ppo", help="What tunes: rlhpo tune --method.")
-    parser.add_argument("--ensemble", action="store_true", help="Also test the ensemble (rlhpo tune --ensemble).")
     parser.add_argument("--n-train", type=int, default=None, help="Subsample each training set (a quick look).")
     parser.add_argument("--data-dir", type=Path, default=None, help="Default: $RLHPO_DATA_DIR.")
     parser.add_argument("--runs-dir", type=Path, default=None, help="Where run folders go (default: ./runs).")

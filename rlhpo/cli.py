@@ -497,11 +497,6 @@ def train_agent_cmd(
     help="ppo: the policy. ppo_tpe: the policy for its meta-training budget (3 FTE), then the learned list and "
     "Optuna TPE: the same up to 3 FTE, better from about 10 (one trial at a time).",
 )
-@click.option(
-    "--ensemble",
-    is_flag=True,
-    help="Also test the average of the best trials' models (up to 3 trained in full, chosen on validation).",
-)
 @executor_options(
     "--workers trials", "Trials at once: each step trains the policy's N most likely new configs concurrently (on CPU)."
 )
@@ -518,7 +513,6 @@ def tune_cmd(
     storage: str | None,
     study_name: str | None,
     method: str,
-    ensemble: bool,
     workers: int,
     executor: str,
     address: str | None,
@@ -551,7 +545,6 @@ def tune_cmd(
         executor=executor,
         address=address,
         method=method,
-        ensemble=ensemble,
     )
     emit(summary, as_json, report_lines(summary))
 

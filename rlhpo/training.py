@@ -192,20 +192,18 @@ def train_final(
     device: str = "cpu",
     reuse: Curve | None = None,
     on_epoch: Callable[[EpochRecord], None] | None = None,
-    keep_state: bool = False,
 ) -> Curve:
     """The final training of a chosen config: trained for ``config.epochs``, then tested on the test split.
 
     ``reuse`` is a curve of this very training (same data, config and seed) that is
     :func:`reusable`: the test metrics come from its model, with no training again.
-    ``keep_state`` leaves the model in the returned curve's ``state`` (as :func:`train`'s).
     """
     if reuse is not None:
         if not reusable(reuse, config):
             raise RlhpoError(f"The curve given to reuse is not a finished run of {config} with its model kept.")
         test = _test_metrics(reuse.state.model, data, resolve_device(device), diverged=False)  # type: ignore[union-attr]
-        return Curve(epochs=list(reuse.epochs), diverged=False, test=test, state=reuse.state if keep_state else None)
-    return train(data, config, seed=seed, device=device, evaluate_test=True, on_epoch=on_epoch, keep_state=keep_state)
+        return Curve(epochs=list(reuse.epochs), diverged=False, test=test)
+    return train(data, config, seed=seed, device=device, evaluate_test=True, on_epoch=on_epoch)
 
 
 def reusable(curve: Curve, config: Config) -> bool:
