@@ -215,7 +215,7 @@ def tune(
 
         to_study = StudyWriter(open_study(storage, study_name), search_space, data.modality)
     with interruptible(run_dir, "tune", resume_hint):
-        held: dict[str, Curve] = {}  # rounds: the incumbent's model, when a worker trained it at full fidelity
+        held: dict[str, Curve] = {}  # rounds: the models of the last trials workers trained at full fidelity
         play = _player(runner, workers, data_dir, held)
         result, trials = _episode(tuner, env, task, seed, run_dir, header, logger, on_trial, logged, to_study, play)
         kept = kept_trial(trials, len(data.y_val))
@@ -469,7 +469,8 @@ def report_lines(s: dict[str, Any]) -> list[str]:
     )
     best = max(s["trials"], key=lambda t: t["score"])
     earlier = (
-        f"; kept over trial {best['step']} (score {best['score']:.4f}), which is within one standard error of it"
+        f"; kept over trial {best['step']} (score {best['score']:.4f}): only the longest-trained trials compete, "
+        "and a later one must beat an earlier one by a standard error"
         if best["step"] != s["kept_trial"]
         else ""
     )

@@ -195,7 +195,7 @@ def run_rounds(
             terminated = terminated or truncated
         incumbent = result.incumbent_config.key() if result.incumbent_config is not None else None
         for key in [k for k in held if k != incumbent][: max(0, len(held) - RESUMABLE_RUNS)]:
-            del held[key]  # the oldest first, as the live backend lets its runs go: the final one is among the rest
+            del held[key]  # the oldest first, as the live backend lets its runs go
     result.tuning_seconds = time.perf_counter() - started
     result.policy_seconds = policy_seconds
     return result
