@@ -34,9 +34,11 @@ N most likely new configs at once, trained concurrently on local processes or Ra
 env in a fixed order (:mod:`rlhpo.agents.tune_batches`); the budget is accounted as above, and
 the tune is as repeatable and resumable as a sequential one for the same N.
 
-When the chosen config's best trial already ran at full fidelity (with the same seed, as every
-trial does) and the backend still holds its model, the final training is that trial: its model
-is tested instead of training the same thing again (``summary["reused_trial"]``).
+The config trained in full is the kept trial's (:func:`kept_trial`: the earliest of the
+longest-trained trials within one standard error of the best of them). When that trial already ran
+at full fidelity (with the same seed, as every trial does) and the backend still holds its model,
+the final training is that trial: its model is tested instead of training the same thing again
+(``summary["reused_trial"]``).
 """
 
 from __future__ import annotations
@@ -463,7 +465,7 @@ def report_lines(s: dict[str, Any]) -> list[str]:
     rounds = f" in rounds of {s['workers']} trials" if s.get("workers", 1) > 1 else ""
     by = " by ppo_tpe (the policy, then the list and TPE)" if s.get("method") == "ppo_tpe" else ""
     final = (
-        "reused the best trial's model (it ran at full fidelity with this seed)"
+        "reused the kept trial's model (it ran at full fidelity with this seed)"
         if s["reused_trial"]
         else (f"trained for {s['config']['epochs']} epochs in {s['retrain_seconds']:.1f}s")
     )
