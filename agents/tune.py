@@ -131,9 +131,10 @@ def tune(
 
     Returns:
         The summary (also in the run folder's ``summary.json``): the keys of ``rlhpo train
-        --json`` for the final training of the chosen config, plus ``trials``, ``tuning_epochs``,
-        ``tuning_seconds``, ``policy_seconds``, ``budget_epochs``, ``retrain_seconds`` and
-        ``reused_trial``.
+        --json`` for the final training of the chosen config, plus ``trials``, the kept trial
+        (``kept_trial``, its step; ``kept_score``, ``kept_epochs``; see :func:`kept_trial`),
+        ``incumbent_score``, ``tuning_epochs``, ``tuning_seconds``, ``policy_seconds``,
+        ``budget_epochs``, ``retrain_seconds`` and ``reused_trial``.
     """
     started = time.perf_counter()
     if resume is not None:
