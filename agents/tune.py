@@ -35,9 +35,14 @@ env in a fixed order (:mod:`rlhpo.agents.tune_batches`); the budget is accounted
 the tune is as repeatable and resumable as a sequential one for the same N.
 
 The config trained in full is the kept trial's (:func:`kept_trial`: the earliest of the
-longest-trained trials within one standard error of the best of them). When that trial already ran
-at full fidelity (with the same seed, as every trial does) and the backend still holds its model,
-the final training is that trial: its model is tested instead of training the same thing again
+longest-trained trials within one standard error of the best of them). By default it is trained
+again on the training and validation splits together (``refit``, as scikit-learn's
+``GridSearchCV(refit=True)``): validation has chosen, and the final model learns from its examples
+too (``docs/benchmarks/refit.md``). Its validation figures each epoch are then on examples it
+trained on, so the summary's ``val_accuracy`` and ``val_loss`` are the kept trial's. With
+``refit=False`` (``--no-refit``) the final model is trained on the training split only; when the
+kept trial already ran at full fidelity (with the same seed, as every trial does) and the backend
+still holds its model, that model is tested instead of training the same thing again
 (``summary["reused_trial"]``).
 """
 
@@ -107,6 +112,7 @@ def tune(
     executor: str = "local",
     address: str | None = None,
     method: str = "ppo",
+    refit: bool = True,
 ) -> dict[str, Any]:
     """Tune ``task`` with the policy within ``budget_fte`` full trainings, then train the chosen config.
 
@@ -128,13 +134,15 @@ def tune(
             cluster at ``address``, else on a local Ray instance with ``workers`` CPUs).
         method: ``ppo``, the policy; or ``ppo_tpe``, the policy for its meta-training budget, then
             the learned list and TPE (one trial at a time).
+        refit: train the chosen config on the training and validation splits together (the default),
+            not on the training split alone.
 
     Returns:
         The summary (also in the run folder's ``summary.json``): the keys of ``rlhpo train
         --json`` for the final training of the chosen config, plus ``trials``, the kept trial
         (``kept_trial``, its step; ``kept_score``, ``kept_epochs``; see :func:`kept_trial`),
         ``incumbent_score``, ``tuning_epochs``, ``tuning_seconds``, ``policy_seconds``,
-        ``budget_epochs``, ``retrain_seconds`` and ``reused_trial``.
+        ``budget_epochs``, ``retrain_seconds``, ``refit`` and ``reused_trial``.
     """
     started = time.perf_counter()
     if resume is not None:
@@ -148,6 +156,7 @@ def tune(
         workers = settings.get("workers", 1)  # absent before --workers; the rounds depend on it, so it is kept
         executor, address = settings.get("executor", "local"), settings.get("address")
         method = settings.get("method", "ppo")  # absent before --method
+        refit = settings.get("refit", False)  # absent before refit: those tunes trained on the training split
     elif task is None:
         raise RlhpoError("tune needs a task, or resume=RUN_DIR.")
     if (storage is None) != (study_name is None):
@@ -192,6 +201,7 @@ def tune(
             "workers": workers,
             "executor": executor,
             "address": address,
+            "refit": refit,
         }
         write_run_files(run_dir, settings, argv)
     reward = RewardSettings()
@@ -224,10 +234,11 @@ def tune(
         kept = kept_trial(trials, len(data.y_val))
         chosen = Config(**kept["config"])
         config = chosen.with_epochs(search_space.max_epochs)
-        held_run = backend.held_run(task, config) or held.get(config.key())
+        held_run = None if refit else backend.held_run(task, config) or held.get(config.key())
         reused = chosen.epochs == config.epochs and held_run is not None and reusable(held_run, config)
         retrain_started = time.perf_counter()
-        curve = train_final(data, config, seed=seed, device=device, reuse=held_run if reused else None)
+        final_data = data.with_validation_trained() if refit else data
+        curve = train_final(final_data, config, seed=seed, device=device, reuse=held_run if reused else None)
         retrain_seconds = time.perf_counter() - retrain_started
     log_curve(logger, curve, prefix="final/", step_offset=result.epochs_used)
     _log_hparams(logger, settings, curve, result.epochs_used)
@@ -251,10 +262,14 @@ def tune(
         "policy_seconds": result.policy_seconds,
         "retrain_seconds": retrain_seconds,
         "reused_trial": reused,
+        "refit": refit,
+        "train_examples": len(final_data.y_train),
         "workers": workers,
         "study": {"storage": storage, "study_name": study_name} if storage else None,
         "next": [f"rlhpo replay {run_dir} --verify", f"tensorboard --logdir {run_dir}"],
     }
+    if refit:  # the final curve's validation examples were trained on: the kept trial's are the held-out figures
+        summary["val_accuracy"], summary["val_loss"] = kept["val_accuracy"], kept["val_loss"]
     write_summary(run_dir, summary)
     return summary
 
@@ -465,11 +480,13 @@ def report_lines(s: dict[str, Any]) -> list[str]:
     """What ``rlhpo tune`` prints once it is done."""
     rounds = f" in rounds of {s['workers']} trials" if s.get("workers", 1) > 1 else ""
     by = " by ppo_tpe (the policy, then the list and TPE)" if s.get("method") == "ppo_tpe" else ""
-    final = (
-        "reused the kept trial's model (it ran at full fidelity with this seed)"
-        if s["reused_trial"]
-        else (f"trained for {s['config']['epochs']} epochs in {s['retrain_seconds']:.1f}s")
-    )
+    if s["reused_trial"]:
+        final = "reused the kept trial's model (it ran at full fidelity with this seed)"
+    else:
+        on = "the training and validation splits" if s.get("refit") else "the training split"
+        final = (
+            f"on {on} ({s['train_examples']} examples), {s['config']['epochs']} epochs in {s['retrain_seconds']:.1f}s"
+        )
     best = max(s["trials"], key=lambda t: t["score"])
     earlier = (
         f"; kept over trial {best['step']} (score {best['score']:.4f}): only the longest-trained trials compete, "

@@ -13,6 +13,7 @@ Usage (the whole datasets take hours on 2 cores; ``--n-train`` subsamples for a 
 
     RLHPO_DATA_DIR=<data folder> python benchmarks/tune_targets.py --out docs/benchmarks/tune.md
 
+``--no-refit`` trains tune's final model on the training split only (``rlhpo tune --no-refit``).
 ``--method ppo_tpe`` tunes with ``rlhpo tune --method ppo_tpe`` (the policy, then the learned
 list and TPE) instead of the policy alone.
 """
@@ -37,6 +38,7 @@ from rlhpo.space import load_search_space
 from rlhpo.tasks import Task, load_task
 
 TARGETS = ("ag_news", "mnist", "cifar10", "imdb", "trec")
+FINAL_DATA = {True: "on the training and validation splits", False: "on the training split"}
 
 
 def show_trial(t: dict[str, Any]) -> None:
@@ -65,6 +67,7 @@ def run_task(name: str, args: argparse.Namespace) -> dict[str, Any]:
         runs_dir=args.runs_dir,
         on_trial=show_trial,
         method=args.method,
+        refit=args.refit,
     )
     return {"task": name, "default": default, "tune": tuned}
 
@@ -80,7 +83,8 @@ def report(args: argparse.Namespace, rows: list[dict[str, Any]], seconds: float)
         f"Budget {args.budget} full-training equivalents; method {args.method}; seed {args.seed}; training set "
         f"{'whole' if args.n_train is None else f'{args.n_train} examples'}. Default: the search space's default "
         "config at full fidelity (`rlhpo train`); its minutes are its training. Tune: the policy's episode, then its "
-        "chosen config retrained at full fidelity; its minutes are both, and the policy's share is its own "
+        f"chosen config retrained at full fidelity ({FINAL_DATA[args.refit]}); its minutes are both, "
+        "and the policy's share is its own "
         "decision time over them.",
         "",
         "| task | model | default test acc. | default min | tune test acc. | tune min | tuning epochs "
@@ -106,6 +110,9 @@ def main() -> None:
     parser.add_argument("--policy", type=Path, default=None, help="policy.zip (default: the shipped policy).")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--method", choices=TUNE_METHODS, default="ppo", help="What tunes: rlhpo tune --method.")
+    parser.add_argument(
+        "--no-refit", dest="refit", action="store_false", help="Final training on the training split only."
+    )
     parser.add_argument("--n-train", type=int, default=None, help="Subsample each training set (a quick look).")
     parser.add_argument("--data-dir", type=Path, default=None, help="Default: $RLHPO_DATA_DIR.")
     parser.add_argument("--runs-dir", type=Path, default=None, help="Where run folders go (default: ./runs).")

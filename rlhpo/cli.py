@@ -497,6 +497,12 @@ def train_agent_cmd(
     help="ppo: the policy. ppo_tpe: the policy for its meta-training budget (3 FTE), then the learned list and "
     "Optuna TPE: the same up to 3 FTE, better from about 10 (one trial at a time).",
 )
+@click.option(
+    "--refit/--no-refit",
+    default=True,
+    show_default=True,
+    help="Train the chosen config on the training and validation splits together (else on the training split).",
+)
 @executor_options(
     "--workers trials", "Trials at once: each step trains the policy's N most likely new configs concurrently (on CPU)."
 )
@@ -513,6 +519,7 @@ def tune_cmd(
     storage: str | None,
     study_name: str | None,
     method: str,
+    refit: bool,
     workers: int,
     executor: str,
     address: str | None,
@@ -545,6 +552,7 @@ def tune_cmd(
         executor=executor,
         address=address,
         method=method,
+        refit=refit,
     )
     emit(summary, as_json, report_lines(summary))
 

@@ -28,6 +28,8 @@ TUNE_KEYS = {
     "budget_epochs",
     "retrain_seconds",
     "reused_trial",
+    "refit",
+    "train_examples",
     "status",
 }
 
@@ -179,12 +181,30 @@ def test_a_bad_device_fails_before_a_run_folder_exists(run, policy, tmp_path, de
 
 
 def test_the_final_training_reuses_a_full_fidelity_best_trial(policy, tmp_path):
-    summary = tune(helpers.DIGITS, policy=policy, budget_fte=2.0, runs_dir=tmp_path)
+    summary = tune(helpers.DIGITS, policy=policy, budget_fte=2.0, runs_dir=tmp_path, refit=False)
+    assert summary["refit"] is False and summary["train_examples"] == helpers.DIGITS.n_train
     full = summary["kept_epochs"] == summary["config"]["epochs"]
     assert summary["reused_trial"] == full  # the kept trial ran at full fidelity: its model was tested
     kept = summary["trials"][summary["kept_trial"] - 1]
     if full:
         assert summary["curve"][-1]["val_accuracy"] == kept["val_accuracy"]
+
+
+def test_the_final_training_refits_on_the_training_and_validation_splits(policy, tmp_path):
+    from rlhpo.tasks import load_task
+
+    data = load_task(helpers.DIGITS)
+    whole = data.with_validation_trained()
+    assert len(whole.y_train) == len(data.y_train) + len(data.y_val) and whole.y_val.equal(data.y_val)
+    assert whole.x_train[len(data.y_train) :].equal(data.x_val)
+
+    summary = tune(helpers.DIGITS, policy=policy, budget_fte=2.0, runs_dir=tmp_path)  # refit is the default
+    assert summary["refit"] is True and summary["reused_trial"] is False
+    assert summary["train_examples"] == len(data.y_train) + len(data.y_val)
+    assert len(summary["curve"]) == summary["config"]["epochs"]
+    kept = summary["trials"][summary["kept_trial"] - 1]
+    assert (summary["val_accuracy"], summary["val_loss"]) == (kept["val_accuracy"], kept["val_loss"])
+    assert summary["test_accuracy"] is not None
 
 
 def _trial(step: int, val: float | None, epochs: int = 9, diverged: bool = False) -> dict:

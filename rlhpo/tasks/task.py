@@ -92,3 +92,13 @@ class TaskData:
     @property
     def input_shape(self) -> tuple[int, ...]:
         return tuple(self.x_train.shape[1:])
+
+    def with_validation_trained(self) -> TaskData:
+        """This data with the validation examples added to the training ones, for a final refit.
+
+        The validation split stays, so a training on the result still reports validation figures each
+        epoch, but they are then measured on examples it trained on.
+        """
+        return dataclasses.replace(
+            self, x_train=torch.cat([self.x_train, self.x_val]), y_train=torch.cat([self.y_train, self.y_val])
+        )
