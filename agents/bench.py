@@ -199,6 +199,7 @@ def rollouts_header(
         "budget_epochs": space.budget_epochs(max(settings.budgets)),
         "train_seed": settings.train_seed,
         "reward": dataclasses.asdict(reward),
+        "incumbent": settings.incumbent,
     }
 
 
@@ -298,6 +299,7 @@ class Player:
                 budget_epochs=self.space.budget_epochs(episode.budget),
                 train_seed=self.settings.train_seed,
                 reward=self.reward,
+                incumbent=self.settings.incumbent,
             )
             self._envs[slot] = RolloutRecorder(env, self.rollouts) if recorded and self.rollouts else env
         return self._envs[slot]
@@ -505,7 +507,9 @@ def _resume(run_dir: Path, settings: BenchSettings) -> dict[tuple, dict[str, Any
     if not csv_path.is_file():
         return {}
     placement = set(BenchSettings.PLACEMENT)  # another --workers or executor gives the same rows
-    if not config.is_file() or {k: v for k, v in read_yaml(config).items() if k not in placement} != settings.what():
+    # A setting added after the bench was written ran at its default (incumbent: best).
+    written = {**BenchSettings().what(), **read_yaml(config)} if config.is_file() else {}
+    if not written or {k: v for k, v in written.items() if k not in placement} != settings.what():
         raise RlhpoError(
             f"{str(run_dir)!r} holds a bench with other settings (config.yaml); "
             "pick another --out, or use the same settings."

@@ -43,6 +43,7 @@ from rlhpo.agents.callbacks import (
 )
 from rlhpo.agents.evaluate import FullFidelity, pm, summarise
 from rlhpo.agents.learned_list import ConfigLists
+from rlhpo.agents.per_config_policy import PerConfigPolicy
 from rlhpo.agents.policy import (
     POLICY_FILE,
     DrawnBudget,
@@ -140,7 +141,12 @@ def make_vec_env(
             if isinstance(backend, RecordedBackend) and settings.config_fraction < 1.0:
                 answers = SubsetBackend(backend, settings.config_fraction, seed=settings.seed + i)
             env: gym.Env = HPOEnv(
-                answers, space=space, budget_epochs=budget, train_seed=settings.train_seed, reward=settings.reward
+                answers,
+                space=space,
+                budget_epochs=budget,
+                train_seed=settings.train_seed,
+                reward=settings.reward,
+                incumbent=settings.incumbent,
             )
             if settings.full_fidelity_return:
                 env = FullFidelityReturn(env)
@@ -160,8 +166,16 @@ def make_vec_env(
 
 def new_model(settings: TrainAgentSettings, venv: DummyVecEnv) -> PPO:
     p = settings.ppo
+    policy: Any = "MlpPolicy"
+    kwargs: dict[str, Any] = {"net_arch": list(p.net_arch)}
+    if settings.portfolio_net == "per_config":
+        policy = PerConfigPolicy
+        size = int(venv.action_space.nvec[0])  # type: ignore[attr-defined]
+        epochs = venv.get_attr("space")[0].choices["epochs"]
+        fractions = [e / epochs[-1] for e in epochs]
+        kwargs.update(portfolio_size=size, entries=3 if settings.portfolio_ranks else 2, fractions=fractions)
     return PPO(
-        "MlpPolicy",
+        policy,
         venv,
         n_steps=p.n_steps,
         batch_size=p.batch_size,
@@ -173,7 +187,7 @@ def new_model(settings: TrainAgentSettings, venv: DummyVecEnv) -> PPO:
         ent_coef=p.ent_coef,
         vf_coef=p.vf_coef,
         max_grad_norm=p.max_grad_norm,
-        policy_kwargs={"net_arch": list(p.net_arch)},
+        policy_kwargs=kwargs,
         seed=settings.seed,
         device="cpu",
         verbose=0,

@@ -60,7 +60,6 @@ from rlhpo.envs.hpo_env import HPOEnv
 from rlhpo.errors import RlhpoError
 from rlhpo.space import Config, SearchSpace
 from rlhpo.store import CurveStore
-from rlhpo.tasks.features import META_FEATURES
 from rlhpo.tasks.registry import data_source
 
 
@@ -220,12 +219,17 @@ class PortfolioActions(gym.Wrapper):
 
 
 def list_order_action(
-    obs: np.ndarray, size: int, fractions: Sequence[float], budget_fte: np.ndarray | None = None
+    obs: np.ndarray,
+    size: int,
+    fractions: Sequence[float],
+    budget_fte: np.ndarray | None = None,
+    n_train: np.ndarray | None = None,
 ) -> np.ndarray:
     """The learned list's plan as portfolio actions, from observations: the first config not yet known in full.
 
     ``fractions``: each epochs choice over the largest (the plan uses only the largest). The plan is
-    the same at every budget, so ``budget_fte`` (each row's episode budget) is not used.
+    the same at every budget and task, so ``budget_fte`` (each row's episode budget) and ``n_train`` (its
+    task's training examples) are not used.
 
     ``obs`` ends with :func:`portfolio_features` (one row per observation); once every config is
     known in full, the last one (a repeat, which :class:`~rlhpo.agents.policy.PPOTuner` replaces).
@@ -240,17 +244,21 @@ HALVING_RUNGS = ((9, 0), (3, 1), (2, 2))  # halving plan: (configs, epochs index
 
 
 def halving_action(
-    obs: np.ndarray, size: int, fractions: Sequence[float], budget_fte: np.ndarray | None = None
+    obs: np.ndarray,
+    size: int,
+    fractions: Sequence[float],
+    budget_fte: np.ndarray | None = None,
+    n_train: np.ndarray | None = None,
 ) -> np.ndarray:
     """Successive halving over the list (rate 3) as portfolio actions, from observations.
 
-    ``fractions``: each epochs choice over the largest; ``budget_fte`` is not used (the rungs are
-    the same at every budget; a small budget ends the episode early). By :data:`HALVING_RUNGS`, with epochs
-    choices 1, 3 and 9: the list's first 9 configs for 1 epoch each, in order; the best 3 of them
+    ``fractions``: each epochs choice over the largest; ``budget_fte`` and ``n_train`` are not used (the rungs
+    are the same at every budget and task; a small budget ends the episode early). By :data:`HALVING_RUNGS`,
+    with epochs choices 1, 3 and 9: the list's first 9 configs for 1 epoch each, in order; the best 3 of them
     (by their latest score) continued to 3 epochs; the best 2 of those continued to 9; then
-    :func:`list_order_action`. That is 9 + 3 x 2 + 2 x 6 = 27 epochs, 3 FTE; at 1 FTE, the
-    one-epoch screen alone. Each rung ranks the configs by what the observation holds now, so a
-    config whose score falls when it is continued can let another one in.
+    :func:`list_order_action`. That is 9 + 3 x 2 + 2 x 6 = 27 epochs, 3 FTE; at 1 FTE, the one-epoch screen
+    alone. Each rung ranks the configs by what the observation holds now, so a config whose score falls when it
+    is continued can let another one in.
     """
     rows = np.atleast_2d(obs)
     known, scores = rows[:, -2 * size : -size], rows[:, -size:]
@@ -270,7 +278,11 @@ HALVING_BELOW_FTE = 3.0  # by_budget: budgets under this many full trainings are
 
 
 def by_budget_action(
-    obs: np.ndarray, size: int, fractions: Sequence[float], budget_fte: np.ndarray | None = None
+    obs: np.ndarray,
+    size: int,
+    fractions: Sequence[float],
+    budget_fte: np.ndarray | None = None,
+    n_train: np.ndarray | None = None,
 ) -> np.ndarray:
     """:func:`halving_action` in episodes of a budget under :data:`HALVING_BELOW_FTE`, else :func:`list_order_action`.
 
@@ -299,25 +311,28 @@ def shows_small_task(plan: str) -> bool:
     return plan == "by_size"
 
 
-N_TRAIN_FEATURE = META_FEATURES.index("log_n_train")  # log10(n_train) / 5, at the observation's start
-
-
 def by_size_action(
-    obs: np.ndarray, size: int, fractions: Sequence[float], budget_fte: np.ndarray | None = None
+    obs: np.ndarray,
+    size: int,
+    fractions: Sequence[float],
+    budget_fte: np.ndarray | None = None,
+    n_train: np.ndarray | None = None,
 ) -> np.ndarray:
     """:func:`halving_action` on tasks of under :data:`HALVING_BELOW_N_TRAIN` examples, else :func:`list_order_action`.
 
-    The task's size is read from the observation's meta-features (``log_n_train``), so the plan needs
-    ``meta_features: true``; ``budget_fte`` is not used. On the store's small instances (250 to 2,000
-    examples) a one-epoch screen ranks the portfolio well: leaving one dataset out, screening nine
-    configs halves the regret of training the first in full at 1 FTE (``docs/benchmarks/plans_offline.md``).
-    At full size the text datasets' best configs start slow and the screen drops them: there the
-    first config in full tested best, live (``docs/benchmarks/hpo.md``, session 20). The store has no
-    instance between 2,000 and 4,250 examples, so the threshold is anywhere in that gap.
+    ``n_train``: each row's task's training examples (required; the env's, not the observation's, so the plan is
+    the same with ``meta_features: false``); ``budget_fte`` is not used. On the store's small instances (250 to
+    2,000 examples) a one-epoch screen ranks the portfolio well: leaving one dataset out, screening nine configs
+    halves the regret of training the first in full at 1 FTE (``docs/benchmarks/plans_offline.md``). At full
+    size the text datasets' best configs start slow and the screen drops them: there the first config in full
+    tested best, live (``docs/benchmarks/hpo.md``, session 20). The store has no instance between 2,000 and
+    4,250 examples, so the threshold is anywhere in that gap.
     """
+    if n_train is None:
+        raise RlhpoError("The by_size plan needs each episode's task size (n_train).")
     rows = np.atleast_2d(obs)
     out = list_order_action(rows, size, fractions)
-    small = 10 ** (5 * rows[:, N_TRAIN_FEATURE]) < HALVING_BELOW_N_TRAIN
+    small = np.asarray(n_train).reshape(-1) < HALVING_BELOW_N_TRAIN
     if small.any():
         out[small] = halving_action(rows[small], size, fractions)
     return out
@@ -346,7 +361,7 @@ def imitate_plan(
 
     ``plan``: ``list`` (:func:`list_order_action`), ``halving`` (:func:`halving_action`),
     ``by_budget`` (:func:`by_budget_action`, which looks at each episode's budget) or ``by_size``
-    (:func:`by_size_action`, which looks at the task's size).
+    (:func:`by_size_action`, which looks at each episode's task size).
 
     The episodes are played by the plan itself on the meta-training tasks (the venv's), their
     observations and actions kept, and the policy's log-likelihood of the actions maximised
@@ -363,7 +378,8 @@ def imitate_plan(
     seen, actions, done_episodes = [], [], 0
     while done_episodes < episodes:
         budget_fte = np.asarray(venv.get_attr("budget_epochs"), dtype=float) / choices[-1]  # the episodes' budgets now
-        action = PLAN_ACTIONS[plan](obs, size, fractions, budget_fte)
+        n_train = np.asarray([record.n_train for record in venv.get_attr("record")])  # and their tasks' sizes
+        action = PLAN_ACTIONS[plan](obs, size, fractions, budget_fte, n_train)
         seen.append(obs)
         actions.append(action)
         obs, _, dones, _ = venv.step(action)

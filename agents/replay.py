@@ -310,6 +310,7 @@ def _fresh_env(header: dict[str, Any], data_dir: str | Path | None) -> HPOEnv:
             "train_seed": int(header["train_seed"]),
             # Runs made before the reward charged compute and distance lack those weights: theirs were 0.
             "reward": RewardSettings(**{"compute_cost": 0.0, "distance_penalty": 0.0, **header.get("reward", {})}),
+            "incumbent": header.get("incumbent", "best"),  # runs made before the rule could be chosen: best
         }
         if backend == "recorded":
             return HPOEnv("recorded", header["store"], **common)

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from rlhpo.envs import REAL_BACKENDS
+from rlhpo.envs import INCUMBENT_RULES, REAL_BACKENDS
 from rlhpo.envs.reward import RewardSettings
 from rlhpo.errors import RlhpoError, unknown
 from rlhpo.settings import SHIPPED_STORE, from_dict, read_yaml, shipped_file
@@ -20,6 +20,7 @@ from rlhpo.space import DEFAULT_BUDGET_FTE, SearchSpace, load_search_space
 
 IMITATION_PLANS = ("list", "halving", "by_budget", "by_size")  # what imitation_episodes can clone (agents/portfolio.py)
 PORTFOLIO_ORDERS = ("list", "similar")  # how a task's portfolio is ordered (agents/similar_tasks.py)
+PORTFOLIO_NETS = ("mlp", "per_config")  # a portfolio policy's network: MlpPolicy, or agents/per_config_policy.py
 
 # Where work runs: rlhpo.collect.EXECUTORS (not imported here: rlhpo.collect loads torch).
 EXECUTORS = ("local", "ray")
@@ -97,6 +98,9 @@ class TrainAgentSettings:
     imitation_episodes: int = 0  # portfolio: before PPO, behaviour-clone the list's plan on this many episodes
     imitation_plan: str = "list"  # the plan cloned: list (in order, in full), halving, by_budget, by_size (portfolio)
     portfolio_ranks: bool = False  # portfolio: the policy also sees each config's rank by its score so far
+    # portfolio: the policy's network: mlp (SB3's MlpPolicy over the whole observation) or per_config (each
+    # config scored by one shared network from its own entries: agents/per_config_policy.py)
+    portfolio_net: str = "mlp"
     # portfolio: the order of its configs on a task: list (the learned list's, every task alike) or similar
     # (the order that did best on the meta-training tasks most like it, agents/similar_tasks.py; it reads
     # the task's data meta-features even with meta_features: False, which only blanks the observation)
@@ -106,6 +110,7 @@ class TrainAgentSettings:
     # the episode's last reward also pays the incumbent config's full-fidelity score, as the bench judges it
     # (agents/meta_train.FullFidelityReturn); False: the return is the incumbent's score as trained
     full_fidelity_return: bool = False
+    incumbent: str = "best"  # the env's incumbent: best (any trial) or top_rung (Hyperband's; envs/hpo_env.py)
     total_steps: int = 200_000  # environment steps (all envs together)
     checkpoint_every: int = 25_000  # environment steps between checkpoints
     seed: int = 0  # seeds PPO and the environments
@@ -138,12 +143,14 @@ class TrainAgentSettings:
         _check_int("imitation_episodes", self.imitation_episodes, minimum=0)
         if self.imitation_plan not in IMITATION_PLANS:
             raise unknown("imitation plan", str(self.imitation_plan), IMITATION_PLANS)
-        if self.imitation_plan == "by_size" and not self.meta_features:
-            raise RlhpoError(
-                "imitation_plan: by_size reads the task's size from its meta-features: it needs meta_features: true."
-            )
+        if self.portfolio_net not in PORTFOLIO_NETS:
+            raise unknown("portfolio network", str(self.portfolio_net), PORTFOLIO_NETS)
+        if self.portfolio_net != "mlp" and not self.portfolio:
+            raise RlhpoError(f"portfolio_net: {self.portfolio_net} scores portfolio configs: needs portfolio: N > 0.")
         if self.imitation_episodes and not self.portfolio:
             raise RlhpoError("imitation_episodes clones the learned list's plan: it needs portfolio: N > 0.")
+        if self.incumbent not in INCUMBENT_RULES:
+            raise unknown("incumbent rule", str(self.incumbent), INCUMBENT_RULES)
         if self.portfolio_order not in PORTFOLIO_ORDERS:
             raise unknown("portfolio order", str(self.portfolio_order), PORTFOLIO_ORDERS)
         if self.portfolio_order != "list" and not self.portfolio:
@@ -266,6 +273,14 @@ class BenchSettings:
     train_seed: int = field(default=0, metadata=_help("Training seed of every trial."))
     reference_budget: float = field(
         default=DEFAULT_BUDGET_FTE, metadata=_help("The budget (FTE) the speedup is measured at.")
+    )
+    incumbent: str = field(
+        default="best",
+        metadata={
+            "help": "The env's incumbent, what each episode is judged on: the best trial, or the best of the "
+            "longest-trained ones (top_rung).",
+            "choices": INCUMBENT_RULES,
+        },
     )
     family: str | None = field(
         default=None, metadata={"help": "Live: the model family (default: the dataset's).", "flag": "--model"}

@@ -68,6 +68,8 @@ def main() -> None:
     parser.add_argument("--full-fidelity-return", action="store_true", help="set full_fidelity_return: true")
     parser.add_argument("--portfolio-ranks", action="store_true", help="set portfolio_ranks: true")
     parser.add_argument("--portfolio-order", default=None, help="override portfolio_order (list or similar)")
+    parser.add_argument("--portfolio-net", default=None, help="override portfolio_net (mlp or per_config)")
+    parser.add_argument("--incumbent", default=None, help="the env's incumbent rule, best or top_rung (override)")
     parser.add_argument("--compute-cost", type=float, default=None, help="override reward.compute_cost")
     parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated tuners to bench")
     parser.add_argument("--datasets", default=None, help="comma-separated (default: every dataset of the store)")
@@ -104,6 +106,8 @@ def main() -> None:
         base = dataclasses.replace(base, portfolio=args.portfolio)
     if args.compute_cost is not None:
         base = dataclasses.replace(base, reward=dataclasses.replace(base.reward, compute_cost=args.compute_cost))
+    if args.incumbent is not None:
+        base = dataclasses.replace(base, incumbent=args.incumbent)
     if args.imitation_episodes is not None:
         base = dataclasses.replace(base, imitation_episodes=args.imitation_episodes)
     if args.imitation_plan is not None:
@@ -114,6 +118,8 @@ def main() -> None:
         base = dataclasses.replace(base, full_fidelity_return=True)
     if args.portfolio_order is not None:
         base = dataclasses.replace(base, portfolio_order=args.portfolio_order)
+    if args.portfolio_net is not None:
+        base = dataclasses.replace(base, portfolio_net=args.portfolio_net)
     methods = tuple(args.methods.split(","))
     if args.train_seeds < 1 or (args.train_seeds > 1 and "ppo" not in methods):
         parser.error(f"--train-seeds {args.train_seeds}: give at least 1, and more than 1 only with ppo in --methods.")
@@ -149,6 +155,7 @@ def main() -> None:
             seeds=args.seeds,
             policy=str(policy_dir),
             store=base.store,
+            incumbent=base.incumbent,
         )
         run_bench(bench, runs / f"bench-{dataset}", argv=["benchmarks/leave_one_out.py"])
         rows += read_csv(runs / f"bench-{dataset}" / "bench.csv")
@@ -262,7 +269,9 @@ def write_report(
         f"first_trial_top={base.first_trial_top}, portfolio={base.portfolio}, "
         f"imitation_episodes={base.imitation_episodes}, imitation_plan={base.imitation_plan}, "
         f"portfolio_ranks={str(base.portfolio_ranks).lower()}, portfolio_order={base.portfolio_order}, "
+        f"portfolio_net={base.portfolio_net}, "
         f"reward={dataclasses.asdict(base.reward)}, full_fidelity_return={str(base.full_fidelity_return).lower()}, "
+        f"incumbent={base.incumbent}, "
         "the held-out dataset excluded (with any dataset read from the same data; from the surrogate's fit too); "
         "the learned list learns from the same tasks. Judged on the recorded curves of the held-out dataset, "
         f"{args.seeds} seeds per task (10000..), regret at full fidelity (normalised accuracy), mean ± s.e.",

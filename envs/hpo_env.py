@@ -13,6 +13,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
+from rlhpo.envs import INCUMBENT_RULES
 from rlhpo.envs.backends import Backend, Trial, make_backend
 from rlhpo.envs.reward import RewardSettings, relative_compute, step_reward
 from rlhpo.errors import RlhpoError
@@ -247,6 +248,13 @@ class HPOEnv(gym.Env[np.ndarray, np.ndarray]):
     `rlhpo.agents.meta_train.FullFidelityReturn`): the incumbent config's score after the largest
     epochs choice less the incumbent, so that the return is the score the benchmarks judge.
 
+    The incumbent is the episode's best trial (`incumbent="best"`, the default), at whatever
+    epochs it was trained to. With `incumbent="top_rung"` it is Hyperband's: the best of the
+    trials trained to the most epochs any trial of the episode has reached, so a one-epoch score
+    stops counting once a config is trained longer (and the incumbent can fall, with a negative
+    first term). The benchmarks judge the incumbent config trained in full, so the rule also
+    decides what a tuner is judged on.
+
     ## Starting State
 
     `reset` takes the task from `options["task"]` (a `Task`, or the key of a task in the store),
@@ -287,6 +295,7 @@ class HPOEnv(gym.Env[np.ndarray, np.ndarray]):
     | `exclude_datasets` | `list[str]`          | `()`            | left out of the recorded default tasks      |
     | `data_dir`         | path                 | `RLHPO_DATA_DIR`| local datasets (live backend)               |
     | `device`           | `str`                | `"cpu"`         | torch device (live backend)                 |
+    | `incumbent`        | `str`                | `"best"`        | `best` or `top_rung` (Rewards, above)       |
 
     `tasks` defaults to `[Task("digits")]` (live) or every task recorded in the store for
     `train_seed` (recorded), less `exclude_datasets`.
@@ -328,10 +337,14 @@ class HPOEnv(gym.Env[np.ndarray, np.ndarray]):
         exclude_datasets: Sequence[str] = (),
         data_dir: str | Path | None = None,
         device: str = "cpu",
+        incumbent: str = "best",
         render_mode: str | None = None,
     ) -> None:
         if render_mode is not None:
             raise RlhpoError(f"HPOEnv renders nothing, but got {render_mode=}; leave it None.")
+        if incumbent not in INCUMBENT_RULES:
+            raise RlhpoError(f"incumbent must be one of {', '.join(INCUMBENT_RULES)}, but got {incumbent!r}.")
+        self.incumbent_rule = incumbent
         self.space = space if isinstance(space, SearchSpace) else load_search_space(space)
         self.reward_settings = reward or RewardSettings()
         self.train_seed = train_seed
@@ -387,7 +400,8 @@ class HPOEnv(gym.Env[np.ndarray, np.ndarray]):
         self._used = 0
         self._steps = 0
         self._incumbent = 0.0
-        self._best_score = -math.inf
+        self._best_score = -math.inf  # the incumbent trial's score (of the top rung's trials with top_rung)
+        self._top_epochs = 0  # the most epochs a trial of the episode was trained to
         self._incumbent_config: Config | None = None
         self._last: Trial | None = None
         self._trained: dict[str, int] = {}  # config key (epochs left out) -> most epochs trained this episode
@@ -419,6 +433,7 @@ class HPOEnv(gym.Env[np.ndarray, np.ndarray]):
         self._steps = 0
         self._incumbent = 0.0
         self._best_score = -math.inf
+        self._top_epochs = 0
         self._incumbent_config = None
         self._last = None
         self._trained = {}
@@ -441,10 +456,14 @@ class HPOEnv(gym.Env[np.ndarray, np.ndarray]):
             self._known[known.key()] = max(epochs, self._known.get(known.key(), 0))
             self._latest[known.key()] = score
         before = self._incumbent
-        if score > self._best_score:  # the incumbent config is the best trial's, even below chance
+        if self.incumbent_rule == "top_rung" and epochs > self._top_epochs:  # a new top rung: it alone counts
+            self._best_score = -math.inf
+        self._top_epochs = max(self._top_epochs, epochs)
+        counts = self.incumbent_rule == "best" or epochs == self._top_epochs
+        if counts and score > self._best_score:  # the incumbent config is the best trial's, even below chance
             self._best_score = score
             self._incumbent_config = trial.config
-        self._incumbent = max(self._incumbent, score)
+        self._incumbent = max(0.0, self._best_score)
         compute = relative_compute(config, self.space.default_config(self.modality))
         reward = step_reward(
             self.reward_settings,

@@ -44,7 +44,8 @@ Why these defaults:
   mediocre trial, yet one divergence does not swamp an episode's return (1 at most).
 
 Bounds: ``r`` lies in ``[−cost_per_fte − compute_cost × largest compute − distance_penalty ×
-largest distance − divergence_penalty, 1]``: the incumbent lies in ``[0, 1]`` and never falls,
+largest distance − divergence_penalty, 1]``: the incumbent lies in ``[0, 1]`` and never falls
+(with HPOEnv's default incumbent rule; with ``top_rung`` it can, and the first term can reach -1),
 and a step pays at most one full-training equivalent.
 """
 

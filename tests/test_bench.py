@@ -139,6 +139,11 @@ def test_an_interrupted_bench_resumes_where_it_stopped(tiny, tmp_path):
     assert sorted(map(str, read_csv(tmp_path / "anytime.csv"))) == anytime  # redone episodes, no duplicates
     with pytest.raises(RlhpoError, match="other settings"):
         run_bench(BenchSettings(tasks=("trec",), methods=("random",), budgets=(1.0,), **tiny), tmp_path)
+    with pytest.raises(RlhpoError, match="other settings"):  # another incumbent rule judges other configs
+        run_bench(dataclasses.replace(settings, incumbent="top_rung"), tmp_path)
+    config = tmp_path / "config.yaml"  # a bench written before the incumbent rule was a setting ran with best
+    config.write_text("\n".join(line for line in config.read_text().splitlines() if not line.startswith("incumbent")))
+    assert run_bench(settings, tmp_path, progress=ran.append)["episodes"] == 8 and len(ran) == 6
 
 
 def test_a_bench_csv_from_before_a_new_column_resumes_under_todays_columns(tiny, tmp_path):

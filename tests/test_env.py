@@ -249,6 +249,56 @@ def test_the_reward_is_the_incumbent_gain_less_the_epochs_and_compute_costs(reco
         incumbent = info.incumbent
 
 
+@pytest.mark.parametrize("rule", ["best", "top_rung"])
+def test_the_incumbent_is_the_best_trial_or_the_best_of_the_top_rung(recorded_store, rule):
+    env = recorded(recorded_store, budget_epochs=90, incumbent=rule)
+    env.reset(seed=0, options={"task": TASK.key()})
+    env.action_space.seed(0)
+    rng = np.random.default_rng(1)
+    trials: list[tuple[int, float, Config]] = []
+    gains = 0.0
+    for _ in range(12):
+        config = SPACE.decode(env.action_space.sample(), "tabular").with_epochs(int(rng.choice([1, 3, 9])))
+        _, reward, done, _, info = step(env, ix(config))
+        trials.append((info.epochs, info.score, info.answered_config))
+        counted = [t for t in trials if rule == "best" or t[0] == max(e for e, _, _ in trials)]
+        best = max(counted, key=lambda t: t[1])
+        assert info.incumbent == pytest.approx(max(0.0, best[1]))
+        assert info.incumbent_config == best[2]
+        c = info.config
+        gains += reward + (0.01 + 0.002 * c.num_layers * c.units**2 / (3 * 64**2)) * info.paid_epochs / 9
+        gains += 0.05 * info.distance + 0.1 * info.diverged
+        if done:
+            break
+    assert gains == pytest.approx(info.incumbent)  # the first term telescopes to the final incumbent
+    with pytest.raises(RlhpoError, match="incumbent must be one of best, top_rung"):
+        recorded(recorded_store, incumbent="latest")
+
+
+def test_with_top_rung_a_short_trial_does_not_displace_a_longer_one(recorded_store):
+    """Hyperband's incumbent: the worst config in full stays the incumbent over the best one-epoch screen."""
+    configs = [run.config for run in CurveStore(recorded_store, readonly=True).runs(TASK.key(), 0)]
+
+    def score(config: Config, epochs: int) -> float:
+        env = recorded(recorded_store, budget_epochs=9)
+        env.reset(seed=0, options={"task": TASK.key()})
+        return step(env, _at(config, epochs))[4].score
+
+    worst_in_full = min(configs, key=lambda c: score(c, 9))
+    best_screen = max(configs, key=lambda c: score(c, 1))
+    assert score(best_screen, 1) > score(worst_in_full, 9)  # what makes the two rules differ here
+    incumbents = {}
+    for rule in ("best", "top_rung"):
+        env = recorded(recorded_store, budget_epochs=18, incumbent=rule)
+        env.reset(seed=0, options={"task": TASK.key()})
+        step(env, _at(worst_in_full, 9))
+        _, reward, _, _, info = step(env, _at(best_screen, 1))
+        incumbents[rule] = (info.incumbent, info.incumbent_config.with_epochs(9), reward)
+    assert incumbents["best"][:2] == (pytest.approx(score(best_screen, 1)), best_screen.with_epochs(9))
+    assert incumbents["top_rung"][:2] == (pytest.approx(max(0.0, score(worst_in_full, 9))), worst_in_full)
+    assert incumbents["top_rung"][2] < 0 and incumbents["best"][2] > incumbents["top_rung"][2]  # no gain: the cost
+
+
 def test_the_full_fidelity_return_pays_the_incumbent_config_trained_in_full(recorded_store):
     from rlhpo.agents.meta_train import FullFidelityReturn
 

@@ -236,28 +236,18 @@ def test_the_by_budget_plan_halves_small_budgets_and_plays_the_list_from_3_fte()
 
 
 def test_the_by_size_plan_halves_small_tasks_and_plays_the_list_on_large_ones():
-    from rlhpo.agents.portfolio import N_TRAIN_FEATURE, by_size_action, halving_action, list_order_action
-    from rlhpo.tasks.features import META_FEATURES
+    from rlhpo.agents.portfolio import by_size_action, halving_action, list_order_action
 
     size, fractions = 12, (1 / 9, 3 / 9, 1.0)
     known = np.array([1 / 9] * 9 + [0.0] * 3)  # the list's first 9 screened for an epoch
     scores = np.linspace(0.1, 0.9, size)
-
-    def row(n_train: int) -> np.ndarray:
-        meta = np.zeros(len(META_FEATURES))
-        meta[N_TRAIN_FEATURE] = np.log10(n_train) / 5  # as rlhpo.tasks.features writes it
-        return np.concatenate([meta, [0.5], known, scores])
-
-    obs = np.stack([row(250), row(3999), row(4000), row(9000)])
-    actions = by_size_action(obs, size, fractions)
+    obs = np.tile(np.concatenate([[0.5], known, scores]), (4, 1))  # the size is not in the observation
+    actions = by_size_action(obs, size, fractions, n_train=np.array([250, 3999, 4000, 9000]))
     halved, listed = halving_action(obs[:1], size, fractions)[0], list_order_action(obs[:1], size, fractions)[0]
     assert halved.tolist() == [8, 1] and listed.tolist() == [0, 2]
     assert [a.tolist() for a in actions] == [halved.tolist()] * 2 + [listed.tolist()] * 2
-
-
-def test_the_by_size_plan_needs_the_meta_features():
-    with pytest.raises(RlhpoError, match="by_size.*meta_features: true"):
-        TrainAgentSettings(portfolio=4, imitation_episodes=10, imitation_plan="by_size", meta_features=False)
+    with pytest.raises(RlhpoError, match="task size"):
+        by_size_action(obs, size, fractions)
 
 
 def test_imitation_of_the_by_budget_plan_follows_each_episodes_budget(tmp_path_factory, space, portfolio):
@@ -278,6 +268,35 @@ def test_imitation_of_the_by_budget_plan_follows_each_episodes_budget(tmp_path_f
         env = HPOEnv("recorded", settings.store_path(), space=space, budget_epochs=fte * space.max_epochs)
         result = run_tuner(PPOTuner(model, info), env, 0, task=helpers.DIGITS.key())
         assert result.trials[0].config == portfolio["tabular"][0].with_epochs(first_epochs)
+
+
+@pytest.mark.parametrize("threshold, screened", [(4000, True), (200, False)])  # 200 examples: small, or not
+def test_imitation_of_the_by_size_plan_reads_the_tasks_size_without_meta_features(
+    tmp_path_factory, space, portfolio, monkeypatch, threshold, screened
+):
+    from rlhpo.agents import portfolio as module
+    from rlhpo.agents.meta_train import make_vec_env, new_model
+    from rlhpo.agents.portfolio import imitate_plan
+    from rlhpo.envs.backends import RecordedBackend
+
+    monkeypatch.setattr(module, "HALVING_BELOW_N_TRAIN", threshold)
+    settings = helpers.tiny_settings(
+        tmp_path_factory,
+        portfolio=4,
+        imitation_episodes=60,
+        imitation_plan="by_size",
+        config_fraction=1.0,
+        meta_features=False,
+    )
+    backend = RecordedBackend(settings.store_path(), space, exclude_datasets=settings.exclude_datasets)
+    venv = make_vec_env(settings, backend, space, portfolio)
+    model = new_model(settings, venv)
+    imitate_plan(model, venv, settings.imitation_episodes, plan=settings.imitation_plan, epochs=100, batch_size=16)
+    info = PolicyInfo(space=space, settings={"imitation_plan": "by_size", "meta_features": False}, portfolio=portfolio)
+    env = HPOEnv("recorded", settings.store_path(), space=space, budget_epochs=3 * space.max_epochs)
+    result = run_tuner(PPOTuner(model, info), env, 0, task=helpers.DIGITS.key())
+    first_epochs = space.choices["epochs"][0] if screened else space.max_epochs  # halving's screen, or the list
+    assert result.trials[0].config == portfolio["tabular"][0].with_epochs(first_epochs)
 
 
 def test_an_unknown_imitation_plan_is_a_clear_error():

@@ -1,0 +1,129 @@
+"""A portfolio policy that scores each config with one shared network (``portfolio_net: per_config``).
+
+A portfolio policy's action is ``[config index, epochs index]`` (:mod:`rlhpo.agents.portfolio`), and
+its observation ends with one block per portfolio config: its rank by score so far (with
+``portfolio_ranks``), the epochs known of it and its score. SB3's ``MlpPolicy`` reads all of it as
+one flat vector, so "continue the best-ranked config of the screen" has to be learned once for every
+slot the best config may sit in. Cloned from successive halving, it screens as the plan does but
+promotes the wrong config on held-out datasets (``benchmarks/clone_fidelity.py``): it has seen the
+winner in few slots.
+
+Here each config's logit is computed by the same small network from that config's own entries,
+its place in the task's order and a summary of the rest of the observation, so a rule learned for
+one slot holds for every slot (the logits are permutation-equivariant in the configs, apart from
+the place input). The epochs logits and the value come from that summary, the sum of the
+configs' hidden vectors and, per epochs choice, the share of configs trained that far (which says
+where a screen or a rung ends, whatever the scores):
+
+    g     = MLP(the observation before the per-config blocks)
+    h_i   = MLP([config i's entries, i / (n - 1), g])
+    logit_i = w . h_i                                 (config choice)
+    r_e   = share of configs known to epochs choice e or more
+    epochs logits = W [g, sum_i h_i, r]               (epochs choice)
+    value = SB3's value head on [g, sum_i h_i, r]
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from gymnasium import spaces
+from stable_baselines3.common.policies import ActorCriticPolicy
+from torch import nn
+
+
+class PerConfigNet(nn.Module):
+    """SB3's ``mlp_extractor`` slot: observation features to (action logits, value latent).
+
+    ``latent_pi`` is already the action's logits (``[n config logits, epochs logits]``), so the
+    policy's ``action_net`` is the identity.
+    """
+
+    def __init__(self, feature_dim: int, size: int, entries: int, fractions: list[float], hidden: int) -> None:
+        super().__init__()
+        if size < 2 or feature_dim <= entries * size:
+            raise ValueError(f"A per-config policy needs >= 2 configs and a context, got {size=} in {feature_dim=}.")
+        self.size, self.entries = size, entries
+        n_epochs = len(fractions)
+        context = feature_dim - entries * size
+        self.context = nn.Sequential(nn.Linear(context, hidden), nn.Tanh())
+        self.config = nn.Sequential(
+            nn.Linear(entries + 1 + hidden, hidden), nn.Tanh(), nn.Linear(hidden, hidden), nn.Tanh()
+        )
+        self.config_logit = nn.Linear(hidden, 1)
+        self.epochs_logits = nn.Linear(2 * hidden + n_epochs, n_epochs)
+        self.register_buffer("place", torch.linspace(0.0, 1.0, size).reshape(1, size, 1), persistent=False)
+        self.register_buffer("fractions", torch.tensor(fractions, dtype=torch.float32) - 1e-6, persistent=False)
+        self.latent_dim_pi = size + n_epochs
+        self.latent_dim_vf = 2 * hidden + n_epochs
+
+    def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        g, h, known = self._hidden(features)
+        reached = (known.unsqueeze(2) >= self.fractions).float().mean(dim=1)  # share of configs at each epochs choice
+        summary = torch.cat([g, h.sum(dim=1), reached], dim=1)
+        logits = torch.cat([self.config_logit(h).squeeze(-1), self.epochs_logits(summary)], dim=1)
+        return logits, summary
+
+    def forward_actor(self, features: torch.Tensor) -> torch.Tensor:
+        return self.forward(features)[0]
+
+    def forward_critic(self, features: torch.Tensor) -> torch.Tensor:
+        return self.forward(features)[1]
+
+    def _hidden(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        n, k = self.size, self.entries
+        head, blocks = features[:, : -k * n], features[:, -k * n :]
+        per_config = blocks.reshape(-1, k, n).transpose(1, 2)  # (batch, config, entry): the blocks are by entry
+        g = self.context(head)
+        place = self.place.expand(len(features), n, 1)
+        h = self.config(torch.cat([per_config, place, g.unsqueeze(1).expand(-1, n, -1)], dim=2))
+        return g, h, per_config[:, :, k - 2]  # the entries are [rank,] epochs known, score
+
+
+class PerConfigPolicy(ActorCriticPolicy):
+    """SB3's actor-critic with :class:`PerConfigNet` in place of its MLPs (``portfolio_net: per_config``).
+
+    ``portfolio_size``: the configs; ``entries``: each config's entries at the observation's end
+    (2: epochs known and score, 3 with ``portfolio_ranks``); ``fractions``: each epochs choice over the
+    largest (as the observation gives the epochs known); ``net_arch``'s first layer sets the width.
+    """
+
+    def __init__(
+        self,
+        observation_space: spaces.Space,
+        action_space: spaces.Space,
+        lr_schedule: Any,
+        *args: Any,
+        portfolio_size: int,
+        entries: int,
+        fractions: list[float],
+        **kwargs: Any,
+    ) -> None:
+        if not isinstance(action_space, spaces.MultiDiscrete) or int(action_space.nvec[0]) != portfolio_size:
+            raise ValueError(f"A per-config policy acts as [config < {portfolio_size}, epochs], not {action_space}.")
+        self.portfolio_size, self.entries, self.fractions = portfolio_size, entries, list(fractions)
+        super().__init__(observation_space, action_space, lr_schedule, *args, **kwargs)
+
+    def _build_mlp_extractor(self) -> None:
+        arch = self.net_arch if isinstance(self.net_arch, list) else self.net_arch.get("pi", [64])
+        assert isinstance(self.action_space, spaces.MultiDiscrete)
+        if len(self.fractions) != int(self.action_space.nvec[1]):
+            raise ValueError(f"{len(self.fractions)} epochs fractions for {self.action_space.nvec[1]} epochs choices.")
+        self.mlp_extractor = PerConfigNet(  # type: ignore[assignment]
+            self.features_dim, self.portfolio_size, self.entries, self.fractions, int(arch[0])
+        )
+
+    def _build(self, lr_schedule: Any) -> None:
+        super()._build(lr_schedule)
+        self.action_net = nn.Identity()  # the extractor's latent_pi already is the logits
+        net: PerConfigNet = self.mlp_extractor  # type: ignore[assignment]
+        for layer in (net.config_logit, net.epochs_logits):  # a near-uniform first policy, as SB3's 0.01 gain
+            nn.init.orthogonal_(layer.weight, gain=0.01)
+            nn.init.zeros_(layer.bias)
+        self.optimizer = self.optimizer_class(self.parameters(), lr=lr_schedule(1), **self.optimizer_kwargs)
+
+    def _get_constructor_parameters(self) -> dict[str, Any]:
+        data = super()._get_constructor_parameters()
+        data.update(portfolio_size=self.portfolio_size, entries=self.entries, fractions=self.fractions)
+        return data
