@@ -34,6 +34,7 @@ def test_each_config_is_scored_alike_wherever_it_sits():
     assert not torch.allclose(net(moved)[0][:, :size], logits[:, :size][:, perm])  # the place does count
 
 
+@pytest.mark.needs_data  # the tiny store records trec
 def test_a_per_config_policy_clones_halving_saves_loads_and_never_repeats(tmp_path_factory):
     space = load_search_space(helpers.tiny_space_path(tmp_path_factory))
     settings = helpers.tiny_settings(
