@@ -293,11 +293,9 @@ def by_budget_action(
     (``docs/benchmarks/list_variants.md``), and live on text it lost to the shipped policy
     (``docs/benchmarks/tune_text.md``, session 16), so from 3 FTE on the plan is the list's.
     """
-    if budget_fte is None:
-        raise RlhpoError("The by_budget plan needs each episode's budget (budget_fte).")
     rows = np.atleast_2d(obs)
+    small = halving_rows("by_budget", len(rows), budget_fte, n_train)
     out = list_order_action(rows, size, fractions)
-    small = np.asarray(budget_fte, dtype=float).reshape(-1) < HALVING_BELOW_FTE - 1e-9
     if small.any():
         out[small] = halving_action(rows[small], size, fractions)
     return out
@@ -328,14 +326,30 @@ def by_size_action(
     tested best, live (``docs/benchmarks/hpo.md``, session 20). The store has no instance between 2,000 and
     4,250 examples, so the threshold is anywhere in that gap.
     """
-    if n_train is None:
-        raise RlhpoError("The by_size plan needs each episode's task size (n_train).")
     rows = np.atleast_2d(obs)
+    small = halving_rows("by_size", len(rows), budget_fte, n_train)
     out = list_order_action(rows, size, fractions)
-    small = np.asarray(n_train).reshape(-1) < HALVING_BELOW_N_TRAIN
     if small.any():
         out[small] = halving_action(rows[small], size, fractions)
     return out
+
+
+def halving_rows(
+    plan: str, rows: int, budget_fte: np.ndarray | None = None, n_train: np.ndarray | None = None
+) -> np.ndarray:
+    """Which of ``rows`` episodes ``plan`` plays successive halving in (the others follow the list's plan).
+
+    ``by_budget`` needs each episode's ``budget_fte``, ``by_size`` its task's ``n_train``.
+    """
+    if plan == "by_budget":
+        if budget_fte is None:
+            raise RlhpoError("The by_budget plan needs each episode's budget (budget_fte).")
+        return np.asarray(budget_fte, dtype=float).reshape(-1) < HALVING_BELOW_FTE - 1e-9
+    if plan == "by_size":
+        if n_train is None:
+            raise RlhpoError("The by_size plan needs each episode's task size (n_train).")
+        return np.asarray(n_train).reshape(-1) < HALVING_BELOW_N_TRAIN
+    return np.full(rows, plan == "halving")
 
 
 PLAN_ACTIONS = {  # by agents.settings.IMITATION_PLANS

@@ -28,13 +28,7 @@ import numpy as np
 from rlhpo.agents.base import run_tuner
 from rlhpo.agents.learned_list import for_modality
 from rlhpo.agents.policy import PPOTuner
-from rlhpo.agents.portfolio import (
-    HALVING_BELOW_FTE,
-    HALVING_BELOW_N_TRAIN,
-    HALVING_RUNGS,
-    PLAN_ACTIONS,
-    portfolio_size,
-)
+from rlhpo.agents.portfolio import HALVING_RUNGS, PLAN_ACTIONS, halving_rows, portfolio_size
 from rlhpo.envs.hpo_env import HPOEnv
 from rlhpo.settings import SHIPPED_STORE, shipped_file
 from rlhpo.store import CurveStore
@@ -78,11 +72,17 @@ def main() -> None:
         plan = str(tuner.info.settings.get("imitation_plan", "list"))
         tasks = [r.task for r in records if r.task.dataset == dataset]
         counts: collections.Counter[str] = collections.Counter()
-        for task in tasks:
-            where, example = first_departure(tuner, store_path, task, args.budget, plan)
-            counts[where] += 1
-            if example and len(examples) < 12:
-                examples.append(f"- {dataset}, {task.key()}: {example}")
+        space = tuner.info.space
+        assert space is not None
+        env = HPOEnv("recorded", store_path, space=space, budget_epochs=round(args.budget * space.max_epochs))
+        try:
+            for task in tasks:
+                where, example = first_departure(tuner, env, task, plan)
+                counts[where] += 1
+                if example and len(examples) < 12:
+                    examples.append(f"- {dataset}, {task.key()}: {example}")
+        finally:
+            env.close()
         lines.append(
             f"| {dataset} | {plan} | {len(tasks)} | {counts['none']} | {counts['screen']} | {counts['rung 2']} "
             f"| {counts['rung 3']} | {counts['list']} |"
@@ -95,27 +95,27 @@ def main() -> None:
         Path(args.out).write_text(page)
 
 
-def first_departure(tuner: PPOTuner, store: Path, task: Any, budget: float, plan: str) -> tuple[str, str]:
-    """Where the policy's episode on ``task`` first leaves ``plan`` ('none' if never), and what it did there."""
-    space = tuner.info.space
-    assert space is not None
-    env = HPOEnv("recorded", store, space=space, budget_epochs=round(budget * space.max_epochs))
+def first_departure(tuner: PPOTuner, env: HPOEnv, task: Any, plan: str) -> tuple[str, str]:
+    """Where the policy's episode on ``task`` in ``env`` first leaves ``plan`` ('none' if never), and what it did."""
+    space = env.space
     size = portfolio_size(tuner.info.portfolio)
     fractions = [c / space.max_epochs for c in space.choices["epochs"]]
     steps: list[tuple[list[int], list[int], bool]] = []
     wanted: list[np.ndarray] = []  # the plan's action at the step being proposed
     predict, propose = tuner.model.predict, tuner.propose
 
+    def facts() -> tuple[np.ndarray, np.ndarray]:  # the episode's budget (FTE) and its task's size
+        return np.array([env.budget_epochs / space.max_epochs]), np.array([env.record.n_train])
+
     def spy_predict(obs: np.ndarray, deterministic: bool = True) -> Any:
-        facts = np.array([env.budget_epochs / space.max_epochs]), np.array([env.record.n_train])
-        wanted[:] = [PLAN_ACTIONS[plan](obs, size, fractions, *facts)[0]]
+        wanted[:] = [PLAN_ACTIONS[plan](obs, size, fractions, *facts())[0]]
         return predict(obs, deterministic=deterministic)
 
     def spy_propose(obs: np.ndarray) -> Any:
         action = propose(obs)  # what is played: the greedy action, or the most likely new one if that repeats
         if wanted and action is not None:
-            played = portfolio_index(env, tuner, action)
-            steps.append((played, wanted[0].tolist(), halves(plan, env.record.n_train, budget)))
+            halving = bool(halving_rows(plan, 1, *facts())[0])
+            steps.append((portfolio_index(env, tuner, action), wanted[0].tolist(), halving))
         wanted.clear()
         return action
 
@@ -124,7 +124,6 @@ def first_departure(tuner: PPOTuner, store: Path, task: Any, budget: float, plan
         run_tuner(tuner, env, SEED, task=task)
     finally:
         tuner.model.predict, tuner.propose = predict, propose  # type: ignore[method-assign]
-        env.close()
     for i, (got, wanted, halving) in enumerate(steps):
         if got != wanted:
             if not halving:
@@ -142,15 +141,6 @@ def portfolio_index(env: HPOEnv, tuner: PPOTuner, action: np.ndarray) -> list[in
     config = env.decode(action)
     listed = [env.on_task(c.with_epochs(config.epochs)) for c in for_modality(tuner.portfolio, env.modality)]
     return [listed.index(config) if config in listed else -1, env.space.choices["epochs"].index(config.epochs)]
-
-
-def halves(plan: str, n_train: int, budget: float) -> bool:
-    """Whether ``plan`` plays successive halving on a task of ``n_train`` examples at ``budget`` FTE (else the list)."""
-    return (
-        plan == "halving"
-        or (plan == "by_size" and n_train < HALVING_BELOW_N_TRAIN)
-        or (plan == "by_budget" and budget < HALVING_BELOW_FTE)
-    )
 
 
 if __name__ == "__main__":
