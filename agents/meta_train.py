@@ -173,7 +173,12 @@ def new_model(settings: TrainAgentSettings, venv: DummyVecEnv) -> PPO:
         size = int(venv.action_space.nvec[0])  # type: ignore[attr-defined]
         epochs = venv.get_attr("space")[0].choices["epochs"]
         fractions = [e / epochs[-1] for e in epochs]
-        kwargs.update(portfolio_size=size, entries=3 if settings.portfolio_ranks else 2, fractions=fractions)
+        kwargs.update(
+            portfolio_size=size,
+            entries=3 if settings.portfolio_ranks else 2,
+            fractions=fractions,
+            plan_context=int(settings.imitation_plan in ("by_budget", "by_size")),  # budget_size or small_task
+        )
     return PPO(
         policy,
         venv,

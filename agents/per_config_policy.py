@@ -8,18 +8,25 @@ slot the best config may sit in. Cloned from successive halving, it screens as t
 promotes the wrong config on held-out datasets (``benchmarks/clone_fidelity.py``): it has seen the
 winner in few slots.
 
-Here each config's logit is computed by the same small network from that config's own entries,
-its place in the task's order and a summary of the rest of the observation, so a rule learned for
-one slot holds for every slot (the logits are permutation-equivariant in the configs, apart from
-the place input). The epochs logits and the value come from that summary, the sum of the
-configs' hidden vectors and, per epochs choice, the share of configs trained that far (which says
-where a screen or a rung ends, whatever the scores):
+Here each config's logit is computed by the same small network from that config's own entries
+(with ranks shown, its rank and epochs known, not its raw score: a rank means the same on every
+dataset, a score does not), its place in the task's order and the plan's state, so a rule learned
+for one slot holds for every slot (the logits are permutation-equivariant in the configs, apart from
+the place input). The plan's state is what a plan such as successive halving branches on, in terms
+no held-out dataset can move out of range: per epochs choice, the share of configs trained that far
+(where a screen or a rung ends), and the observation's last ``plan_context`` entries before the
+per-config blocks (``small_task`` for ``by_size``, the budget's size for ``by_budget``, none for the
+others). The epochs logits read that state alone; only the value reads the rest of the observation.
+Given the curve statistics, the incumbent's score and raw scores too, the clones left their plan on
+held-out datasets whose scores lie outside the meta-training tasks' (``docs/benchmarks/hpo.md``,
+session 26):
 
     g     = MLP(the observation before the per-config blocks)
-    h_i   = MLP([config i's entries, i / (n - 1), g])
-    logit_i = w . h_i                                 (config choice)
+    c     = the last plan_context entries of it
     r_e   = share of configs known to epochs choice e or more
-    epochs logits = W [g, sum_i h_i, r]               (epochs choice)
+    h_i   = MLP([config i's rank and epochs known, i / (n - 1), r, c])
+    logit_i = w . h_i                                 (config choice)
+    epochs logits = MLP([r, c])                       (epochs choice)
     value = SB3's value head on [g, sum_i h_i, r]
 """
 
@@ -40,30 +47,44 @@ class PerConfigNet(nn.Module):
     policy's ``action_net`` is the identity.
     """
 
-    def __init__(self, feature_dim: int, size: int, entries: int, fractions: list[float], hidden: int) -> None:
+    def __init__(
+        self, feature_dim: int, size: int, entries: int, fractions: list[float], hidden: int, plan_context: int
+    ) -> None:
         super().__init__()
-        if size < 2 or feature_dim <= entries * size:
-            raise ValueError(f"A per-config policy needs >= 2 configs and a context, got {size=} in {feature_dim=}.")
-        self.size, self.entries = size, entries
+        if size < 2 or feature_dim - entries * size < max(plan_context, 1):  # the value needs a context
+            raise ValueError(
+                f"A per-config policy needs >= 2 configs and a context of >= {plan_context} entries, "
+                f"got {size=} in {feature_dim=}."
+            )
+        self.size, self.entries, self.plan_context = size, entries, plan_context
+        self.own = entries - 1 if entries == 3 else entries  # a config's entries its logit reads
         n_epochs = len(fractions)
         context = feature_dim - entries * size
         self.context = nn.Sequential(nn.Linear(context, hidden), nn.Tanh())
+        state = n_epochs + plan_context  # the plan's state: [r, c]
         self.config = nn.Sequential(
-            nn.Linear(entries + 1 + hidden, hidden), nn.Tanh(), nn.Linear(hidden, hidden), nn.Tanh()
+            nn.Linear(self.own + 1 + state, hidden), nn.Tanh(), nn.Linear(hidden, hidden), nn.Tanh()
         )
         self.config_logit = nn.Linear(hidden, 1)
-        self.epochs_logits = nn.Linear(2 * hidden + n_epochs, n_epochs)
+        self.epochs = nn.Sequential(nn.Linear(state, hidden), nn.Tanh())
+        self.epochs_logits = nn.Linear(hidden, n_epochs)
         self.register_buffer("place", torch.linspace(0.0, 1.0, size).reshape(1, size, 1), persistent=False)
         self.register_buffer("fractions", torch.tensor(fractions, dtype=torch.float32) - 1e-6, persistent=False)
         self.latent_dim_pi = size + n_epochs
         self.latent_dim_vf = 2 * hidden + n_epochs
 
     def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        g, h, known = self._hidden(features)
+        n, k = self.size, self.entries
+        head, blocks = features[:, : -k * n], features[:, -k * n :]
+        per_config = blocks.reshape(-1, k, n).transpose(1, 2)  # (batch, config, entry): the blocks are by entry
+        known = per_config[:, :, k - 2]  # the entries are [rank,] epochs known, score
         reached = (known.unsqueeze(2) >= self.fractions).float().mean(dim=1)  # share of configs at each epochs choice
-        summary = torch.cat([g, h.sum(dim=1), reached], dim=1)
-        logits = torch.cat([self.config_logit(h).squeeze(-1), self.epochs_logits(summary)], dim=1)
-        return logits, summary
+        state = torch.cat([reached, head[:, head.shape[1] - self.plan_context :]], dim=1)
+        place = self.place.expand(len(features), n, 1)
+        own = per_config[:, :, : self.own]  # with ranks, the rank and epochs known, not the score
+        h = self.config(torch.cat([own, place, state.unsqueeze(1).expand(-1, n, -1)], dim=2))
+        logits = torch.cat([self.config_logit(h).squeeze(-1), self.epochs_logits(self.epochs(state))], dim=1)
+        return logits, torch.cat([self.context(head), h.sum(dim=1), reached], dim=1)
 
     def forward_actor(self, features: torch.Tensor) -> torch.Tensor:
         return self.forward(features)[0]
@@ -71,22 +92,16 @@ class PerConfigNet(nn.Module):
     def forward_critic(self, features: torch.Tensor) -> torch.Tensor:
         return self.forward(features)[1]
 
-    def _hidden(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        n, k = self.size, self.entries
-        head, blocks = features[:, : -k * n], features[:, -k * n :]
-        per_config = blocks.reshape(-1, k, n).transpose(1, 2)  # (batch, config, entry): the blocks are by entry
-        g = self.context(head)
-        place = self.place.expand(len(features), n, 1)
-        h = self.config(torch.cat([per_config, place, g.unsqueeze(1).expand(-1, n, -1)], dim=2))
-        return g, h, per_config[:, :, k - 2]  # the entries are [rank,] epochs known, score
-
 
 class PerConfigPolicy(ActorCriticPolicy):
     """SB3's actor-critic with :class:`PerConfigNet` in place of its MLPs (``portfolio_net: per_config``).
 
     ``portfolio_size``: the configs; ``entries``: each config's entries at the observation's end
     (2: epochs known and score, 3 with ``portfolio_ranks``); ``fractions``: each epochs choice over the
-    largest (as the observation gives the epochs known); ``net_arch``'s first layer sets the width.
+    largest (as the observation gives the epochs known); ``plan_context``: the observation's entries just
+    before the per-config blocks that the plan branches on (0 for list and halving; 1: the budget's size for
+    ``by_budget``, ``small_task`` for ``by_size``, each the last entry before the blocks);
+    ``net_arch``'s first layer sets the width.
     """
 
     def __init__(
@@ -98,11 +113,13 @@ class PerConfigPolicy(ActorCriticPolicy):
         portfolio_size: int,
         entries: int,
         fractions: list[float],
+        plan_context: int,
         **kwargs: Any,
     ) -> None:
         if not isinstance(action_space, spaces.MultiDiscrete) or int(action_space.nvec[0]) != portfolio_size:
             raise ValueError(f"A per-config policy acts as [config < {portfolio_size}, epochs], not {action_space}.")
         self.portfolio_size, self.entries, self.fractions = portfolio_size, entries, list(fractions)
+        self.plan_context = plan_context
         super().__init__(observation_space, action_space, lr_schedule, *args, **kwargs)
 
     def _build_mlp_extractor(self) -> None:
@@ -111,7 +128,7 @@ class PerConfigPolicy(ActorCriticPolicy):
         if len(self.fractions) != int(self.action_space.nvec[1]):
             raise ValueError(f"{len(self.fractions)} epochs fractions for {self.action_space.nvec[1]} epochs choices.")
         self.mlp_extractor = PerConfigNet(  # type: ignore[assignment]
-            self.features_dim, self.portfolio_size, self.entries, self.fractions, int(arch[0])
+            self.features_dim, self.portfolio_size, self.entries, self.fractions, int(arch[0]), self.plan_context
         )
 
     def _build(self, lr_schedule: Any) -> None:
@@ -125,5 +142,10 @@ class PerConfigPolicy(ActorCriticPolicy):
 
     def _get_constructor_parameters(self) -> dict[str, Any]:
         data = super()._get_constructor_parameters()
-        data.update(portfolio_size=self.portfolio_size, entries=self.entries, fractions=self.fractions)
+        data.update(
+            portfolio_size=self.portfolio_size,
+            entries=self.entries,
+            fractions=self.fractions,
+            plan_context=self.plan_context,
+        )
         return data

@@ -74,7 +74,9 @@ def main() -> None:
         counts: collections.Counter[str] = collections.Counter()
         space = tuner.info.space
         assert space is not None
-        env = HPOEnv("recorded", store_path, space=space, budget_epochs=round(args.budget * space.max_epochs))
+        budget = round(args.budget * space.max_epochs)
+        incumbent = str(tuner.info.settings.get("incumbent", "best"))  # as the bench plays it
+        env = HPOEnv("recorded", store_path, space=space, budget_epochs=budget, incumbent=incumbent)
         try:
             for task in tasks:
                 where, example = first_departure(tuner, env, task, plan)

@@ -19,7 +19,7 @@ from rlhpo.space import load_search_space
 def test_each_config_is_scored_alike_wherever_it_sits():
     torch.manual_seed(0)
     size, entries, context = 5, 3, 10
-    net = PerConfigNet(context + entries * size, size, entries, fractions=[1 / 9, 1 / 3, 1.0], hidden=16)
+    net = PerConfigNet(context + entries * size, size, entries, [1 / 9, 1 / 3, 1.0], hidden=16, plan_context=2)
     net.place.zero_()  # without its place in the order, a config's logit depends on its entries alone
     x = torch.randn(4, context + entries * size)
     perm = torch.tensor([2, 0, 4, 1, 3])
@@ -32,6 +32,30 @@ def test_each_config_is_scored_alike_wherever_it_sits():
     assert torch.allclose(moved_value, value, atol=1e-6)
     net.place.copy_(torch.linspace(0, 1, size).reshape(1, size, 1))
     assert not torch.allclose(net(moved)[0][:, :size], logits[:, :size][:, perm])  # the place does count
+
+
+def test_the_actions_read_only_the_configs_and_the_plans_state():
+    torch.manual_seed(0)
+    size, entries, context = 5, 3, 10
+    net = PerConfigNet(context + entries * size, size, entries, [1 / 9, 1 / 3, 1.0], hidden=16, plan_context=2)
+    x = torch.rand(4, context + entries * size)
+    curves = x.clone()
+    curves[:, : context - 2] = torch.rand(4, context - 2)  # other curve statistics, incumbent, meta-features
+    assert torch.allclose(net(curves)[0], net(x)[0], atol=1e-6)
+    assert not torch.allclose(net(curves)[1], net(x)[1])  # the value does read them
+    scores = x.clone()
+    known = slice(context + (entries - 2) * size, context + (entries - 1) * size)
+    scores[:, context:] = torch.rand(4, entries * size)
+    scores[:, known] = x[:, known]  # other ranks and scores, the same epochs known
+    assert torch.allclose(net(scores)[0][:, size:], net(x)[0][:, size:], atol=1e-6)  # the epochs choice does not
+    assert not torch.allclose(net(scores)[0][:, :size], net(x)[0][:, :size])  # the configs' logits read the ranks
+    raw = x.clone()
+    raw[:, context + (entries - 1) * size :] = torch.rand(4, size)  # other scores alone: the ranks say the same
+    assert torch.allclose(net(raw)[0], net(x)[0], atol=1e-6)
+    for changed in (slice(context - 2, context), known):  # the plan's context, then how far the configs were trained
+        moved = x.clone()
+        moved[:, changed] = 1.0 - x[:, changed]
+        assert not torch.allclose(net(moved)[0][:, size:], net(x)[0][:, size:])
 
 
 @pytest.mark.needs_data  # the tiny store records trec
