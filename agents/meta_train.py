@@ -58,6 +58,7 @@ from rlhpo.agents.portfolio import (
     PortfolioActions,
     imitate_plan,
     learn_portfolio,
+    plan_context,
     portfolio_size,
     shows_small_task,
 )
@@ -177,7 +178,7 @@ def new_model(settings: TrainAgentSettings, venv: DummyVecEnv) -> PPO:
             portfolio_size=size,
             entries=3 if settings.portfolio_ranks else 2,
             fractions=fractions,
-            plan_context=int(settings.imitation_plan in ("by_budget", "by_size")),  # budget_size or small_task
+            plan_context=plan_context(settings.imitation_plan),
         )
     return PPO(
         policy,

@@ -100,7 +100,7 @@ class PerConfigPolicy(ActorCriticPolicy):
     (2: epochs known and score, 3 with ``portfolio_ranks``); ``fractions``: each epochs choice over the
     largest (as the observation gives the epochs known); ``plan_context``: the observation's entries just
     before the per-config blocks that the plan branches on (0 for list and halving; 1: the budget's size for
-    ``by_budget``, ``small_task`` for ``by_size``, each the last entry before the blocks);
+    ``by_budget``, ``small_task`` for ``by_size``: :func:`~rlhpo.agents.portfolio.plan_context`);
     ``net_arch``'s first layer sets the width.
     """
 

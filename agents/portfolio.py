@@ -309,6 +309,16 @@ def shows_small_task(plan: str) -> bool:
     return plan == "by_size"
 
 
+def plan_context(plan: str) -> int:
+    """How many entries just before :func:`portfolio_features`' per-config blocks ``plan`` branches on.
+
+    ``by_size``: ``small_task``; ``by_budget``: the budget's size (then the last entry before the blocks, as
+    only ``by_size`` shows ``small_task``); the list and halving: none. What a per-config policy's choices
+    read besides the configs (:class:`~rlhpo.agents.per_config_policy.PerConfigNet`).
+    """
+    return int(plan in ("by_budget", "by_size"))
+
+
 def by_size_action(
     obs: np.ndarray,
     size: int,
