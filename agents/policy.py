@@ -27,6 +27,7 @@ from stable_baselines3 import PPO
 
 from rlhpo.agents.base import Tuner
 from rlhpo.agents.learned_list import ConfigLists, as_lists, for_modality, full_fidelity_action
+from rlhpo.agents.per_config_policy import PairCategorical
 from rlhpo.agents.portfolio import portfolio_action, portfolio_features, portfolio_size, shows_small_task
 from rlhpo.agents.similar_tasks import SimilarTasks
 from rlhpo.envs.hpo_env import HPOEnv, history_names
@@ -278,13 +279,12 @@ class PPOTuner(Tuner):
 
         So another seed may open another way, while every opening is one the policy rates highly.
         """
-        log_probs = self._log_probs(obs)
         candidates, weights = [], []
-        for action in itertools.islice(most_likely_first(log_probs), MAX_CANDIDATES):
+        for action, log_prob in itertools.islice(self._ranked_actions(obs), MAX_CANDIDATES):
             env_action = self.env_action(action)
             if not self._is_repeat(env_action):
                 candidates.append(env_action)
-                weights.append(math.exp(sum(lp[a] for lp, a in zip(log_probs, action))))
+                weights.append(math.exp(log_prob))
                 if len(candidates) == self.info.first_trial_top:
                     break
         p = np.asarray(weights) / sum(weights)
@@ -302,8 +302,8 @@ class PPOTuner(Tuner):
             return self._listed_then_random(for_modality(self.portfolio, self.env.modality))
         obs = self.policy_view(self.within_horizon(obs))
         with one_torch_thread():
-            log_probs = self._log_probs(obs)
-        return (self.env_action(a) for a in itertools.islice(most_likely_first(log_probs), MAX_CANDIDATES))
+            ranked = self._ranked_actions(obs)
+        return (self.env_action(a) for a, _ in itertools.islice(ranked, MAX_CANDIDATES))
 
     def set_horizon(self, epochs: int) -> None:
         """Play the first ``epochs`` of the episode (at most its budget) as in an episode of that budget.
@@ -364,14 +364,18 @@ class PPOTuner(Tuner):
     def _is_repeat(self, action: np.ndarray) -> bool:
         return self.env.is_repeat(self.env.decode(action))
 
-    def _log_probs(self, obs: np.ndarray) -> list[np.ndarray]:
+    def _ranked_actions(self, obs: np.ndarray) -> Iterator[tuple[np.ndarray, float]]:
+        """The policy's actions at ``obs`` with their log-probabilities, most likely first."""
         obs_tensor, _ = self.model.policy.obs_to_tensor(obs)
         with torch.no_grad():
             dist = self.model.policy.get_distribution(obs_tensor)
-        return [d.logits[0].double().log_softmax(-1).numpy() for d in dist.distribution]
+        if isinstance(dist, PairCategorical):  # a per-config policy's: one categorical over [config, epochs]
+            return dist.ranked()
+        log_probs = [d.logits[0].double().log_softmax(-1).numpy() for d in dist.distribution]
+        return ((a, float(sum(lp[i] for lp, i in zip(log_probs, a)))) for a in most_likely_first(log_probs))
 
     def _most_likely_new(self, obs: np.ndarray, fallback: np.ndarray) -> np.ndarray:
-        for action in itertools.islice(most_likely_first(self._log_probs(obs)), MAX_CANDIDATES):
+        for action, _ in itertools.islice(self._ranked_actions(obs), MAX_CANDIDATES):
             env_action = self.env_action(action)
             if not self._is_repeat(env_action):
                 return env_action

@@ -390,7 +390,10 @@ def imitate_plan(
     The episodes are played by the plan itself on the meta-training tasks (the venv's), their
     observations and actions kept, and the policy's log-likelihood of the actions maximised
     (cross-entropy; Adam at ``learning_rate`` on minibatches of ``batch_size``, ``epochs`` passes;
-    PPO keeps its own optimizer).
+    PPO keeps its own optimizer). The value is fit in the same passes to the plan's discounted
+    returns (at the model's ``gamma``, weighted by its ``vf_coef``; steps of episodes still running
+    when collection stops are left out of it), so that PPO's first advantages are measured against the
+    plan's values, not a random critic's (``docs/benchmarks/hpo.md``, session 27).
     """
     action_space = venv.action_space
     assert isinstance(action_space, gym.spaces.MultiDiscrete)
@@ -399,17 +402,22 @@ def imitate_plan(
     fractions = [c / choices[-1] for c in choices]
     venv.seed(seed)
     obs = venv.reset()
-    seen, actions, done_episodes = [], [], 0
+    seen, actions, rewards, ended, done_episodes = [], [], [], [], 0
     while done_episodes < episodes:
         budget_fte = np.asarray(venv.get_attr("budget_epochs"), dtype=float) / choices[-1]  # the episodes' budgets now
         n_train = np.asarray([record.n_train for record in venv.get_attr("record")])  # and their tasks' sizes
         action = PLAN_ACTIONS[plan](obs, size, fractions, budget_fte, n_train)
         seen.append(obs)
         actions.append(action)
-        obs, _, dones, _ = venv.step(action)
+        obs, reward, dones, _ = venv.step(action)
+        rewards.append(reward)
+        ended.append(dones)
         done_episodes += int(np.sum(dones))
+    returns, complete = discounted_returns(np.asarray(rewards), np.asarray(ended), model.gamma)
     x = torch.as_tensor(np.concatenate(seen), dtype=torch.float32)
     y = torch.as_tensor(np.concatenate(actions), dtype=torch.int64)
+    g = torch.as_tensor(returns.reshape(-1), dtype=torch.float32)  # step-major, as x and y
+    w = torch.as_tensor(complete.reshape(-1), dtype=torch.float32)
     rng = np.random.default_rng(seed)
     policy = model.policy
     optimizer = torch.optim.Adam(policy.parameters(), lr=learning_rate)
@@ -419,10 +427,28 @@ def imitate_plan(
         order = rng.permutation(len(x))
         for start in range(0, len(x), batch_size):
             batch = torch.as_tensor(order[start : start + batch_size])
-            _, log_prob, _ = policy.evaluate_actions(x[batch], y[batch])
+            values, log_prob, _ = policy.evaluate_actions(x[batch], y[batch])
             loss = -log_prob.mean()
+            value_loss = (w[batch] * (values.flatten() - g[batch]) ** 2).sum() / w[batch].sum().clamp(min=1.0)
             optimizer.zero_grad()
-            loss.backward()
+            (loss + model.vf_coef * value_loss).backward()
             optimizer.step()
     policy.set_training_mode(False)
     return float(loss.detach())
+
+
+def discounted_returns(rewards: np.ndarray, dones: np.ndarray, gamma: float) -> tuple[np.ndarray, np.ndarray]:
+    """Each step's discounted return to its episode's end, and whether that end was reached.
+
+    ``rewards`` and ``dones``: (steps, envs), as a VecEnv gives them (``dones[t]``: the step ended its
+    episode). A step of an episode still running at the last step gets the return so far and ``False``.
+    """
+    returns = np.zeros(rewards.shape, dtype=np.float64)
+    complete = np.zeros(rewards.shape, dtype=bool)
+    running = np.zeros(rewards.shape[1], dtype=np.float64)
+    ends = np.zeros(rewards.shape[1], dtype=bool)
+    for t in range(len(rewards) - 1, -1, -1):
+        running = rewards[t] + gamma * running * ~dones[t]
+        ends = ends | dones[t]
+        returns[t], complete[t] = running, ends
+    return returns, complete

@@ -99,7 +99,8 @@ class TrainAgentSettings:
     imitation_plan: str = "list"  # the plan cloned: list (in order, in full), halving, by_budget, by_size (portfolio)
     portfolio_ranks: bool = False  # portfolio: the policy also sees each config's rank by its score so far
     # portfolio: the policy's network: mlp (SB3's MlpPolicy over the whole observation) or per_config (each
-    # config scored by one shared network from its own entries: agents/per_config_policy.py)
+    # config and epochs choice scored together by one shared network from the config's rank and epochs known
+    # and the plan's state: agents/per_config_policy.py)
     portfolio_net: str = "mlp"
     # portfolio: the order of its configs on a task: list (the learned list's, every task alike) or similar
     # (the order that did best on the meta-training tasks most like it, agents/similar_tasks.py; it reads

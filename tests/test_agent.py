@@ -236,6 +236,17 @@ def test_most_likely_first_yields_every_action_in_decreasing_probability():
     assert joint == sorted(joint, reverse=True)
 
 
+def test_imitation_fits_the_value_to_each_steps_discounted_return_to_its_episodes_end():
+    from rlhpo.agents.portfolio import discounted_returns
+
+    rewards = np.array([[1.0, 0.0], [2.0, 1.0], [4.0, 1.0]])  # (steps, envs)
+    dones = np.array([[False, True], [True, False], [False, False]])
+    returns, complete = discounted_returns(rewards, dones, gamma=0.5)
+    assert np.allclose(returns[:, 0], [1 + 0.5 * 2, 2, 4])  # env 0: an episode of two steps, then one running
+    assert np.allclose(returns[:, 1], [0, 1 + 0.5 * 1, 1])  # env 1: one step, then one running
+    assert complete.tolist() == [[True, True], [True, False], [False, False]]
+
+
 def test_the_shipped_policy_spends_its_budget_on_new_trials():
     # A peaked policy asks for its favourite config again and again; each repeat must become new.
     from rlhpo.agents.base import run_tuner
