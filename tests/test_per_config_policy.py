@@ -87,6 +87,7 @@ def test_a_pair_categorical_draws_config_and_epochs_together():
     assert sum(math.exp(lp) for _, lp in ranked) == pytest.approx(1.0)
 
 
+@pytest.mark.needs_data  # the tiny store records trec
 def test_a_per_config_policy_clones_halving_saves_loads_and_never_repeats(tmp_path_factory):
     space = load_search_space(helpers.tiny_space_path(tmp_path_factory))
     settings = helpers.tiny_settings(
