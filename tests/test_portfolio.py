@@ -220,6 +220,21 @@ def test_the_halving_plan_screens_the_lists_first_configs_then_continues_the_bes
     assert sum(paid[:14]) == 27  # 3 FTE
 
 
+def test_a_config_promoted_by_the_halving_plan_stays_promoted_when_its_score_falls():
+    from rlhpo.agents.portfolio import halving_action
+
+    size, fractions = 12, (1 / 9, 3 / 9, 1.0)
+    known, scores = np.zeros(size), np.zeros(size)
+    known[:9] = 1 / 9
+    scores[:9] = [0.3, 0.9, 0.1, 0.5, 0.2, 0.95, 0.4, 0.6, 0.0]  # the best three: 5, 1, 7
+    known[5], scores[5] = 1 / 3, 0.05  # config 5 continued to 3 epochs, and its score fell below all others
+    assert halving_action(np.concatenate([[0.5], known, scores]), size, fractions)[0].tolist() == [1, 1]
+    known[1], known[7] = 1 / 3, 1 / 3
+    assert halving_action(np.concatenate([[0.5], known, scores]), size, fractions)[0].tolist() == [1, 2]  # not 3
+    known[1] = 1.0
+    assert halving_action(np.concatenate([[0.5], known, scores]), size, fractions)[0].tolist() == [7, 2]
+
+
 def test_the_by_budget_plan_halves_small_budgets_and_plays_the_list_from_3_fte():
     from rlhpo.agents.portfolio import by_budget_action, halving_action, list_order_action
 
