@@ -82,8 +82,8 @@ class PairCategorical(MultiCategoricalDistribution):
         """Every action of the first row, most likely first, with its log-probability."""
         log_probs = self.distribution.logits[0].double().log_softmax(-1).numpy()
         order = np.argsort(-log_probs, kind="stable")
-        epochs = self.action_dims[1]
-        return ((np.array([i // epochs, i % epochs], dtype=np.int64), float(log_probs[i])) for i in order)
+        pairs = self._pairs(torch.as_tensor(order)).numpy()
+        return ((pair, float(log_probs[i])) for pair, i in zip(pairs, order))
 
 
 class PerConfigNet(nn.Module):

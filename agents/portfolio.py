@@ -268,13 +268,13 @@ def halving_action(
     for r in range(len(rows)):
         pool = np.arange(min(HALVING_RUNGS[0][0], size))
         for k, e in HALVING_RUNGS:
-            if k < len(pool):
-                by_score = pool[np.argsort(-scores[r, pool], kind="stable")]
-                promoted = by_score[known[r, by_score] >= fractions[e] - 1e-6][:k]
-                rest = by_score[known[r, by_score] < fractions[e] - 1e-6][: k - len(promoted)]
-                pool = np.concatenate([promoted, rest])
+            reached = known[r] >= fractions[e] - 1e-6  # the configs already trained to this rung's epochs
+            if k < len(pool):  # the rung: its promoted configs first, the best of the rest in their places
                 pool = pool[np.argsort(-scores[r, pool], kind="stable")]
-            short = [i for i in pool if known[r, i] < fractions[e] - 1e-6]
+                promoted = pool[reached[pool]][:k]
+                chosen = np.concatenate([promoted, pool[~reached[pool]][: k - len(promoted)]])
+                pool = pool[np.isin(pool, chosen)]
+            short = [i for i in pool if not reached[i]]
             if short:
                 out[r] = [short[0], e]
                 break
