@@ -299,7 +299,9 @@ def test_ppo_tpe_plays_the_policy_for_its_budget_then_tpe_warm_started(policy):
 
 
 def test_ppo_tpe_enqueues_the_list_after_the_policy_in_order_skipping_repeats_then_tpe(policy, tmp_path):
-    task = "digits/default/n500/call/s1283935874"  # tabular: a long learned list in either policy's space
+    # A large task (over 4,000 training examples): the policy plays its configs in full, not screened; and
+    # the image list is long enough (33 configs) in either policy's space.
+    task = "mnist/default/nall/call/s1625009125"
     space, horizon = policy.policy_space, policy.info.budget_epochs
 
     def play(tuner, budget, store):
@@ -322,7 +324,7 @@ def test_ppo_tpe_enqueues_the_list_after_the_policy_in_order_skipping_repeats_th
     alone = play(policy, horizon, store).trials  # what the policy plays in ppo_tpe (the previous test)
     assert alone[0].epochs == space.max_epochs  # so asking it again at full fidelity is a repeat
     known = {k for t in alone for k in (t.config.key(), t.answered_config.key())}
-    fresh = [c for c in learned_list.configs_for("tabular") if c.key() not in known]
+    fresh = [c for c in learned_list.configs_for("image") if c.key() not in known]
     # Repeats: a config the policy asked, one whose curve answered the policy, one the list itself played.
     answered = next(t.answered_config for t in alone if t.answered_config.key() != t.config.key())
     configs = [alone[0].config, fresh[0], answered, fresh[0], fresh[1], fresh[2]]
@@ -361,9 +363,10 @@ def test_ppo_tpe_enqueues_the_list_only_for_tpes_startup_trials(policy):
     assert startup == inspect.signature(optuna.samplers.TPESampler).parameters["n_startup_trials"].default
     configs, tuner, trials = play_ppo_tpe_with_the_list(policy, "digits/default/n500/call/s1283935874", "tabular", 30)
     n = sum(t.budget_used - t.paid_epochs < policy.info.budget_epochs for t in trials)  # the policy's trials
+    full = sum(t.epochs == policy.policy_space.max_epochs for t in trials[:n])  # those trained in full
     listed = ["fixed_params" in t.system_attrs for t in tuner.study.trials]
-    assert n < startup and len(configs) > startup and len(trials) > startup  # a list longer than it may run
-    assert listed == [False] * n + [True] * (startup - n) + [False] * (len(trials) - startup)
+    assert full < startup and len(configs) > startup and len(trials) > n + startup  # a list longer than it may run
+    assert listed == [False] * n + [True] * (startup - full) + [False] * (len(trials) - n - startup + full)
 
 
 def test_ppo_tpe_counts_only_full_trainings_as_tpes_startup_trials(policy, monkeypatch):
