@@ -312,10 +312,11 @@ def _train_agent(
     if settings.imitation_episodes and resume is None:
         loss = imitate_plan(model, venv, settings.imitation_episodes, plan=settings.imitation_plan, seed=settings.seed)
         log.info(
-            "train-agent: the policy imitates the learned list's %s plan (%d episodes, loss %.3f)",
+            "train-agent: the policy imitates the %s plan (%d episodes; last losses: action %.3f, value %.4f)",
             settings.imitation_plan,
             settings.imitation_episodes,
-            loss,
+            loss.action,
+            loss.value,
         )
     logger = run_logger(run_dir, resume_step=start_steps if resume is not None else None)
     model.set_logger(logger)

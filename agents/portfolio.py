@@ -45,6 +45,7 @@ list's plan then plays that order, and index ``i`` means "the ``i``-th best for 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -377,6 +378,15 @@ PLAN_ACTIONS = {  # by agents.settings.IMITATION_PLANS
 }
 
 
+@dataclass(frozen=True)
+class ImitationLoss:
+    """What :func:`imitate_plan` ends on: the cloning loss (the plan's actions' negative log-likelihood)
+    and the value's squared error against the plan's discounted returns, on its last minibatch."""
+
+    action: float
+    value: float
+
+
 def imitate_plan(
     model: PPO,
     venv: VecEnv,
@@ -387,8 +397,8 @@ def imitate_plan(
     batch_size: int = 64,
     learning_rate: float = 1e-3,
     seed: int = 0,
-) -> float:
-    """Fit ``model``'s policy to a plan over the list on ``episodes`` episodes of ``venv``; the last loss.
+) -> ImitationLoss:
+    """Fit ``model``'s policy to a plan over the list on ``episodes`` episodes of ``venv``; the last minibatch's losses.
 
     ``plan``: ``list`` (:func:`list_order_action`), ``halving`` (:func:`halving_action`),
     ``by_budget`` (:func:`by_budget_action`, which looks at each episode's budget) or ``by_size``
@@ -429,7 +439,7 @@ def imitate_plan(
     policy = model.policy
     optimizer = torch.optim.Adam(policy.parameters(), lr=learning_rate)
     policy.set_training_mode(True)
-    loss = torch.zeros(())
+    loss = value_loss = torch.zeros(())
     for _ in range(epochs):
         order = rng.permutation(len(x))
         for start in range(0, len(x), batch_size):
@@ -441,7 +451,7 @@ def imitate_plan(
             (loss + model.vf_coef * value_loss).backward()
             optimizer.step()
     policy.set_training_mode(False)
-    return float(loss.detach())
+    return ImitationLoss(action=float(loss.detach()), value=float(value_loss.detach()))
 
 
 def discounted_returns(rewards: np.ndarray, dones: np.ndarray, gamma: float) -> tuple[np.ndarray, np.ndarray]:

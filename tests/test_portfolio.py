@@ -190,7 +190,8 @@ def test_imitation_fits_the_policy_to_the_lists_plan(tmp_path_factory, space, po
     venv = make_vec_env(settings, backend, space, portfolio)
     model = new_model(settings, venv)
     loss = imitate_plan(model, venv, settings.imitation_episodes, epochs=100, batch_size=16)
-    assert loss < 0.1
+    assert loss.action < 0.1
+    assert loss.value < 1e-3  # the value is fit to the plan's returns in the same passes
     tuner = PPOTuner(model, PolicyInfo(space=space, budget_epochs=12, portfolio=portfolio))
     env = HPOEnv("recorded", settings.store_path(), space=space, budget_epochs=12)
     result = run_tuner(tuner, env, 0, task=helpers.DIGITS.key())
@@ -277,7 +278,7 @@ def test_imitation_of_the_by_budget_plan_follows_each_episodes_budget(tmp_path_f
     venv = make_vec_env(settings, backend, space, portfolio)
     model = new_model(settings, venv)
     loss = imitate_plan(model, venv, settings.imitation_episodes, plan="by_budget", epochs=100, batch_size=16)
-    assert loss < 0.2
+    assert loss.action < 0.2
     info = PolicyInfo(space=space, settings={"budget_fte_range": [1.0, 4.0]}, portfolio=portfolio)
     for fte, first_epochs in ((1, 1), (4, space.max_epochs)):  # the screen's one epoch, or the list in full
         env = HPOEnv("recorded", settings.store_path(), space=space, budget_epochs=fte * space.max_epochs)
