@@ -179,17 +179,54 @@ def main() -> None:
     store_path = args.store or str(shipped_file(SHIPPED_STORE))
     with CurveStore(store_path, readonly=True) as store:
         data = CurveData.from_store(store)
+        second = CurveData.from_store(store, train_seed=1)  # the runs recorded again with another training seed
     data = data.subset(data.run_completed > 0)  # a run with no epoch has no score to rank
     settings = SurrogateSettings(members=args.members, max_iter=args.max_iter, seed=args.seed, targets=("score",))
     with threadpool_limits(limits=1, user_api="openmp"):
         res = run(data, settings, args.seed, print)
     seconds = time.perf_counter() - started
-    page = report(data, res, settings, store_path, seconds)
+    page = report(data, res, settings, store_path, seconds, second)
     Path(args.out).write_text(page)
     print(page)
 
 
-def report(data: CurveData, res: dict, settings: SurrogateSettings, store_path: str, seconds: float) -> str:
+def final_scores(data: CurveData) -> dict[tuple[str, str], tuple[int, float]]:
+    """(task key, config key) -> (its final row, its final score), for every run with an epoch."""
+    rows = np.flatnonzero(final_rows(data))
+    return {(data.run_task[data.run[r]], data.run_config[data.run[r]].key()): (int(r), data.y[r, _S]) for r in rows}
+
+
+def seed_ceiling(data: CurveData, second: CurveData, preds: dict[str, np.ndarray], res: dict) -> dict[str, dict]:
+    """Per dataset, on the configs recorded with both training seeds: how well each predictor ranks seed 1's
+    final scores, against how well seed 0's own scores do (the ceiling that seed-to-seed noise leaves).
+
+    Every predictor saw only seed 0 (or, held out, not even that). Spearman per instance with at least
+    five such configs, then the mean over the dataset's instances. Also the seed-to-seed spread of a final
+    score (the standard deviation of the two seeds' difference over the square root of 2) and the spread
+    the surrogate backend draws there (each fold's noise scale times the ensemble's spread).
+    """
+    first = final_scores(data)
+    paired: dict[str, list[tuple[int, float]]] = {}
+    for (task, config), (_, y1) in final_scores(second).items():
+        if (task, config) in first:
+            paired.setdefault(task, []).append((first[(task, config)][0], y1))
+    out: dict[str, dict] = {}
+    for task, pairs in paired.items():
+        rows = np.array([r for r, _ in pairs])
+        y1 = np.array([y for _, y in pairs])
+        d = out.setdefault(data.records[task].task.dataset, {"configs": 0, "diff": [], "drawn": [], "rho": {}})
+        d["configs"] += len(rows)
+        d["diff"] += list(data.y[rows, _S] - y1)
+        d["drawn"] += list(statistics.fmean(res["loio"].noise_scale) * res["loio"].spread[rows])
+        if len(rows) >= 5:
+            for name, p in {"seed 0": data.y[:, _S], **preds}.items():
+                d["rho"].setdefault(name, []).append(spearman(p[rows], y1))
+    return out
+
+
+def report(
+    data: CurveData, res: dict, settings: SurrogateSettings, store_path: str, seconds: float, second: CurveData
+) -> str:
     preds = {"nn": res["nn"], "half": res["half"].mean, "loio": res["loio"].mean, "lodo": res["lodo"].mean}
     table = rank_table(data, preds)
     datasets = sorted({data.records[k].task.dataset for k in table})
@@ -207,7 +244,7 @@ def report(data: CurveData, res: dict, settings: SurrogateSettings, store_path: 
         "# The curve surrogate: how well it predicts curves it never saw",
         "",
         "Made by `nice python benchmarks/surrogate_quality.py --out docs/benchmarks/surrogate.md` "
-        f"({seconds:.0f} s on {os.cpu_count()} cores, shared with a running collect; {platform.platform(terse=True)}).",
+        f"({seconds:.0f} s on {os.cpu_count()} cores, one thread; {platform.platform(terse=True)}).",
         f"Store: `{Path(store_path).name}`: {len(table)} task instances, {data.n_runs} runs with at least one "
         f"epoch, {len(data.x)} epoch rows. Score model: {settings.members} bootstrap "
         f"`HistGradientBoostingRegressor` fits (max_iter {settings.max_iter}, learning_rate "
@@ -274,6 +311,29 @@ def report(data: CurveData, res: dict, settings: SurrogateSettings, store_path: 
             f"{c['rms_error'] / c['rms_spread']:.2f} | {c['noise_scale']:.2f} | {c['within_1']:.2f} | "
             f"{c['within_2']:.2f} | {c['error_spread_corr']:.2f} |"
         )
+    ceiling = seed_ceiling(data, second, preds, res)
+    lines += [
+        "",
+        "## The ceiling that seed-to-seed noise leaves",
+        "",
+        "Some runs are recorded with a second training seed. On those configs, each predictor's Spearman "
+        "correlation with the **second** seed's final scores (mean over instances with at least five such "
+        "configs), next to the first seed's own scores: a predictor that ranks the second seed as well as "
+        "the first seed does is at the ceiling, whatever its correlation with the first. Spreads: the "
+        "seed-to-seed standard deviation of a final score (sd of the two seeds' difference / sqrt 2), and "
+        "the standard deviation the surrogate backend draws there (RMS of noise scale x spread, instance held out).",
+        "",
+        "| dataset | configs (instances) | seed 0 | " + " | ".join(names[n] for n in preds) + " | seed-to-seed sd "
+        "| drawn sd |",
+        "| --- | ---: | ---: | " + " | ".join("---:" for _ in preds) + " | ---: | ---: |",
+    ]
+    for d, c in sorted(ceiling.items()):
+        rho = {n: float(np.nanmean(v)) for n, v in c["rho"].items()}
+        n_inst = len(c["rho"].get("seed 0", []))
+        cells = " | ".join(f"{rho[n]:.3f}" if n in rho else "-" for n in ("seed 0", *preds))
+        seed_sd = float(np.std(c["diff"]) / np.sqrt(2))
+        drawn_sd = float(np.sqrt(np.mean(np.square(c["drawn"]))))
+        lines.append(f"| {d} | {c['configs']} ({n_inst}) | {cells} | {seed_sd:.3f} | {drawn_sd:.3f} |")
     lines.append("")
     return "\n".join(lines)
 
