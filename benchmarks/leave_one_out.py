@@ -364,6 +364,8 @@ def seconds_section(
         return f"{bound}{seconds / ppo_seconds:.1f}× ({bound}{seconds:.{0 if seconds >= 10 else 1}f} s)"
 
     others = [m for m in methods if m != "ppo"]
+    if not others:  # nothing to compare ppo with; its seconds are in the table above
+        return []
     lines = [
         "",
         f"Speedup at equal recorded seconds: the training seconds each method needs to reach ppo's mean regret at "

@@ -171,7 +171,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--store", default=None, help="curve store (default: the shipped meta-dataset)")
     parser.add_argument("--members", type=int, default=5)
-    parser.add_argument("--max-iter", type=int, default=200)
+    parser.add_argument("--max-iter", type=int, default=SurrogateSettings.max_iter)
+    parser.add_argument("--max-leaf-nodes", type=int, default=SurrogateSettings.max_leaf_nodes)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="docs/benchmarks/surrogate.md")
     args = parser.parse_args()
@@ -181,7 +182,13 @@ def main() -> None:
         data = CurveData.from_store(store)
         second = CurveData.from_store(store, train_seed=1)  # the runs recorded again with another training seed
     data = data.subset(data.run_completed > 0)  # a run with no epoch has no score to rank
-    settings = SurrogateSettings(members=args.members, max_iter=args.max_iter, seed=args.seed, targets=("score",))
+    settings = SurrogateSettings(
+        members=args.members,
+        max_iter=args.max_iter,
+        max_leaf_nodes=args.max_leaf_nodes,
+        seed=args.seed,
+        targets=("score",),
+    )
     with threadpool_limits(limits=1, user_api="openmp"):
         res = run(data, settings, args.seed, print)
     seconds = time.perf_counter() - started

@@ -1,0 +1,51 @@
+"""Does a larger tree setting rank held-out instances of ag_news and imdb better? (a probe, session 28)
+
+Leave-one-instance-out as ``benchmarks/surrogate_quality.py`` does it, but only the folds of the ag_news
+and imdb instances (the two datasets under 0.85 there), 3 members, the score target alone: per dataset, the
+mean Spearman correlation of predicted and recorded final scores, for the default tree settings and a
+larger one. The whole page with the larger setting is ``surrogate_quality.py --max-iter 400
+--max-leaf-nodes 63``.
+
+Usage::
+
+    nice python benchmarks/surrogate_tree_probe.py
+"""
+
+import time
+
+import numpy as np
+from surrogate_quality import Predictions, data_group, rank_table
+from threadpoolctl import threadpool_limits
+
+from rlhpo.envs.surrogate import CurveData, SurrogateSettings
+from rlhpo.settings import SHIPPED_STORE, shipped_file
+from rlhpo.store import CurveStore
+
+SETTINGS = {
+    "default": {},
+    "leaves 63, iter 400": {"max_leaf_nodes": 63, "max_iter": 400},
+}
+
+
+def main() -> None:
+    with CurveStore(shipped_file(SHIPPED_STORE), readonly=True) as store:
+        data = CurveData.from_store(store)
+    data = data.subset(data.run_completed > 0)
+    groups = np.array([data_group(data, k) for k in data.run_task])
+    folds = [g for g in dict.fromkeys(groups) if g.startswith(("ag_news/", "imdb/"))]
+    for name, kw in SETTINGS.items():
+        t = time.perf_counter()
+        settings = SurrogateSettings(members=3, seed=0, targets=("score",), **kw)
+        p = Predictions(data)
+        with threadpool_limits(limits=1, user_api="openmp"):
+            for fold in folds:
+                p.fill(data, groups != fold, settings)
+        table = rank_table(data, {"s": p.mean})
+        for d in ("ag_news", "imdb"):
+            v = [r["s"] for k, r in table.items() if k.startswith(d + "/")]
+            print(f"{name}: {d} {np.nanmean(v):.3f}", flush=True)
+        print(f"{name}: {time.perf_counter() - t:.0f}s", flush=True)
+
+
+if __name__ == "__main__":
+    main()
