@@ -43,6 +43,7 @@ from rlhpo.space import load_search_space
 from rlhpo.store import CurveStore
 
 _S = TARGETS.index("score")
+MEMBERS = 5  # bootstrap fits per fold (``rlhpo surrogate fit`` fits 8; 5 keeps the 106 folds affordable)
 
 
 def data_group(data: CurveData, key: str) -> str:
@@ -170,7 +171,7 @@ def run(data: CurveData, settings: SurrogateSettings, seed: int, log: Callable[[
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--store", default=None, help="curve store (default: the shipped meta-dataset)")
-    parser.add_argument("--members", type=int, default=5)
+    parser.add_argument("--members", type=int, default=MEMBERS)
     parser.add_argument("--max-iter", type=int, default=SurrogateSettings.max_iter)
     parser.add_argument("--max-leaf-nodes", type=int, default=SurrogateSettings.max_leaf_nodes)
     parser.add_argument("--seed", type=int, default=0)
@@ -210,7 +211,8 @@ def seed_ceiling(data: CurveData, second: CurveData, preds: dict[str, np.ndarray
     Every predictor saw only seed 0 (or, held out, not even that). Spearman per instance with at least
     five such configs, then the mean over the dataset's instances. Also the seed-to-seed spread of a final
     score (the standard deviation of the two seeds' difference over the square root of 2) and the spread
-    the surrogate backend draws there (each fold's noise scale times the ensemble's spread).
+    the surrogate backend draws there (the folds' mean noise scale times the ensemble's spread, instance
+    held out, as :func:`calibration` scales it).
     """
     first = final_scores(data)
     paired: dict[str, list[tuple[int, float]]] = {}
@@ -229,6 +231,20 @@ def seed_ceiling(data: CurveData, second: CurveData, preds: dict[str, np.ndarray
             for name, p in {"seed 0": data.y[:, _S], **preds}.items():
                 d["rho"].setdefault(name, []).append(spearman(p[rows], y1))
     return out
+
+
+def command_args(settings: SurrogateSettings) -> str:
+    """The command line's options that made ``settings``, those that differ from the defaults."""
+    defaults = {
+        "members": MEMBERS,
+        "max_iter": SurrogateSettings.max_iter,
+        "max_leaf_nodes": SurrogateSettings.max_leaf_nodes,
+    }
+    return "".join(
+        f" --{name.replace('_', '-')} {getattr(settings, name)}"
+        for name, default in defaults.items()
+        if getattr(settings, name) != default
+    )
 
 
 def report(
@@ -250,7 +266,8 @@ def report(
     lines = [
         "# The curve surrogate: how well it predicts curves it never saw",
         "",
-        "Made by `nice python benchmarks/surrogate_quality.py --out docs/benchmarks/surrogate.md` "
+        f"Made by `nice python benchmarks/surrogate_quality.py{command_args(settings)} "
+        "--out docs/benchmarks/surrogate.md` "
         f"({seconds:.0f} s on {os.cpu_count()} cores, one thread; {platform.platform(terse=True)}).",
         f"Store: `{Path(store_path).name}`: {len(table)} task instances, {data.n_runs} runs with at least one "
         f"epoch, {len(data.x)} epoch rows. Score model: {settings.members} bootstrap "
