@@ -1,16 +1,17 @@
-"""Does a larger tree setting rank held-out instances of ag_news and imdb better? (a probe, session 28)
+"""Does a larger tree setting rank held-out task instances better? (a probe, session 28)
 
-Leave-one-instance-out as ``benchmarks/surrogate_quality.py`` does it, but only the folds of the ag_news
-and imdb instances (the two datasets under 0.85 there), 3 members, the score target alone: per dataset, the
-mean Spearman correlation of predicted and recorded final scores, for the default tree settings and a
-larger one. The whole page with the larger setting is ``surrogate_quality.py --max-iter 400
---max-leaf-nodes 63``.
+Leave-one-instance-out as ``benchmarks/surrogate_quality.py`` does it, but only the folds of the chosen
+datasets' instances, 3 members, the score target alone: per dataset, the mean Spearman correlation of
+predicted and recorded final scores, for the default tree settings and a larger one. The whole page with
+the larger setting is ``surrogate_quality.py --max-iter 400 --max-leaf-nodes 63``.
 
 Usage::
 
-    nice python benchmarks/surrogate_tree_probe.py
+    nice python benchmarks/surrogate_tree_probe.py                                  # ag_news and imdb
+    nice python benchmarks/surrogate_tree_probe.py --datasets trec,trec_fine --settings large
 """
 
+import argparse
 import time
 
 import numpy as np
@@ -23,17 +24,23 @@ from rlhpo.store import CurveStore
 
 SETTINGS = {
     "default": {},
-    "leaves 63, iter 400": {"max_leaf_nodes": 63, "max_iter": 400},
+    "large": {"max_leaf_nodes": 63, "max_iter": 400},
 }
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--datasets", default="ag_news,imdb", help="comma-separated datasets whose folds to run")
+    parser.add_argument("--settings", default=",".join(SETTINGS), help=f"comma-separated, of {sorted(SETTINGS)}")
+    args = parser.parse_args()
+    datasets = args.datasets.split(",")
     with CurveStore(shipped_file(SHIPPED_STORE), readonly=True) as store:
         data = CurveData.from_store(store)
     data = data.subset(data.run_completed > 0)
     groups = np.array([data_group(data, k) for k in data.run_task])
-    folds = [g for g in dict.fromkeys(groups) if g.startswith(("ag_news/", "imdb/"))]
-    for name, kw in SETTINGS.items():
+    folds = [g for g in dict.fromkeys(groups) if g.split("/")[0] in datasets]
+    for name in args.settings.split(","):
+        kw = SETTINGS[name]
         t = time.perf_counter()
         settings = SurrogateSettings(members=3, seed=0, targets=("score",), **kw)
         p = Predictions(data)
@@ -41,7 +48,7 @@ def main() -> None:
             for fold in folds:
                 p.fill(data, groups != fold, settings)
         table = rank_table(data, {"s": p.mean})
-        for d in ("ag_news", "imdb"):
+        for d in datasets:
             v = [r["s"] for k, r in table.items() if k.startswith(d + "/")]
             print(f"{name}: {d} {np.nanmean(v):.3f}", flush=True)
         print(f"{name}: {time.perf_counter() - t:.0f}s", flush=True)
