@@ -30,7 +30,7 @@ import os
 import platform
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -84,6 +84,16 @@ class Predictions:
         oob_mean = np.where(unseen, oob, 0.0).sum(axis=0)[ok] / n[ok]
         ratio = np.sqrt(np.mean((fit.y[ok, _S] - oob_mean) ** 2) / np.mean(oob.std(axis=0)[ok] ** 2))
         self.noise_scale.append(max(1.0, float(ratio)))
+
+
+def held_out(
+    data: CurveData, labels: np.ndarray, settings: SurrogateSettings, folds: Sequence[str] | None = None
+) -> Predictions:
+    """Each run predicted by a fit on the runs of other labels (``labels``: one per run); ``folds``: only these."""
+    predictions = Predictions(data)
+    for fold in dict.fromkeys(labels) if folds is None else folds:
+        predictions.fill(data, labels != fold, settings)
+    return predictions
 
 
 def nearest_neighbour(data: CurveData, split: np.ndarray, space) -> np.ndarray:
@@ -159,9 +169,7 @@ def run(data: CurveData, settings: SurrogateSettings, seed: int, log: Callable[[
     results = {}
     for name, (what, labels) in folds.items():
         t = time.perf_counter()
-        predictions = Predictions(data)
-        for fold in dict.fromkeys(labels):
-            predictions.fill(data, labels != fold, settings)
+        predictions = held_out(data, labels, settings)
         log(f"{what}, {len(set(labels))} folds: {time.perf_counter() - t:.0f}s")
         results[name] = predictions
     nn = nearest_neighbour(data, split, space)

@@ -15,7 +15,7 @@ import argparse
 import time
 
 import numpy as np
-from surrogate_quality import Predictions, data_group, rank_table
+from surrogate_quality import data_group, held_out, rank_table
 from threadpoolctl import threadpool_limits
 
 from rlhpo.envs.surrogate import CurveData, SurrogateSettings
@@ -43,10 +43,8 @@ def main() -> None:
         kw = SETTINGS[name]
         t = time.perf_counter()
         settings = SurrogateSettings(members=3, seed=0, targets=("score",), **kw)
-        p = Predictions(data)
         with threadpool_limits(limits=1, user_api="openmp"):
-            for fold in folds:
-                p.fill(data, groups != fold, settings)
+            p = held_out(data, groups, settings, folds)
         table = rank_table(data, {"s": p.mean})
         for d in datasets:
             v = [r["s"] for k, r in table.items() if k.startswith(d + "/")]
