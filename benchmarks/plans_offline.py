@@ -29,7 +29,9 @@ Plans at 3 FTE (27 epochs):
   (``agents/portfolio.HALVING_RUNGS``); kept at any fidelity (as HPOEnv keeps its incumbent), or
   from the top rung (Hyperband's rule);
 - ``protected halving``: halving, but the order's first config is always promoted;
-- ``transfer halving``: halving promoting by predicted final score, as ``transfer screen``.
+- ``transfer halving``: halving promoting by predicted final score, as ``transfer screen``;
+- ``oracle: the portfolio's best``: no plan, a floor: the best of the portfolio's configs at 9 epochs, as if
+  known in advance. No plan over the portfolio keeps a config of less regret, at any budget.
 
 Regret: the best full-fidelity score recorded on the task less the kept config's (normalised accuracy),
 as the leave-one-out bench judges an episode. Plans are deterministic, so one episode per task.
@@ -70,7 +72,7 @@ GATE_N_TRAIN = 4000  # gated screen: text tasks under this many examples are scr
 PLANS_1 = ("first", "screen", "transfer screen", "gated screen")
 PLANS_3 = ("list", "list, kept as tune keeps", "halving", "halving, top rung", "protected halving",
            "protected halving, top rung", "transfer halving, top rung", "gated: halving / list",
-           "gated: halving top rung / list")  # fmt: skip
+           "gated: halving top rung / list", "oracle: the portfolio's best")  # fmt: skip
 
 Scores = list[dict[int, float]]  # per config of the order: epochs -> score
 
@@ -169,6 +171,7 @@ def plan_regrets(
     out["transfer halving, top rung"] = regret(halving(nine, observed, predicted)[1])
     out["gated: halving / list"] = out["halving"] if gated else out["list"]
     out["gated: halving top rung / list"] = out["halving, top rung"] if gated else out["list"]
+    out["oracle: the portfolio's best"] = min(regret(i) for i in range(len(cv)) if not math.isnan(cv[i][EPOCHS[-1]]))
     return out
 
 
