@@ -309,7 +309,9 @@ def _train_agent(
         )
     venv = make_vec_env(settings, answers, space, portfolio, similar)
     model, start_steps = _model(settings, venv, run_dir, resume is not None)
+    imitation_seconds = 0.0
     if settings.imitation_episodes and resume is None:
+        started = time.perf_counter()
         loss = imitate_plan(model, venv, settings.imitation_episodes, plan=settings.imitation_plan, seed=settings.seed)
         log.info(
             "train-agent: the policy imitates the %s plan (%d episodes; last losses: action %.3f, value %.4f)",
@@ -318,6 +320,7 @@ def _train_agent(
             loss.action,
             loss.value,
         )
+        imitation_seconds = time.perf_counter() - started
     logger = run_logger(run_dir, resume_step=start_steps if resume is not None else None)
     model.set_logger(logger)
     oracle = FullFidelity(backend.store, space, settings.train_seed)
@@ -358,7 +361,8 @@ def _train_agent(
         "total_steps": settings.total_steps,
         "num_timesteps": int(model.num_timesteps),
         "resumed_from": start_steps if resume is not None else None,
-        "train_seconds": train_seconds,
+        "imitation_seconds": imitation_seconds,  # behaviour cloning before PPO (0 without imitation_episodes)
+        "train_seconds": train_seconds,  # the PPO steps
         "evaluation": evaluation,
     }
     write_summary(run_dir, summary)

@@ -93,6 +93,7 @@ def test_train_agent_writes_the_run_folder_and_a_loadable_policy(policy_run, tmp
     assert {p.name for p in (policy_run / "checkpoints").iterdir()} == {"ppo_128_steps.zip", "ppo_256_steps.zip"}
     summary = json.loads((policy_run / "summary.json").read_text())
     assert summary["num_timesteps"] == 256 and summary["budget_epochs"] == 6
+    assert summary["imitation_seconds"] == 0.0  # no imitation_episodes: PPO alone
     assert all(not key.startswith("trec/") for key in summary["train_tasks"])
 
     tuner = PPOTuner.load(policy_run)  # a run folder is accepted for its policy.zip

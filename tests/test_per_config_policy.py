@@ -99,6 +99,7 @@ def test_a_per_config_policy_clones_halving_saves_loads_and_never_repeats(tmp_pa
         imitation_plan="halving",
     )
     summary = train_agent(settings, run_name="per-config", runs_dir=tmp_path_factory.mktemp("pc"), argv=["test"])
+    assert summary["imitation_seconds"] > 0 and summary["train_seconds"] > 0  # both phases timed, apart
     policy = PPOTuner.load(summary["policy"])
     assert type(policy.model.policy).__name__ == "PerConfigPolicy"
     env = HPOEnv("recorded", helpers.tiny_store(tmp_path_factory), space=space, budget_epochs=3 * space.max_epochs)
