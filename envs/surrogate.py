@@ -98,9 +98,9 @@ class SurrogateSettings:
     """How ``rlhpo surrogate fit`` fits (each tree setting is scikit-learn's of the same name)."""
 
     members: int = 8  # bootstrap fits in the ensemble
-    max_iter: int = 200  # boosting iterations per fit
+    max_iter: int = 400  # boosting iterations per fit
     learning_rate: float = 0.1
-    max_leaf_nodes: int = 31
+    max_leaf_nodes: int = 63  # with max_iter 400: held-out rank correlation 0.901, 0.880 at 31 and 200 (surrogate.md)
     min_samples_leaf: int = 20
     l2_regularization: float = 0.0
     seed: int = 0  # the bootstrap resamples and the trees' own randomness
